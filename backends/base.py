@@ -1,0 +1,39 @@
+"""The backend interface the harness talks to: load, warm up, predict a batch.
+
+Inputs are the QSL's preprocessed samples: for each input size S the model
+runs at, a uint8 tensor ``[B, 3, S, S]`` (RGB, resized, not normalized), plus
+the original image sizes ``[B, 2]`` as (height, width) in pixels, which the
+two-scale area filter needs. Normalization happens inside the backend, on its
+device.
+
+Output, per image, one fp32 CPU tensor ``[K, 6]``:
+``(x1, y1, x2, y2, score, label)`` with the box in xyxy format normalized to
+[0, 1] of the image and the label a class index 1..num_classes-1. ``K`` may be
+0. The result for an image never depends on the other images in its batch.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+import torch
+
+Detections = list[torch.Tensor]  # per image: Tensor[K, 6] (x1, y1, x2, y2, score, label), fp32, CPU
+
+
+class Backend(Protocol):
+    name: str
+    sizes: tuple[int, ...]  # the input sizes it needs from the QSL, in pass order
+
+    def load(self) -> None:
+        """Build the model, load weights, move to the device. Raises with a clear message on bad input."""
+
+    def warmup(self) -> None:
+        """Run a few batches so the first timed query pays no one-off costs."""
+
+    def predict(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor) -> Detections:
+        """Detect objects in one batch.
+
+        Args:
+            images: {S: uint8 Tensor[B, 3, S, S]} for every S in ``sizes``.
+            image_hw: Tensor[B, 2], original (height, width) in pixels.
+        """

@@ -1,0 +1,91 @@
+"""Default (anchor) boxes of the MLPerf SSD, at any square input size.
+
+All numbers come from the MLPerf training reference (SSD-ResNet34): base scales
+[21, 45, 99, 153, 207, 261, 315] pixels of the training input, aspect ratios
+[[2], [2, 3], [2, 3], [2, 3], [2], [2]], decode constants 0.1 / 0.2. The same
+pixel scales are used at every input size S, so at 2S the boxes are relatively
+half as large. Boxes are ``cxcywh`` normalized to [0, 1], clamped element-wise
+as training did, ordered map, box shape, row, column (the model's head order).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .model import BOXES_PER_LOCATION, feature_sizes, min_image_size
+
+BASE_SCALES_PX = (21, 45, 99, 153, 207, 261, 315)
+ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+SCALE_XY = 0.1
+SCALE_WH = 0.2
+
+
+class GeometryError(ValueError):
+    """The input size, steps or masks do not fit the network; the message says which."""
+
+
+def box_scales_px(dboxes_scale: float) -> list[int]:
+    """ceil(dboxes_scale * base scale) for the 7 base scales, in pixels."""
+    return [math.ceil(dboxes_scale * s - 1e-9) for s in BASE_SCALES_PX]
+
+
+def map_sizes(image_size: int, variant: str = "training") -> list[int]:
+    """Feature-map sizes, with a clear error when the input is too small for the network."""
+    sizes = feature_sizes(image_size, variant)
+    if min(sizes) < 1:
+        raise GeometryError(
+            f"image size {image_size} is too small for this SSD ({variant}): its last feature map would be "
+            f"empty; use at least {min_image_size(variant)} pixels")
+    return sizes
+
+
+def default_boxes(image_size: int, dboxes_scale: float = 1.0, steps: Sequence[float] | None = None,
+                  variant: str = "training", mask: Sequence[int] | None = None) -> torch.Tensor:
+    """Default boxes for a square input of ``image_size`` pixels.
+
+    Args:
+        image_size: input side S in pixels.
+        dboxes_scale: multiplies the base scales (2 for a model trained at 700).
+        steps: per-map step in pixels (fk = S / step); None uses the feature sizes (fk = f).
+        variant: network variant, which sets the feature-map sizes.
+        mask: 6 values of 0/1; maps with 0 contribute no boxes.
+
+    Returns:
+        Tensor[B, 4] fp32 in (cx, cy, w, h) format, normalized to [0, 1].
+    """
+    fsizes = map_sizes(image_size, variant)
+    if steps is not None:
+        for k, (f, step) in enumerate(zip(fsizes, steps)):
+            if abs(image_size / step - f) >= 1:
+                raise GeometryError(
+                    f"dboxes_steps {list(steps)} do not fit image size {image_size}: map {k} has {f}x{f} cells "
+                    f"but {image_size}/{step} = {image_size / step:.2f}; drop --dboxes-steps or give steps "
+                    f"close to {[round(image_size / f, 1) for f in fsizes]}")
+    scales = [s / image_size for s in box_scales_px(dboxes_scale)]
+    mask = list(mask) if mask is not None else [1] * len(fsizes)
+    parts = []
+    for k, f in enumerate(fsizes):
+        if not mask[k]:
+            continue
+        fk = image_size / steps[k] if steps is not None else f
+        sk1, sk2 = scales[k], scales[k + 1]
+        sk3 = math.sqrt(sk1 * sk2)
+        shapes = [(sk1, sk1), (sk3, sk3)]
+        for a in ASPECT_RATIOS[k]:
+            r = math.sqrt(a)
+            shapes += [(sk1 * r, sk1 / r), (sk1 / r, sk1 * r)]
+        assert len(shapes) == BOXES_PER_LOCATION[k]
+        centres = (torch.arange(f, dtype=torch.float64) + 0.5) / fk
+        cy, cx = torch.meshgrid(centres, centres, indexing="ij")  # row i -> cy, column j -> cx
+        for w, h in shapes:
+            parts.append(torch.stack([cx.reshape(-1), cy.reshape(-1),
+                                      torch.full((f * f,), w, dtype=torch.float64),
+                                      torch.full((f * f,), h, dtype=torch.float64)], 1))
+    return torch.cat(parts).clamp_(0, 1).float()
+
+
+def boxes_per_map(image_size: int, variant: str = "training") -> list[int]:
+    """Number of default boxes each map contributes: nd_k * f_k^2."""
+    return [nd * f * f for nd, f in zip(BOXES_PER_LOCATION, map_sizes(image_size, variant))]
