@@ -1,0 +1,85 @@
+"""Run configuration: file then overrides, and clear errors for every bad value."""
+import json
+
+import pytest
+
+from harness.config import Config, ConfigError, ModelConfig, load_config
+
+
+def write(tmp_path, text, name="c.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_the_seed_defaults():
+    cfg = load_config()
+    assert cfg.model.image_size == (300, 300)
+    assert cfg.model.small_mask == (1, 1, 1, 1, 1, 1) and cfg.model.large_mask == (1, 1, 1, 1, 1, 1)
+    assert (cfg.model.score_threshold, cfg.model.nms_iou, cfg.model.max_per_class, cfg.model.max_detections) \
+        == (0.05, 0.5, 200, 200)
+    assert cfg.model.sizes == (300,)  # equal sizes run one pass
+
+
+def test_file_then_overrides(tmp_path):
+    p = write(tmp_path, '[model]\nimage_size = [700, 1400]\ndboxes_scale = 2\nuse_filter = true\n'
+                        '[run]\nscenario = "Server"\n')
+    cfg = load_config(p, {"model": {"use_filter": None, "precision": "bf16"}, "run": {"batch_size": 4}})
+    assert cfg.model.image_size == (700, 1400) and cfg.model.sizes == (700, 1400)
+    assert cfg.model.use_filter is True  # None overrides leave the file's value
+    assert cfg.model.precision == "bf16"
+    assert cfg.run.scenario == "Server" and cfg.run.batch_size == 4
+
+
+def test_resolved_config_round_trips_as_json(tmp_path):
+    cfg = load_config(None, {"model": {"dboxes_steps": [8, 16, 32, 64, 100, 300]}})
+    cfg.save(tmp_path / "resolved.json")
+    saved = json.loads((tmp_path / "resolved.json").read_text())
+    assert saved["model"]["dboxes_steps"] == [8, 16, 32, 64, 100, 300]
+    assert load_config(None, saved) == cfg
+
+
+def test_checkpoint_relative_to_config_file(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"x")
+    p = write(tmp_path, '[model]\ncheckpoint = "m.pt"\n')
+    assert load_config(p).model.checkpoint == str(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[model]\nsmall_mask = [1, 1, 1]\n', ["small_mask", "6 values", "[1, 1, 1]"]),
+    ('[model]\nlarge_mask = [0, 0, 0, 0, 0, 0]\n', ["large_mask", "at least one"]),
+    ('[model]\nsmall_mask = [1, 2, 1, 1, 1, 1]\n', ["small_mask", "0 or 1"]),
+    ('[model]\nimage_size = [300, -600]\n', ["image_size", "positive integers"]),
+    ('[model]\nimage_size = [300]\n', ["image_size", "two"]),
+    ('[model]\nprecision = "int8"\n', ["precision", "fp32, bf16, fp16", "int8"]),
+    ('[model]\nimage_sizes = [300, 300]\n', ["unknown key", "image_sizes"]),
+    ('[modle]\n', ["unknown table", "modle"]),
+    ('[run]\nscenario = "offline"\n', ["run.scenario", "Offline"]),
+    ('[model]\ndboxes_steps = [8, 16]\n', ["dboxes_steps", "6 positive"]),
+    ('[model\n', ["not valid TOML"]),
+])
+def test_bad_values_name_the_file_and_key(tmp_path, text, words):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg or "not valid TOML" in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file .*nope.toml"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_override_error_says_command_line():
+    with pytest.raises(ConfigError, match=r"command line \[model\].*small_mask"):
+        load_config(None, {"model": {"small_mask": [1, 1]}})
+
+
+def test_frozen():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.model.image_size = (1, 1)  # type: ignore[misc]
+    assert ModelConfig(image_size=(700, 1400)).sizes == (700, 1400)
