@@ -1,0 +1,58 @@
+"""Direct evaluation without LoadGen: every image once, in order, then COCO mAP.
+
+The same pieces as a LoadGen accuracy run, only driven by a plain loop: the
+QSL's ``get_batch``, ``backend.predict``, the response record of
+``harness/response.py`` and the evaluation of ``harness/accuracy.py``. So an
+accuracy run and this loop give the same mAP for the same model and images
+(per-image results do not depend on the batch). Images are loaded into the
+QSL a chunk at a time, so memory stays bounded as in LoadGen's accuracy mode.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from harness.accuracy import AccuracyReport, evaluate_records
+from harness.coco_eval import AccuracyError
+from harness.dataset import Dataset
+from harness.response import to_record
+
+log = logging.getLogger("harness")
+
+CHUNK = 256  # images resident in the QSL at a time
+
+
+def predict_all(backend: Any, qsl: Any, batch_size: int, progress: bool = True) -> dict[int, np.ndarray]:
+    """Records for qsl indices 0..total_count-1: {qsl_idx: float32 [K, 7]} (see harness/response.py)."""
+    records: dict[int, np.ndarray] = {}
+    total = int(qsl.total_count)
+    bar = tqdm(total=total, unit="img", disable=not progress, desc="evaluate")
+    for start in range(0, total, CHUNK):
+        chunk = list(range(start, min(start + CHUNK, total)))
+        qsl.load(chunk)
+        try:
+            for b in range(0, len(chunk), batch_size):
+                idx = chunk[b:b + batch_size]
+                dets = backend.predict(*qsl.get_batch(idx))
+                for i, d in zip(idx, dets):
+                    records[i] = to_record(d, i)
+                bar.update(len(idx))
+        finally:
+            qsl.unload(chunk)
+    bar.close()
+    return records
+
+
+def evaluate_direct(backend: Any, dataset: Dataset, batch_size: int = 8, dump_detections: str | Path | None = None,
+                    use_pycocotools: bool = False, progress: bool = True) -> AccuracyReport:
+    """Run ``backend`` over the whole data set and evaluate it; optionally write the COCO results list."""
+    if dataset.annotation_file is None:
+        raise AccuracyError("this data set has no annotation file to evaluate against")
+    records = predict_all(backend, dataset.qsl, batch_size, progress)
+    return evaluate_records(records, dataset.annotation_file, expected=range(dataset.total_count),
+                            skipped=dataset.skipped, use_pycocotools=use_pycocotools,
+                            dump_detections=dump_detections)

@@ -1,0 +1,89 @@
+"""Reading LoadGen's result out of ``mlperf_log_detail.txt`` (and the summary as a fallback).
+
+Assumption (LoadGen 6.0): every detail line that matters is
+``:::MLLOG {json}`` with ``key``, ``value`` and ``metadata.is_error``; the
+result keys are ``result_validity``, ``result_min_duration_met``,
+``result_min_queries_met``, ``result_perf_constraints_met`` (Server),
+``early_stopping_met``, ``result_<p>_percentile_latency_ns`` and one of
+``result_samples_per_second`` (Offline), ``result_completed_samples_per_sec``
+(Server) or ``result_qps_with_loadgen_overhead`` (queries/s, SingleStream and
+MultiStream). A run cut short has no result keys: validity is then "UNKNOWN".
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_CONSTRAINTS = {
+    "result_min_duration_met": "min duration not met (the run was shorter than min_duration)",
+    "result_min_queries_met": "min query count not met",
+    "result_perf_constraints_met": "latency constraint not met (too many queries over the latency bound)",
+    "early_stopping_met": "early stopping criterion not met (too few queries for the latency percentile)",
+}
+_PERCENTILE = re.compile(r"result_(\d+\.\d+)_percentile_latency_ns")
+
+
+@dataclass
+class LoadGenResult:
+    validity: str = "UNKNOWN"                     # VALID, INVALID or UNKNOWN (no result in the log)
+    reasons: list[str] = field(default_factory=list)  # why INVALID, one line each
+    samples_per_s: float | None = None
+    query_count: int | None = None
+    latency_ns: dict[str, float] = field(default_factory=dict)  # "50.00" -> ns, plus "min", "mean", "max"
+    errors: list[str] = field(default_factory=list)             # LoadGen's own error messages
+
+    def to_dict(self) -> dict:
+        return {"validity": self.validity, "reasons": self.reasons, "samples_per_s": self.samples_per_s,
+                "query_count": self.query_count, "latency_ns": self.latency_ns, "errors": self.errors}
+
+
+def read_detail_log(path: str | Path, samples_per_query: int = 1) -> LoadGenResult:
+    """Parse a ``mlperf_log_detail.txt``; lines that are not valid MLLOG JSON (a truncated tail) are skipped."""
+    res = LoadGenResult()
+    path = Path(path)
+    if not path.is_file():
+        res.reasons.append(f"{path} is missing (the run did not finish)")
+        return res
+    with path.open(errors="replace") as f:
+        for line in f:
+            if not line.startswith(":::MLLOG "):
+                continue
+            try:
+                entry = json.loads(line[len(":::MLLOG "):])
+            except json.JSONDecodeError:
+                continue
+            _apply(res, entry, samples_per_query)
+    if res.validity == "INVALID" and not res.reasons:
+        res.reasons.append("LoadGen reported INVALID; see mlperf_log_summary.txt")
+    return res
+
+
+def _apply(res: LoadGenResult, entry: dict, samples_per_query: int) -> None:
+    key, value = entry.get("key", ""), entry.get("value")
+    if entry.get("metadata", {}).get("is_error") and key != "num_errors":
+        res.errors.append(f"{key}: {value}")
+    if key == "result_validity":
+        res.validity = str(value)
+    elif key in _CONSTRAINTS and value is False:
+        res.reasons.append(_CONSTRAINTS[key])
+    elif key == "result_samples_per_second" or key == "result_completed_samples_per_sec":
+        res.samples_per_s = float(value)
+    elif key == "result_qps_with_loadgen_overhead" and res.samples_per_s is None:
+        res.samples_per_s = float(value) * samples_per_query
+    elif key == "result_query_count":
+        res.query_count = int(value)
+    elif key in ("result_min_latency_ns", "result_max_latency_ns", "result_mean_latency_ns"):
+        res.latency_ns[key.split("_")[1]] = float(value)
+    elif m := _PERCENTILE.fullmatch(key):
+        res.latency_ns[m.group(1)] = float(value)
+
+
+def read_summary_validity(path: str | Path) -> str | None:
+    """``Result is : VALID`` from ``mlperf_log_summary.txt``, or None when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    m = re.search(r"^Result is\s*:\s*(\w+)", path.read_text(errors="replace"), re.MULTILINE)
+    return m.group(1) if m else None

@@ -1,0 +1,196 @@
+"""The worker side of every SUT: load a batch, predict, pack and complete it.
+
+Three stages, each owned by one thread when ``threaded`` (Offline, Server):
+
+    loader:    next batch from the SUT's batch source, ``qsl.get_batch`` (host gather)
+    compute:   ``backend.predict`` (host-to-device copy, network, post-processing)
+    completer: response records, one ``QuerySamplesComplete`` per batch
+
+Bounded queues between them let the loader gather batch n+1 and the completer
+pack batch n-1 while the backend computes batch n, so the device is not idle
+while results are packed. With ``threaded=False`` (SingleStream, MultiStream,
+where LoadGen waits for a query before issuing the next, so there is nothing
+to overlap) one thread runs the three stages in turn: fewer handoffs, less latency.
+
+Only the compute thread calls the backend. A batch that raises is retried one
+sample at a time, so a single bad sample fails alone; its failure is logged
+with its index and counted by the :class:`Completer`. If a stage thread dies
+anyway, the pipeline closes the completer, which completes every outstanding
+and every later sample with an empty response, so LoadGen never hangs.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Mapping, Protocol, Sequence
+
+import torch
+
+from harness.completion import Completer, Sample
+from harness.response import to_record
+
+log = logging.getLogger("harness")
+
+_STOP = object()
+_POLL_S = 0.1  # how often a blocked stage checks whether the pipeline stopped
+
+
+class BatchSource(Protocol):
+    def next_batch(self) -> list[Sample] | None:
+        """Block until a batch is ready; None once the source is closed and empty."""
+
+    def close(self) -> None:
+        """Wake any waiter; after this ``next_batch`` drains what is left, then returns None."""
+
+
+class QSLLike(Protocol):
+    def get_batch(self, indices: Sequence[int]) -> tuple[Mapping[int, torch.Tensor], torch.Tensor]:
+        """({S: uint8 Tensor[B, 3, S, S]}, int Tensor[B, 2] original (height, width))."""
+
+
+def _slice(inputs: tuple[Mapping[int, torch.Tensor], torch.Tensor], i: int):
+    images, hw = inputs
+    return {s: t[i:i + 1] for s, t in images.items()}, hw[i:i + 1]
+
+
+class Pipeline:
+    """Runs batches from ``source`` through ``backend`` and completes them via ``completer``."""
+
+    def __init__(self, backend: Any, qsl: QSLLike, completer: Completer, source: BatchSource,
+                 threaded: bool = True, depth: int = 2, name: str = "sut") -> None:
+        self.backend = backend
+        self.qsl = qsl
+        self.completer = completer
+        self.source = source
+        self.threaded = threaded
+        self.name = name
+        self._q_compute: queue.Queue = queue.Queue(maxsize=depth)
+        self._q_finish: queue.Queue = queue.Queue(maxsize=depth)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.batches = 0  # batches computed (for the run summary)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        stages = ([("loader", self._loader_loop), ("compute", self._compute_loop), ("completer", self._finish_loop)]
+                  if self.threaded else [("worker", self._inline_loop)])
+        for stage, fn in stages:
+            t = threading.Thread(target=self._guard, args=(stage, fn), name=f"{self.name}-{stage}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the stages drain what was issued, then end them."""
+        self.source.close()
+        for t in self._threads:
+            t.join(timeout)
+        self._stopping.set()
+        self.completer.close("worker", "the SUT stopped before this sample was processed")
+
+    @property
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    # -- stage work --------------------------------------------------------------
+    def _load(self, batch: list[Sample]):
+        """Gather the batch's inputs; a batch that fails to load is retried per sample."""
+        try:
+            return [(batch, self.qsl.get_batch([s.index for s in batch]))]
+        except Exception as e:  # noqa: BLE001 - every failure is reported per sample
+            if len(batch) == 1:
+                self.completer.fail(batch, "load", e)
+                return []
+        out = []
+        for s in batch:
+            try:
+                out.append(([s], self.qsl.get_batch([s.index])))
+            except Exception as e:  # noqa: BLE001
+                self.completer.fail([s], "load", e)
+        return out
+
+    def _compute(self, batch: list[Sample], inputs) -> list[tuple[list[Sample], list[torch.Tensor]]]:
+        """Predict the batch; if it raises, predict each sample alone so only bad samples fail."""
+        self.batches += 1
+        try:
+            dets = self.backend.predict(*inputs)
+            if len(dets) != len(batch):
+                raise RuntimeError(f"backend returned {len(dets)} results for a batch of {len(batch)}")
+            return [(batch, dets)]
+        except Exception as e:  # noqa: BLE001
+            if len(batch) == 1:
+                self.completer.fail(batch, "predict", e)
+                return []
+            log.warning("a batch of %d failed (%s: %s); retrying its samples one by one",
+                        len(batch), type(e).__name__, e)
+        out = []
+        for i, s in enumerate(batch):
+            try:
+                dets = self.backend.predict(*_slice(inputs, i))
+                if len(dets) != 1:
+                    raise RuntimeError(f"backend returned {len(dets)} results for a batch of 1")
+                out.append(([s], dets))
+            except Exception as e:  # noqa: BLE001
+                self.completer.fail([s], "predict", e)
+        return out
+
+    def _finish(self, batch: list[Sample], dets: list[torch.Tensor]) -> None:
+        good, records = [], []
+        for s, d in zip(batch, dets):
+            try:
+                records.append(to_record(d, s.index))
+                good.append(s)
+            except Exception as e:  # noqa: BLE001
+                self.completer.fail([s], "record", e)
+        self.completer.complete(good, records)
+
+    # -- threads -----------------------------------------------------------------
+    def _guard(self, stage: str, fn) -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - a dead stage must not leave LoadGen waiting
+            log.exception("the %s thread of %s died", stage, self.name)
+            self._stopping.set()
+            n = self.completer.close("worker", f"{stage} thread died: {type(e).__name__}: {e}")
+            log.error("completed %d outstanding samples with empty responses", n)
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self._stopping.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue):
+        while not self._stopping.is_set():
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        return _STOP
+
+    def _inline_loop(self) -> None:
+        while (batch := self.source.next_batch()) is not None:
+            for part, inputs in self._load(batch):
+                for done, dets in self._compute(part, inputs):
+                    self._finish(done, dets)
+
+    def _loader_loop(self) -> None:
+        while (batch := self.source.next_batch()) is not None:
+            for item in self._load(batch):
+                if not self._put(self._q_compute, item):
+                    return
+        self._put(self._q_compute, _STOP)
+
+    def _compute_loop(self) -> None:
+        while (item := self._get(self._q_compute)) is not _STOP:
+            for done in self._compute(*item):
+                if not self._put(self._q_finish, done):
+                    return
+        self._put(self._q_finish, _STOP)
+
+    def _finish_loop(self) -> None:
+        while (item := self._get(self._q_finish)) is not _STOP:
+            self._finish(*item)

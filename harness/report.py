@@ -1,0 +1,42 @@
+"""The short summary printed at the end of a run, from its :class:`~harness.runner.RunResult`."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from harness.coco_eval import STAT_NAMES
+
+if TYPE_CHECKING:
+    from harness.runner import RunResult
+
+SHOWN_PERCENTILES = ("50.00", "90.00", "99.00")
+
+
+def format_summary(result: "RunResult") -> str:
+    lines = [f"== {result.scenario} {result.mode} (backend {result.backend}) =="]
+    for r in result.runs:
+        lines.append(f"[{r.mode}] {r.out_dir}")
+        if r.mode != "accuracy":
+            why = f" ({'; '.join(r.loadgen.reasons)})" if r.loadgen.reasons else ""
+            lines.append(f"  result: {r.loadgen.validity}{why}")
+            if r.loadgen.samples_per_s is not None:
+                lines.append(f"  samples/s: {r.loadgen.samples_per_s:.1f}")
+            lat = [f"p{p[:2]} {r.loadgen.latency_ns[p] / 1e6:.3f} ms" for p in SHOWN_PERCENTILES
+                   if p in r.loadgen.latency_ns]
+            if lat:
+                lines.append("  latency: " + ", ".join(lat))
+        if r.accuracy is not None:
+            lines.append(f"  mAP={100.0 * r.accuracy.map:.3f}% ({STAT_NAMES[0]}) over "
+                         f"{r.accuracy.images_evaluated} images")
+        if r.accuracy_error:
+            lines.append(f"  accuracy: not computed: {r.accuracy_error}")
+        for e in r.loadgen.errors[:5]:
+            lines.append(f"  LoadGen error: {e}")
+        lines.append(f"  failed samples: {len(r.failures)}")
+        for f in r.failures[:5]:
+            lines.append(f"    sample {f.index} ({f.stage}): {f.error}")
+        if len(r.failures) > 5:
+            lines.append(f"    ... {len(r.failures) - 5} more (see harness.log)")
+    if result.interrupted:
+        lines.append("INTERRUPTED: the run was stopped before LoadGen finished; the logs above are partial")
+    lines.append(f"exit status {result.exit_code}")
+    return "\n".join(lines)
