@@ -1,0 +1,287 @@
+"""Build the preprocessed image cache from a COCO-layout data set.
+
+``prepare_cache(data_dir, sizes)`` decodes every image listed in the
+annotation file once, resizes it to each square size (see :mod:`qsl.decode`)
+and streams the rows into one ``.npy`` array per size (layout in
+:mod:`qsl.cache`); the whole set is never held in RAM.
+
+Inputs: ``<data>/annotations/instances_val2017.json`` with images in
+``<data>/val2017/`` or ``<data>/images/val2017/``, or any annotation file
+``instances_<split>.json`` given by path (images then in ``<split>/`` beside
+or under ``images/`` of its parent's parent, or of ``data_dir``).
+
+Crash safety: arrays are written under ``*.partial`` names, with a small
+progress file saved every second; ``meta.json`` is written last, by rename,
+and removed before any rebuild starts, so an interrupted preparation never
+looks like a valid cache. Re-running with the same inputs resumes from the
+progress file; anything else rebuilds from scratch. Disk space is reserved
+up front (``posix_fallocate``), so a full disk is an error before decoding,
+not a crash while writing a memory map.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .cache import (CACHE_VERSION, META_NAME, CacheError, array_name, file_fingerprint, open_cache,
+                    write_json_atomic)
+from .decode import DECODERS, RESIZE_METHOD
+from .prepare_pool import run_tasks
+
+STATE_NAME = "prepare_state.json"
+DEFAULT_CACHE_NAME = "ssd_cache"
+STATE_SAVE_S = 1.0  # seconds between progress-file saves (resume granularity)
+
+
+class PrepareError(CacheError):
+    """Preparation cannot proceed; the message names the file and what to do."""
+
+
+def find_inputs(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> tuple[Path, Path]:
+    """Locate (annotation file, image folder), or raise PrepareError listing what was tried."""
+    if data_dir is None and annotation_file is None:
+        raise PrepareError("give a data folder (--data) or an annotation file (--annotation-file)")
+    if annotation_file is None:
+        ann = Path(data_dir) / "annotations" / "instances_val2017.json"
+    else:
+        ann = Path(annotation_file)
+    if not ann.is_file():
+        raise PrepareError(f"annotation file {ann} not found: expected COCO layout <data>/annotations/"
+                           f"instances_val2017.json, or pass --annotation-file")
+    split = ann.stem[len("instances_"):] if ann.stem.startswith("instances_") else "val2017"
+    roots = [Path(data_dir)] if data_dir is not None else []
+    roots.append(ann.resolve().parent.parent)
+    tried = [r / sub / split for r in roots for sub in ("", "images")]
+    for folder in tried:
+        if folder.is_dir():
+            return ann, folder
+    raise PrepareError(f"image folder for {ann} not found; tried {', '.join(map(str, dict.fromkeys(tried)))}")
+
+
+def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, Any]]:
+    """The annotation file's ``images`` list (first ``max_images``), as [{qsl_idx, id, file_name, width, height}]."""
+    try:
+        doc = json.loads(ann.read_text())
+        images = doc["images"]
+        out = [{"qsl_idx": i, "id": int(im["id"]), "file_name": str(im["file_name"]),
+                "width": int(im["width"]), "height": int(im["height"])} for i, im in enumerate(images)]
+    except (OSError, ValueError) as e:
+        raise PrepareError(f"annotation file {ann} is not readable JSON ({e})") from None
+    except (KeyError, TypeError) as e:
+        raise PrepareError(f"annotation file {ann} is not COCO format: an image entry lacks {e} "
+                           f"(need images[].id, file_name, width, height)") from None
+    if max_images is not None:
+        if max_images < 1:
+            raise PrepareError(f"max_images must be at least 1, got {max_images}")
+        out = out[:max_images]
+    if not out:
+        raise PrepareError(f"annotation file {ann} lists no images")
+    return out
+
+
+def default_cache_dir(data_dir: str | Path | None, ann: Path) -> Path:
+    root = Path(data_dir) if data_dir is not None else ann.resolve().parent.parent
+    return root / DEFAULT_CACHE_NAME
+
+
+def _check_sizes(sizes: Sequence[int]) -> list[int]:
+    out = list(dict.fromkeys(int(s) for s in sizes))
+    if not out or any(s < 1 or s > 4096 for s in out):
+        raise PrepareError(f"image sizes must be 1..4096 pixels, got {list(sizes)}")
+    return out
+
+
+def _write_error(path: Path, e: OSError) -> PrepareError:
+    if e.errno == errno.ENOSPC:
+        return PrepareError(f"no space left on the device writing {path}: free some space or pass --cache-dir "
+                            f"on a larger disk")
+    return PrepareError(f"cannot write {path} ({e.strerror or e}): pass a writable --cache-dir")
+
+
+def _reserve(path: Path, shape: tuple[int, ...]) -> None:
+    """Create a zero-filled uint8 ``.npy`` of ``shape`` and reserve its disk blocks."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    del arr
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
+def _resume_point(cache_dir: Path, fingerprint: dict, partials: dict[int, Path]) -> tuple[int, list]:
+    """(images already done, skipped so far) from a matching progress file, else (0, [])."""
+    try:
+        state = json.loads((cache_dir / STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return 0, []
+    if state.get("fingerprint") != fingerprint:
+        return 0, []
+    n = fingerprint["num_images"]
+    for size, path in partials.items():
+        try:
+            shape = np.load(path, mmap_mode="r").shape
+        except (OSError, ValueError):
+            return 0, []
+        if shape != (n, 3, size, size):
+            return 0, []
+    return int(state["done"]), list(state["skipped"])
+
+
+def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
+                  annotation_file: str | Path | None = None, max_images: int | None = None, workers: int = 2,
+                  skip_bad: bool = False, progress: bool = True, decoder: str = "torchvision") -> Path:
+    """Decode, resize and store every listed image at every size; return the cache folder.
+
+    Raises:
+        PrepareError: missing annotation file or image folder, a missing,
+            empty or corrupt image (unless ``skip_bad``), an unwritable or
+            full output folder. Messages name the file and what to do.
+    """
+    if decoder not in DECODERS:
+        raise PrepareError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
+    sizes = _check_sizes(sizes)
+    ann, image_dir = find_inputs(data_dir, annotation_file)
+    images = read_image_list(ann, max_images)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = cache_dir / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PrepareError(f"cannot write the cache to {cache_dir} ({e.strerror or e}): pass --cache-dir with a "
+                           f"writable folder") from None
+    n = len(images)
+    ann_fp = file_fingerprint(ann)
+    fingerprint = {"version": CACHE_VERSION, "sizes": sizes, "decoder": decoder, "num_images": n,
+                   "annotation_sha256": ann_fp["sha256"], "image_dir": str(image_dir.resolve())}
+    partials = {s: cache_dir / (array_name(s) + ".partial") for s in sizes}
+    meta_path, state_path = cache_dir / META_NAME, cache_dir / STATE_NAME
+    try:
+        meta_path.unlink(missing_ok=True)  # from here on the folder is not a valid cache until we finish
+        for old in cache_dir.glob("images_*.npy"):
+            old.unlink()
+        done, skipped = _resume_point(cache_dir, fingerprint, partials)
+        if done == 0:
+            state_path.unlink(missing_ok=True)
+            for stale in cache_dir.glob("images_*.npy.partial"):
+                stale.unlink()
+            need = sum(n * 3 * s * s for s in sizes)
+            free = shutil.disk_usage(cache_dir).free
+            if need > free:
+                raise OSError(errno.ENOSPC, f"need {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free")
+            for s, path in partials.items():
+                _reserve(path, (n, 3, s, s))
+    except OSError as e:
+        raise _write_error(cache_dir, e) from None
+
+    tasks = [(im["qsl_idx"], str(image_dir / im["file_name"]), im["height"], im["width"]) for im in images[done:]]
+    bar = tqdm(total=n, initial=done, unit="img", desc=f"prepare {'/'.join(map(str, sizes))}",
+               disable=not progress, smoothing=0.1)
+    last_save = time.monotonic()
+    results = run_tasks(tasks, partials, decoder, max(1, workers))
+    try:
+        for idx, reason in results:
+            if reason is not None:
+                im = images[idx]
+                if not skip_bad:
+                    raise PrepareError(f"image {image_dir / im['file_name']} (qsl_idx {idx}, id {im['id']}) "
+                                       f"{reason}: fix or remove it from {ann}, or pass --skip-bad-images to "
+                                       f"skip it (its pixels are left zero and it is recorded as skipped)")
+                skipped.append({"qsl_idx": idx, "id": im["id"], "file_name": im["file_name"], "reason": reason})
+            done = idx + 1
+            bar.update(1)
+            if time.monotonic() - last_save > STATE_SAVE_S:
+                write_json_atomic(state_path, {"fingerprint": fingerprint, "done": done, "skipped": skipped})
+                last_save = time.monotonic()
+    except OSError as e:
+        raise _write_error(state_path, e) from None
+    finally:
+        results.close()
+        bar.close()
+
+    try:
+        for s, path in partials.items():
+            arr = np.load(path, mmap_mode="r+")
+            for item in skipped:  # a bad image may have been half written before a resume: zero it
+                arr[item["qsl_idx"]] = 0
+            arr.flush()
+            del arr
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        byte_sizes = {}
+        for s, path in partials.items():
+            final = cache_dir / array_name(s)
+            os.replace(path, final)
+            byte_sizes[str(s)] = final.stat().st_size
+        meta = {"version": CACHE_VERSION, "sizes": sizes, "decoder": decoder, "resize": RESIZE_METHOD[decoder],
+                "layout": "uint8 [N, 3, S, S] RGB per size, row = qsl_idx = position in the annotation file",
+                "annotation_file": ann_fp, "image_dir": str(image_dir.resolve()), "max_images": max_images,
+                "num_images": n, "array_bytes": byte_sizes,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "images": images, "skipped": skipped}
+        write_json_atomic(meta_path, meta)
+        state_path.unlink(missing_ok=True)
+    except OSError as e:
+        raise _write_error(cache_dir, e) from None
+    return cache_dir
+
+
+def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
+                 annotation_file: str | Path | None = None, **prepare_kwargs: Any):
+    """Open the cache if it is valid for ``sizes``, else prepare it first; returns a :class:`qsl.cache.Cache`.
+
+    A cache is reused only when made with the same ``max_images`` (in
+    ``prepare_kwargs``).
+    """
+    ann, _ = find_inputs(data_dir, annotation_file)
+    where = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
+    try:
+        cache = open_cache(where, sizes, ann)
+        if cache.meta.get("max_images") == prepare_kwargs.get("max_images"):
+            return cache
+    except CacheError:
+        pass
+    prepare_cache(data_dir, sizes, where, annotation_file=ann, **prepare_kwargs)
+    return open_cache(where, sizes, ann)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Preprocess COCO images into the SSD input cache.")
+    parser.add_argument("--data", help="COCO folder with annotations/ and val2017/ (or images/val2017/)")
+    parser.add_argument("--image-size", type=int, nargs="+", required=True, help="square input sizes, e.g. 300 600")
+    parser.add_argument("--cache-dir", help="where to write the cache (default <data>/ssd_cache)")
+    parser.add_argument("--annotation-file", help="annotation JSON (default <data>/annotations/instances_val2017.json)")
+    parser.add_argument("--max-images", type=int, help="use only the first N images of the annotation file")
+    parser.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    parser.add_argument("--decoder", choices=DECODERS, default="torchvision", help="image decode/resize path")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        out = prepare_cache(args.data, args.image_size, args.cache_dir, args.annotation_file, args.max_images,
+                            args.workers, args.skip_bad_images, not args.quiet, args.decoder)
+        cache = open_cache(out, args.image_size)
+    except CacheError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"cache ready: {out} ({cache.num_images} images, sizes {list(cache.sizes)}, "
+          f"{len(cache.skipped)} skipped)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

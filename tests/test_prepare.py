@@ -1,0 +1,224 @@
+"""Cache preparation and opening: pixels, metadata, bad input, staleness, crash safety."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import qsl.prepare as prep
+from qsl.cache import CacheError, open_cache
+from qsl.decode import load_resized
+from qsl.prepare import PrepareError, ensure_cache, main, prepare_cache
+from qsl.synthetic import make_synthetic_coco
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+
+SIZES = (257, 320)
+NUM = 6
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("coco")
+    make_synthetic_coco(root, NUM, seed=0, min_size=200, max_size=360)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(dataset) -> Path:
+    return prepare_cache(dataset, SIZES, workers=1, progress=False)
+
+
+def _copy(dataset: Path, tmp_path: Path) -> Path:
+    shutil.copytree(dataset, tmp_path / "data", ignore=shutil.ignore_patterns("ssd_cache"))
+    return tmp_path / "data"
+
+
+def _images(root: Path) -> list[dict]:
+    return json.loads((root / "annotations" / "instances_val2017.json").read_text())["images"]
+
+
+def test_round_trip_pixels_and_metadata(dataset, cache_dir):
+    assert cache_dir == dataset / "ssd_cache"
+    cache = open_cache(cache_dir, SIZES)
+    images = _images(dataset)
+    assert cache.num_images == NUM and cache.skipped == []
+    assert cache.image_ids.tolist() == [im["id"] for im in images]
+    assert cache.image_hw.tolist() == [[im["height"], im["width"]] for im in images]
+    assert [m["qsl_idx"] for m in cache.meta["images"]] == list(range(NUM))
+    ann = dataset / "annotations" / "instances_val2017.json"
+    assert cache.meta["annotation_file"]["sha256"] == hashlib.sha256(ann.read_bytes()).hexdigest()
+    for i, im in enumerate(images):
+        path = dataset / "val2017" / im["file_name"]
+        ref, hw = load_resized(path, SIZES, "torchvision")
+        assert hw == (im["height"], im["width"])
+        with Image.open(path) as pil:
+            rgb = pil.convert("RGB")
+            gray = pil.mode == "L"
+        for s in SIZES:
+            row = np.asarray(cache.arrays[s][i])
+            assert row.shape == (3, s, s) and row.dtype == np.uint8
+            assert np.array_equal(row, ref[s].numpy())            # exact for the same decoder
+            pil_ref = np.asarray(rgb.resize((s, s), Image.BILINEAR)).transpose(2, 0, 1).astype(int)
+            assert np.abs(row.astype(int) - pil_ref).max() <= 1    # documented: within 1 level of PIL
+            if gray:
+                assert np.array_equal(row[0], row[1]) and np.array_equal(row[1], row[2])
+    assert any(Image.open(dataset / "val2017" / im["file_name"]).mode == "L" for im in images)
+
+
+def test_pil_decoder_matches_pil_exactly_and_two_workers_agree(dataset, cache_dir, tmp_path):
+    pil_dir = prepare_cache(dataset, [257], tmp_path / "pil", workers=1, progress=False, decoder="pil")
+    two = prepare_cache(dataset, SIZES, tmp_path / "two", workers=2, progress=False)
+    one = open_cache(cache_dir, SIZES)
+    for s in SIZES:
+        assert np.array_equal(np.asarray(open_cache(two, SIZES).arrays[s]), np.asarray(one.arrays[s]))
+    arr = open_cache(pil_dir, [257]).arrays[257]
+    for i, im in enumerate(_images(dataset)):
+        with Image.open(dataset / "val2017" / im["file_name"]) as pil:
+            ref = np.asarray(pil.convert("RGB").resize((257, 257), Image.BILINEAR)).transpose(2, 0, 1)
+        assert np.array_equal(arr[i], ref)
+
+
+def test_cmyk_jpeg_converted_like_pil(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "CMYK").save(tmp_path / "c.jpg")
+    out, hw = load_resized(tmp_path / "c.jpg", [30], "torchvision")
+    with Image.open(tmp_path / "c.jpg") as pil:
+        assert pil.mode == "CMYK"
+        ref = np.asarray(pil.convert("RGB").resize((30, 30), Image.BILINEAR)).transpose(2, 0, 1).astype(int)
+    assert hw == (40, 50) and np.abs(out[30].numpy().astype(int) - ref).max() <= 1
+
+
+def test_missing_inputs_are_named(dataset, tmp_path):
+    with pytest.raises(PrepareError, match=r"annotation file .*instances_val2017.json not found"):
+        prepare_cache(tmp_path, SIZES, progress=False)
+    data = _copy(dataset, tmp_path)
+    shutil.move(data / "val2017", data / "elsewhere")
+    with pytest.raises(PrepareError, match=r"image folder .* not found; tried .*val2017"):
+        prepare_cache(data, SIZES, progress=False)
+    (data / "images").mkdir()
+    shutil.move(data / "elsewhere", data / "images" / "val2017")
+    assert prepare_cache(data, [257], workers=1, progress=False) == data / "ssd_cache"  # seed's images/ layout
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("missing", "file not found"),
+    ("empty", r"is empty \(0 bytes\)"),
+    ("corrupt", "cannot be decoded"),
+])
+def test_bad_image_fails_with_name_or_is_skipped(dataset, tmp_path, damage, reason):
+    data = _copy(dataset, tmp_path)
+    victim = _images(data)[3]
+    path = data / "val2017" / victim["file_name"]
+    if damage == "missing":
+        path.unlink()
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(PrepareError, match=rf"{victim['file_name']}.*qsl_idx 3.*{reason}.*--skip-bad-images"):
+        prepare_cache(data, SIZES, workers=1, progress=False)
+    with pytest.raises(CacheError, match="no preprocessed cache"):
+        open_cache(data / "ssd_cache", SIZES)  # a failed preparation leaves no valid-looking cache
+    prepare_cache(data, SIZES, workers=2, progress=False, skip_bad=True)
+    cache = open_cache(data / "ssd_cache", SIZES)
+    assert cache.num_images == NUM and cache.image_ids[3] == victim["id"]  # qsl_idx 3 stays reserved
+    assert [(s["qsl_idx"], s["id"]) for s in cache.skipped] == [(3, victim["id"])]
+    assert cache.skipped[0]["reason"].startswith(reason.replace("\\", "")[:8])
+    for s in SIZES:
+        assert not cache.arrays[s][3].any() and cache.arrays[s][2].any()
+
+
+def test_unwritable_and_full_output(dataset, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(PrepareError, match=r"cannot write the cache to .*a_file.*--cache-dir"):
+        prepare_cache(dataset, SIZES, cache_dir=blocker / "cache", progress=False)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(prep.os, "posix_fallocate", full)
+    with pytest.raises(PrepareError, match=r"no space left on the device writing .*full.*--cache-dir"):
+        prepare_cache(dataset, SIZES, cache_dir=tmp_path / "full", progress=False)
+    monkeypatch.setattr(prep.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 5))
+    with pytest.raises(PrepareError, match="no space left"):
+        prepare_cache(dataset, SIZES, cache_dir=tmp_path / "full2", progress=False)
+
+
+def test_open_cache_detects_bad_caches(dataset, cache_dir, tmp_path):
+    with pytest.raises(CacheError, match=r"made for image sizes \[257, 320\], not \[300\]"):
+        open_cache(cache_dir, [300])
+    open_cache(cache_dir, [320])  # a subset of the cached sizes is fine
+    copy = tmp_path / "cache"
+    shutil.copytree(cache_dir, copy)
+    arr = copy / "images_320.npy"
+    with open(arr, "r+b") as f:
+        f.truncate(arr.stat().st_size - 1)
+    with pytest.raises(CacheError, match=r"images_320.npy is \d+ bytes, its header implies \d+: .*truncated"):
+        open_cache(copy, SIZES)
+    data = _copy(dataset, tmp_path)
+    ann = data / "annotations" / "instances_val2017.json"
+    with pytest.raises(CacheError, match="stale"):
+        doc = json.loads(ann.read_text())
+        doc["images"] = doc["images"][:-1]
+        ann.write_text(json.dumps(doc))
+        open_cache(cache_dir, SIZES, annotation_file=ann)
+    with pytest.raises(CacheError, match="no preprocessed cache"):
+        open_cache(tmp_path / "nothing", SIZES)
+
+
+def test_interrupt_leaves_no_valid_cache_and_rerun_resumes(dataset, tmp_path, monkeypatch):
+    data = _copy(dataset, tmp_path)
+    prepare_cache(data, SIZES, workers=1, progress=False)
+    real = prep.run_tasks
+    seen: list[list[int]] = []
+
+    def interrupted(tasks, *args):
+        seen.append([t[0] for t in tasks])
+        gen = real(tasks, *args)
+        for k, result in enumerate(gen):
+            if k == 4:
+                gen.close()
+                raise KeyboardInterrupt
+            yield result
+    monkeypatch.setattr(prep, "run_tasks", interrupted)
+    monkeypatch.setattr(prep, "STATE_SAVE_S", -1.0)  # save progress after every image
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cache(data, SIZES, workers=1, progress=False)
+    with pytest.raises(CacheError, match="no preprocessed cache"):
+        open_cache(data / "ssd_cache", SIZES)  # the old, valid cache was invalidated before rebuilding
+    monkeypatch.setattr(prep, "run_tasks", lambda tasks, *a: (seen.append([t[0] for t in tasks]), real(tasks, *a))[1])
+    prepare_cache(data, SIZES, workers=1, progress=False)
+    assert seen == [list(range(NUM)), list(range(4, NUM))]  # resumed after the 4 finished images
+    resumed, reference = open_cache(data / "ssd_cache", SIZES), open_cache(dataset / "ssd_cache", SIZES)
+    for s in SIZES:
+        assert np.array_equal(np.asarray(resumed.arrays[s]), np.asarray(reference.arrays[s]))
+    assert not list((data / "ssd_cache").glob("*.partial")) and not (data / "ssd_cache" / prep.STATE_NAME).exists()
+
+
+def test_ensure_cache_reuses_or_prepares(dataset, tmp_path):
+    data = _copy(dataset, tmp_path)
+    first = ensure_cache(data, [257], workers=1, progress=False)
+    stamp = (data / "ssd_cache" / "images_257.npy").stat().st_mtime_ns
+    again = ensure_cache(data, [257], workers=1, progress=False)
+    assert (data / "ssd_cache" / "images_257.npy").stat().st_mtime_ns == stamp
+    assert again.num_images == first.num_images == NUM
+    small = ensure_cache(data, [257], workers=1, progress=False, max_images=2)  # different request: rebuilt
+    assert small.num_images == 2 and small.image_ids.tolist() == first.image_ids[:2].tolist()
+
+
+def test_cli(dataset, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    assert main(["--data", str(dataset), "--image-size", "257", "257", "--cache-dir", str(tmp_path / "c"),
+                 "--max-images", "3", "--quiet", "--workers", "1"]) == 0
+    assert "3 images, sizes [257]" in capsys.readouterr().out
+    assert main(["--data", str(tmp_path / "none"), "--image-size", "300", "--quiet"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert torch.get_num_threads() == threads  # in-process decoding restores the caller's thread count
