@@ -1,0 +1,124 @@
+"""Quick COCO mAP of a demo checkpoint on a COCO-format folder (single scale, CPU).
+
+A progress check for demo training, independent of the LoadGen harness:
+decode with the default boxes, softmax, per class keep score > 0.05 and the 200 best,
+one ``batched_nms`` at IoU 0.5, keep the 200 best per image, then pycocotools ``bbox``
+evaluation over the evaluated images. Labels map to category ids as
+``[0] + sorted(category ids)``, the accuracy script's mapping.
+
+Usage::
+
+    python tools/eval_demo.py --checkpoint models/demo_ssd18_300.pt --data /tmp/demo_val \
+        --num-images 500 --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+import torch
+from torchvision.ops import batched_nms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backends.ssd.default_boxes import default_boxes  # noqa: E402
+from backends.ssd.model import SSDResNet  # noqa: E402
+from tools.demo_data import DetectionSet, annotation_file, load_coco_set, normalize  # noqa: E402
+from tools.ssd_targets import decode  # noqa: E402
+
+STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+
+
+def postprocess(locs: torch.Tensor, confs: torch.Tensor, dboxes: torch.Tensor, score_threshold: float = 0.05,
+                nms_iou: float = 0.5, max_per_class: int = 200, max_detections: int = 200) -> list[torch.Tensor]:
+    """Detections per image from raw head outputs.
+
+    Args:
+        locs: Tensor[N, 4, B]; confs: Tensor[N, C, B] logits; dboxes: Tensor[B, 4] (cx, cy, w, h).
+
+    Returns:
+        N fp32 tensors [K, 6]: (x1, y1, x2, y2) normalized and clipped to [0, 1], score, label 1..C-1.
+    """
+    boxes = decode(locs, dboxes).clamp(0, 1)                       # [N, B, 4]
+    scores = confs.float().softmax(dim=1)[:, 1:]                    # [N, C-1, B]
+    out = []
+    for img_boxes, img_scores in zip(boxes, scores):
+        k = min(max_per_class, img_scores.shape[1])
+        top, idx = img_scores.topk(k, dim=1)                        # [C-1, k]
+        labels = torch.arange(1, img_scores.shape[0] + 1).unsqueeze(1).expand_as(idx)
+        keep = top > score_threshold
+        cand_boxes, cand_scores, cand_labels = img_boxes[idx[keep]], top[keep], labels[keep]
+        kept = batched_nms(cand_boxes, cand_scores, cand_labels, nms_iou)[:max_detections]
+        out.append(torch.cat([cand_boxes[kept], cand_scores[kept, None], cand_labels[kept, None].float()], 1))
+    return out
+
+
+@torch.no_grad()
+def predict(model: SSDResNet, data: DetectionSet, batch_size: int = 16, bf16: bool = True) -> list[torch.Tensor]:
+    """Run the model over a whole set; returns per-image detections as :func:`postprocess`."""
+    model.eval()
+    dboxes = default_boxes(data.image_size)
+    dets = []
+    for start in range(0, len(data), batch_size):
+        x = normalize(data.images[start:start + batch_size])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            locs, confs = model(x)
+        dets += postprocess(locs, confs, dboxes)
+    return dets
+
+
+def coco_map(dets: list[torch.Tensor], data: DetectionSet, ann_file: Path) -> dict[str, float]:
+    """pycocotools bbox stats over the images in ``data``: {"AP", "AP50", "AP75", "AP_small", ...}."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    label_map = data.label_map
+    results = []
+    for image_id, (h, w), det in zip(data.image_ids, data.image_hw.tolist(), dets):
+        for x1, y1, x2, y2, score, label in det.tolist():
+            results.append({"image_id": image_id, "category_id": label_map[int(label)], "score": score,
+                            "bbox": [x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h]})
+    if not results:
+        return {name: 0.0 for name in STAT_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator.params.imgIds = list(data.image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+
+
+def load_demo_model(path: Path) -> SSDResNet:
+    """Build the network a demo checkpoint describes and load its fp16 weights as fp32."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = SSDResNet(num_classes=ckpt["num_classes"], backbone=ckpt["backbone"], variant="training")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="COCO-format root; generated if missing")
+    parser.add_argument("--split", default="val2017")
+    parser.add_argument("--num-images", type=int, default=500, help="images to generate / evaluate")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic data seed when generating")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not annotation_file(args.data, args.split).is_file():
+        from qsl.synthetic import make_synthetic_coco
+        make_synthetic_coco(args.data, args.num_images, seed=args.seed, split=args.split)
+    data = load_coco_set(args.data, args.split, limit=args.num_images, progress=True)
+    stats = coco_map(predict(load_demo_model(args.checkpoint), data), data, annotation_file(args.data, args.split))
+    print(" ".join(f"{k}={v:.4f}" for k, v in stats.items()), f"images={len(data)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
