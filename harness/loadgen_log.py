@@ -6,8 +6,8 @@ result keys are ``result_validity``, ``result_min_duration_met``,
 ``result_min_queries_met``, ``result_perf_constraints_met`` (Server),
 ``early_stopping_met``, ``result_<p>_percentile_latency_ns`` and one of
 ``result_samples_per_second`` (Offline), ``result_completed_samples_per_sec``
-(Server) or ``result_qps_with_loadgen_overhead`` (queries/s, SingleStream and
-MultiStream). A run cut short has no result keys: validity is then "UNKNOWN".
+(Server) or ``result_qps_with_loadgen_overhead`` (queries/s, SingleStream); MultiStream
+logs latencies only, so its rate is samples_per_query / mean query latency. A run cut short has no result keys: validity is then "UNKNOWN".
 """
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ def read_detail_log(path: str | Path, samples_per_query: int = 1) -> LoadGenResu
             except json.JSONDecodeError:
                 continue
             _apply(res, entry, samples_per_query)
+    if res.samples_per_s is None and res.latency_ns.get("mean"):
+        # MultiStream reports latency only; its queries run one after another.
+        res.samples_per_s = samples_per_query * 1e9 / res.latency_ns["mean"]
     if res.validity == "INVALID" and not res.reasons:
         res.reasons.append("LoadGen reported INVALID; see mlperf_log_summary.txt")
     return res
@@ -68,6 +71,8 @@ def _apply(res: LoadGenResult, entry: dict, samples_per_query: int) -> None:
         res.validity = str(value)
     elif key in _CONSTRAINTS and value is False:
         res.reasons.append(_CONSTRAINTS[key])
+    elif key in ("result_invalid_reason", "early_stopping_result") and value and res.validity == "INVALID":
+        res.reasons.append(" ".join(str(value).replace("*", "").split()))
     elif key == "result_samples_per_second" or key == "result_completed_samples_per_sec":
         res.samples_per_s = float(value)
     elif key == "result_qps_with_loadgen_overhead" and res.samples_per_s is None:

@@ -1,0 +1,146 @@
+"""Harness pieces without LoadGen: the response record, exactly-once completion, the pipeline, batching."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from backends.null import NullBackend
+from harness.batching import DynamicBatcher
+from harness.completion import Completer, Sample
+from harness.memory_qsl import MemoryQSL
+from harness.pipeline import Pipeline
+from harness.batching import BatchQueue
+from harness.response import pack_records, to_record
+from harness.sut_server import server_max_wait_s
+
+
+class Recorder:
+    """Stands in for lg.QuerySamplesComplete: keeps (id, bytes) per completed sample."""
+
+    def __init__(self):
+        self.done: list[tuple[int, bytes]] = []
+        self.lock = threading.Lock()
+
+    def response(self, sample_id, ptr, nbytes):
+        import ctypes
+        return sample_id, ctypes.string_at(ptr, nbytes) if nbytes else b""
+
+    def complete(self, responses):
+        with self.lock:
+            self.done.extend(responses)
+
+
+def test_record_is_y_first_with_qsl_idx():
+    det = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.9, 5.0]])  # x1, y1, x2, y2, score, label
+    rec = to_record(det, 42)
+    assert rec.dtype == np.float32 and rec.shape == (1, 7)
+    np.testing.assert_array_equal(rec[0], np.float32([42, 0.2, 0.1, 0.4, 0.3, 0.9, 5.0]))
+    assert to_record(torch.zeros(0, 6), 3).shape == (0, 7)
+    with pytest.raises(ValueError, match=r"Tensor\[K, 6\]"):
+        to_record(torch.zeros(2, 4), 0)
+
+
+def test_pack_records_spans():
+    a, b = np.ones((2, 7), np.float32), np.full((1, 7), 2, np.float32)
+    buf, spans = pack_records([a, np.zeros((0, 7), np.float32), b])
+    assert spans == [(0, 2 * 28), (2 * 28, 0), (2 * 28, 28)]
+    assert buf.shape == (3, 7) and buf[2, 0] == 2
+
+
+def test_completer_completes_each_sample_once():
+    rec = Recorder()
+    c = Completer(rec.complete, rec.response)
+    samples = [Sample(100 + i, i) for i in range(4)]
+    assert c.register(samples)
+    c.complete(samples[:2], [np.ones((1, 7), np.float32), np.zeros((0, 7), np.float32)])
+    c.complete(samples[:1], [np.ones((1, 7), np.float32)])          # already done: ignored
+    c.fail(samples[1:3], "predict", RuntimeError("boom"))           # only sample 2 is still open
+    assert c.close("worker", "stopped") == 1                        # sample 3
+    ids = [i for i, _ in rec.done]
+    assert sorted(ids) == [100, 101, 102, 103]
+    assert dict(rec.done)[100] == np.ones(7, np.float32).tobytes()
+    assert [(f.index, f.stage) for f in c.failures] == [(2, "predict"), (3, "worker")]
+    assert not c.register([Sample(200, 9)])                         # closed: failed at once
+    assert rec.done[-1] == (200, b"") and c.failures[-1].index == 9
+
+
+class FailOn(NullBackend):
+    """Raises for any batch holding the image of sample ``bad`` (MemoryQSL fills image i with i % 256)."""
+
+    def __init__(self, bad: int):
+        super().__init__()
+        self.bad = bad
+
+    def predict(self, images, image_hw):
+        first = next(iter(images.values()))
+        if (first[:, 0, 0, 0] == self.bad).any():
+            raise RuntimeError(f"bad pixel in sample {self.bad}")
+        return super().predict(images, image_hw)
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_pipeline_fails_only_the_bad_sample(threaded):
+    rec = Recorder()
+    qsl = MemoryQSL(20)
+    qsl.load(range(20))
+    c = Completer(rec.complete, rec.response)
+    source = BatchQueue()
+    pipe = Pipeline(FailOn(bad=5), qsl, c, source, threaded=threaded)
+    pipe.start()
+    samples = [Sample(1000 + i, i) for i in range(20)]
+    c.register(samples)
+    source.put([samples[i:i + 8] for i in range(0, 20, 8)])
+    pipe.stop()
+    assert sorted(i for i, _ in rec.done) == [s.id for s in samples]
+    assert [f.index for f in c.failures] == [5]
+    done = dict(rec.done)
+    assert done[1005] == b"" and len(done[1004]) == 2 * 28   # null backend: 2 detections of 7 floats
+
+
+def test_dead_worker_completes_outstanding_and_later_samples():
+    class Explodes(NullBackend):
+        def predict(self, images, image_hw):
+            raise SystemExit("thread killed")  # not an Exception: escapes the per-batch handler
+
+    rec = Recorder()
+    qsl = MemoryQSL(8)
+    qsl.load(range(8))
+    c = Completer(rec.complete, rec.response)
+    source = BatchQueue()
+    pipe = Pipeline(Explodes(), qsl, c, source, threaded=True)
+    pipe.start()
+    samples = [Sample(i, i) for i in range(8)]
+    c.register(samples)
+    source.put([samples[:4], samples[4:]])
+    deadline = time.monotonic() + 5
+    while len(rec.done) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(i for i, _ in rec.done) == list(range(8))
+    assert c.closed and all(f.stage == "worker" for f in c.failures)
+    c.register([Sample(50, 0)])
+    assert rec.done[-1] == (50, b"")
+    pipe.stop()
+
+
+def test_dynamic_batcher_fills_or_times_out():
+    b = DynamicBatcher(max_batch=3, max_wait_s=0.05)
+    b.add([Sample(i, i) for i in range(4)])
+    assert [s.id for s in b.next_batch()] == [0, 1, 2]              # full batch leaves at once
+    t0 = time.monotonic()
+    assert [s.id for s in b.next_batch()] == [3]                    # a lone sample waits max_wait_s
+    assert time.monotonic() - t0 >= 0.04
+    b.add([Sample(9, 9)])
+    b.flush()
+    t0 = time.monotonic()
+    assert [s.id for s in b.next_batch()] == [9] and time.monotonic() - t0 < 0.04
+    b.close()
+    assert b.next_batch() is None
+
+
+def test_server_wait_is_capped_by_latency_bound():
+    assert server_max_wait_s(5.0, 100_000_000) == pytest.approx(0.005)      # configured 5 ms < 0.2 * 100 ms
+    assert server_max_wait_s(50.0, 100_000_000) == pytest.approx(0.020)     # capped at 0.2 * 100 ms
