@@ -1,0 +1,69 @@
+"""bf16 and fp16 networks give the same top detections as fp32 (random weights, seed 0)."""
+import warnings
+
+import pytest
+import torch
+
+from backends.pytorch_backend import PyTorchBackend
+from harness.config import ModelConfig
+
+SIZE = 257
+
+
+def make_backend(precision):
+    cfg = ModelConfig(backbone="resnet18", num_classes=5, image_size=(SIZE, SIZE), precision=precision,
+                      channels_last=True)
+    backend = PyTorchBackend(cfg, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        backend.load()
+    with torch.no_grad():   # smaller class logits: a spread of scores, a few confident boxes
+        for conv in backend.model.conf:
+            conv.weight.mul_(0.2)
+    return backend
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    return {SIZE: torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)}, \
+        torch.tensor([[480, 640], [427, 640]])
+
+
+@pytest.fixture(scope="module")
+def reference(inputs):
+    return make_backend("fp32").predict(*inputs)
+
+
+def iou_xyxy(a, b):
+    lt, rb = torch.max(a[:, :2], b[:, :2]), torch.min(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    return inter / ((a[:, 2:] - a[:, :2]).prod(1) + (b[:, 2:] - b[:, :2]).prod(1) - inter)
+
+
+@pytest.mark.parametrize("precision,score_tol", [("bf16", 0.05), ("fp16", 0.01)])
+def test_low_precision_agrees_on_top_detections(inputs, reference, precision, score_tol):
+    backend = make_backend(precision)
+    assert backend.model.conf[0].weight.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert backend.model.model.layer1[1].weight.dtype == torch.float32       # BatchNorm stays fp32
+    got = backend.predict(*inputs)
+    for ref, det in zip(reference, got):
+        assert det.dtype == torch.float32
+        top = ref[:10]
+        assert top.shape[0] == 10 and top[0, 4] > 0.5          # real detections exist
+        # every top fp32 detection has a same-label low-precision twin: close box and score
+        for row in top:
+            same = det[det[:, 5] == row[5]]
+            assert same.shape[0] > 0
+            ious = iou_xyxy(row[None, :4].expand(same.shape[0], 4), same[:, :4])
+            best = ious.argmax()
+            assert ious[best] > 0.9
+            assert abs(same[best, 4] - row[4]) < score_tol
+
+
+def test_fp16_on_cpu_warns_and_runs(inputs):
+    cfg = ModelConfig(backbone="resnet18", num_classes=5, image_size=(SIZE, SIZE), precision="fp16")
+    backend = PyTorchBackend(cfg, device="cpu")
+    with pytest.warns(RuntimeWarning, match="fp16 on the CPU"):
+        backend.load()
+    assert backend.model.loc[0].weight.dtype == torch.float16
