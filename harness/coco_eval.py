@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from harness.response import RECORD_FLOATS
+
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it logs its summary table at INFO
 
 STAT_NAMES = (
     "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",

@@ -1,0 +1,128 @@
+"""run.py end to end: bad input gives one clear line and status 2; accuracy runs agree with `run.py evaluate`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import run
+from harness.accuracy import decode_entries
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--backbone", "resnet18", "--image-size", "257", "257", "--num-classes", "7", "--threads", "1"]
+
+
+def _main(capsys, argv):
+    rc = run.main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--small-mask", "1", "1", "1"], "small_mask must be 6 values of 0 or 1 (one per feature map), got [1, 1, 1] "
+                                      "(given by --small-mask)"),
+    (["--large-mask", "1", "1", "1", "1", "1", "2"], "large_mask must be 6 values of 0 or 1"),
+    (["--image-size", "300", "0"], "--image-size must be two positive sizes"),
+    (["--dboxes-steps", "8", "16"], "dboxes_steps must be 6 positive numbers"),
+    (["--max-images", "0"], "--max-images must be positive"),
+    (["--batch-size", "-1"], "--batch-size must be positive"),
+    (["--model", "/nonexistent/model300.pt"], "--model /nonexistent/model300.pt: checkpoint file not found"),
+    (["--use-fp16", "--precision", "bf16"], "--use-fp16 contradicts --precision bf16"),
+])
+def test_bad_flags(capsys, synthetic_coco, extra, message):
+    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), *extra])
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_paths(capsys, tmp_path, synthetic_coco):
+    rc, _, err = _main(capsys, ["--data", str(tmp_path)])
+    assert rc == 2 and "annotations/instances_val2017.json not found" in err
+    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), "--user-conf", str(tmp_path / "none.conf")])
+    assert rc == 2 and "none.conf does not exist" in err
+    bad = tmp_path / "bad.conf"
+    bad.write_text("ssd-resnet34.Offline.min_duration: 10\n")
+    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), "--user-conf", str(bad)])
+    assert rc == 2 and f"cannot parse the settings file {bad}" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), "--output", str(blocker / "out"), *TINY])
+    assert rc == 2 and "cannot write results to" in err and "--output" in err
+
+
+def test_steps_that_do_not_fit(capsys, synthetic_coco, tmp_path):
+    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), "--output", str(tmp_path), *TINY[:-4],
+                                "--image-size", "600", "600", "--dboxes-steps", "8", "16", "32", "64", "100", "300"])
+    assert rc == 2 and "step" in err and "Traceback" not in err
+
+
+def _log_records(run_dir: Path, n: int):
+    entries = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    return decode_entries(entries, n)[0]
+
+
+def test_accuracy_runs_match_direct_evaluation(capsys, synthetic_coco, tmp_path, fast_conf):
+    base = ["--data", str(synthetic_coco), "--cache-dir", str(tmp_path / "cache"), *TINY]
+    rc, out, err = _main(capsys, ["evaluate", *base, "--dump-detections", str(tmp_path / "dets.json")])
+    assert rc == 0, err
+    direct = out.splitlines()[0]
+    assert direct.startswith("mAP=")
+    dets = json.loads((tmp_path / "dets.json").read_text())
+    assert dets and {"image_id", "category_id", "bbox", "score"} == set(dets[0])
+    for scenario in ("Offline", "SingleStream"):
+        rc, out, err = _main(capsys, ["--scenario", scenario, "--mode", "accuracy", "--output", str(tmp_path / "o"),
+                                      "--user-conf", str(fast_conf), *base])
+        assert rc == 0, err
+        acc_dir = tmp_path / "o" / "default" / "ssd-resnet34" / scenario / "accuracy"
+        assert (acc_dir / "accuracy.txt").read_text().splitlines()[0] == direct
+        assert f"{direct} (" in out and "failed samples: 0" in out
+        for name in ("config.json", "user.conf", "mlperf_log_detail.txt"):
+            assert (acc_dir / name).is_file()
+        assert len(_log_records(acc_dir, 8)) == 8
+
+
+def test_failing_sample_exits_nonzero(capsys, synthetic_coco, tmp_path, fast_conf, monkeypatch):
+    from backends.null import NullBackend
+    image = json.loads((synthetic_coco / "annotations" / "instances_val2017.json").read_text())["images"][3]
+
+    class FailOnImage3(NullBackend):  # synthetic image sizes differ, so (height, width) picks out image 3
+        def predict(self, images, image_hw):
+            if ((image_hw[:, 0] == image["height"]) & (image_hw[:, 1] == image["width"])).any():
+                raise RuntimeError("cannot process image 3")
+            return super().predict(images, image_hw)
+
+    monkeypatch.setattr(run, "make_backend", lambda config, kind: FailOnImage3())
+    rc, out, _ = _main(capsys, ["--scenario", "Offline", "--mode", "performance", "--data", str(synthetic_coco),
+                                "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "o"),
+                                "--user-conf", str(fast_conf), "--image-size", "257", "257"])
+    assert rc == 1 and "sample 3 (predict)" in out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery")
+def test_ctrl_c_ends_a_long_run_promptly(synthetic_coco, tmp_path):
+    """A 10-minute Server run (official user.conf), interrupted after it starts, ends within seconds."""
+    cmd = [sys.executable, str(ROOT / "run.py"), "--scenario", "Server", "--mode", "performance",
+           "--server-target-qps", "50",
+           "--backend", "null", "--data", str(synthetic_coco), "--cache-dir", str(tmp_path / "cache"),
+           "--output", str(tmp_path / "o"), "--image-size", "257", "257"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    detail = tmp_path / "o" / "default" / "ssd-resnet34" / "Server" / "performance" / "run_1" / \
+        "mlperf_log_detail.txt"
+    deadline = time.monotonic() + 60
+    while not detail.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 15
+    assert proc.returncode == 130, err
+    assert "INTERRUPTED" in out
+    assert detail.read_text().startswith(":::MLLOG")
