@@ -199,10 +199,13 @@ def load_config(path: str | Path | None = None,
                 beside = path.parent / ckpt
                 if beside.exists():
                     raw["model"]["checkpoint"] = str(beside)
+    overridden = False
     for name, table in (overrides or {}).items():
         if name not in _SECTIONS:
             raise ConfigError(f"override section {name!r} is not one of {', '.join(_SECTIONS)}")
-        raw[name].update({k: v for k, v in table.items() if v is not None})
-        if table and any(v is not None for v in table.values()):
-            where = f"{where} + command line"
+        given = {k: v for k, v in table.items() if v is not None}
+        raw[name].update(given)
+        overridden = overridden or bool(given)
+    if overridden:
+        where = f"{where} + command line"
     return Config(**{name: _build(cls, raw[name], f"{where} [{name}]") for name, cls in _SECTIONS.items()})

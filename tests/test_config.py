@@ -75,7 +75,10 @@ def test_missing_config_file(tmp_path):
 
 def test_override_error_says_command_line():
     with pytest.raises(ConfigError, match=r"command line \[model\].*small_mask"):
-        load_config(None, {"model": {"small_mask": [1, 1]}})
+        load_config(None, {"model": {"small_mask": [1, 1]}, "run": {"batch_size": 2}})
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"model": {"small_mask": [1, 1]}, "run": {"batch_size": 2}})
+    assert str(e.value).count("command line") == 1
 
 
 def test_frozen():
