@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -60,19 +61,21 @@ class Completer:
         self._complete_fn = complete_fn
         self._response_fn = response_fn
         self._lock = threading.Lock()
-        self._outstanding: dict[int, int] = {}
+        self._outstanding: dict[int, tuple[int, float]] = {}  # response id -> (sample index, issue time)
         self._closed_reason: tuple[str, str] | None = None  # (stage, message) once closed
         self.failures: list[SampleFailure] = []
         self.completed = 0
+        self.latencies_s: list[float] = []  # issue-to-completion time of each sample completed with a result
 
     # -- issue side --------------------------------------------------------------
     def register(self, samples: Sequence[Sample]) -> bool:
         """Record issued samples. If the system already stopped, fail them at once and return False."""
+        now = time.perf_counter()
         with self._lock:
             closed = self._closed_reason
             if closed is None:
                 for s in samples:
-                    self._outstanding[s.id] = s.index
+                    self._outstanding[s.id] = (s.index, now)
                 return True
         self._fail_now(samples, closed[0], closed[1])
         return False
@@ -81,15 +84,18 @@ class Completer:
     def complete(self, samples: Sequence[Sample], records: Sequence[np.ndarray]) -> None:
         """Complete ``samples`` with their float32 records ([K, 7] each), in one LoadGen call."""
         with self._lock:
-            keep = [(s, r) for s, r in zip(samples, records) if self._outstanding.pop(s.id, None) is not None]
+            issued = [(s, r, self._outstanding.pop(s.id, None)) for s, r in zip(samples, records)]
+        keep = [(s, r) for s, r, entry in issued if entry is not None]
         if not keep:
             return
         buf, spans = pack_records([r for _, r in keep])
         base = buf.ctypes.data
         responses = [self._response_fn(s.id, base + off if n else 0, n) for (s, _), (off, n) in zip(keep, spans)]
         self._complete_fn(responses)  # LoadGen copies the bytes here; buf stays alive until it returns
+        now = time.perf_counter()
         with self._lock:
             self.completed += len(keep)
+            self.latencies_s.extend(now - entry[1] for _, _, entry in issued if entry is not None)
 
     def fail(self, samples: Sequence[Sample], stage: str, error: BaseException | str) -> None:
         """Complete ``samples`` with empty responses and record why."""
@@ -106,7 +112,7 @@ class Completer:
         with self._lock:
             if self._closed_reason is None:
                 self._closed_reason = (stage, message)
-            pending = [Sample(i, idx) for i, idx in self._outstanding.items()]
+            pending = [Sample(i, idx) for i, (idx, _) in self._outstanding.items()]
             self._outstanding.clear()
         self._fail_now(pending, stage, message)
         return len(pending)

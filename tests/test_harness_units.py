@@ -68,6 +68,20 @@ def test_completer_completes_each_sample_once():
     assert rec.done[-1] == (200, b"") and c.failures[-1].index == 9
 
 
+def test_completer_times_each_completed_sample_from_issue():
+    rec = Recorder()
+    c = Completer(rec.complete, rec.response)
+    samples = [Sample(1, 0), Sample(2, 1), Sample(3, 2)]
+    c.register(samples[:2])
+    time.sleep(0.05)
+    c.register(samples[2:])
+    c.complete(samples, [np.zeros((0, 7), np.float32)] * 3)
+    c.register([Sample(4, 3)])
+    c.fail([Sample(4, 3)], "predict", "boom")                        # failures are not timed
+    assert len(c.latencies_s) == 3
+    assert min(c.latencies_s[:2]) >= 0.05 > c.latencies_s[2] >= 0
+
+
 class FailOn(NullBackend):
     """Raises for any batch holding the image of sample ``bad`` (MemoryQSL fills image i with i % 256)."""
 
