@@ -41,6 +41,14 @@ class ScalePass:
     from_small: torch.Tensor       # Tensor[B] bool: box belongs to a map of the S0 (small) pass
     from_large: torch.Tensor       # Tensor[B] bool: box belongs to a map of the S1 (large) pass
 
+    @property
+    def keeps_all(self) -> bool:
+        """Every box is kept when there is no area filter (known at build time, no device sync)."""
+        return self._keeps_all
+
+    def __post_init__(self) -> None:
+        self._keeps_all = bool((self.from_small | self.from_large).all())
+
 
 def _map_flags(size: int, variant: str, run_mask: Sequence[int], flag_mask: Sequence[int]) -> torch.Tensor:
     """Tensor[B] bool over the boxes of ``run_mask``'s maps: True where ``flag_mask`` selects the map."""
@@ -130,6 +138,10 @@ class TwoScaleDetector:
         for p, (locs, confs) in zip(self.passes, outputs):
             boxes = decode_boxes(locs, p.dboxes)
             scores = class_scores(confs)
+            if not self.cfg.use_filter and p.keeps_all:
+                all_boxes.append(boxes)
+                all_scores.append(scores)
+                continue
             keep_small, keep_large = p.from_small[None, :], p.from_large[None, :]
             if self.cfg.use_filter:
                 area = box_area_px(boxes, image_hw)
