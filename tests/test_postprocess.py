@@ -150,3 +150,24 @@ def test_result_for_an_image_does_not_depend_on_its_batch():
     batch = postprocess(boxes, scores)
     for i in range(3):
         assert torch.equal(postprocess(boxes[i:i + 1], scores[i:i + 1])[0], batch[i])
+
+
+def test_dense_clusters_match_torchvision_nms_per_class():
+    # Long suppression chains (many nearly identical boxes): the grouped fixed point must equal greedy NMS.
+    import torchvision
+    g = torch.Generator().manual_seed(1)
+    cxcy = 0.5 + 0.02 * torch.randn(2000, 2, generator=g)
+    wh = 0.05 + 0.05 * torch.rand(2000, 2, generator=g)
+    boxes = cxcywh_to_xyxy(torch.cat([cxcy, wh], 1)).clamp(0, 1)
+    scores = torch.softmax(2 * torch.randn(1, 21, 2000, generator=g), dim=1)
+    dets = postprocess(boxes[None], scores, max_per_class=200, max_detections=10000)[0]
+    expected = []
+    for c in range(1, 21):
+        s = scores[0, c]
+        idx = torch.nonzero(s > 0.05)[:, 0]
+        idx = idx[torch.sort(s[idx], descending=True, stable=True).indices][:200]
+        keep = idx[torchvision.ops.nms(boxes[idx].double(), s[idx].double(), 0.5)]
+        expected += [(c, i) for i in keep.tolist()]
+    got = sorted(zip(dets[:, 5].long().tolist(), dets[:, 4].tolist()))
+    want = sorted((c, scores[0, c, i].item()) for c, i in expected)
+    assert len(got) == len(want) > 100 and got == want
