@@ -2,6 +2,7 @@
 
     python run.py --scenario Offline --mode performance --data DIR --model CKPT --output DIR [flags]
     python run.py evaluate --data DIR --model CKPT [flags] --dump-detections FILE
+    python run.py demo    (the embedded default: demo data and model shipped with the project)
 
 The work lives in harness/ (``harness.runner.run_benchmark``,
 ``harness.evaluate.evaluate_direct``); this file only parses flags, turns bad
@@ -48,7 +49,7 @@ def benchmark_main(argv: list[str]) -> int:
     config = config_from_args(args)
     try:
         result = run_benchmark(config, backend=make_backend(config, args.backend),
-                               use_pycocotools=args.use_pycocotools)
+                               use_pycocotools=args.use_pycocotools, progress=sys.stderr.isatty())
     except Interrupted as e:
         result = getattr(e, "result", None)
         if result is not None:
@@ -77,7 +78,12 @@ def evaluate_main(argv: list[str]) -> int:
 
 
 # Subcommands by first argument; anything else is a benchmark run.
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main}
+def demo_main(argv: list[str]) -> int:
+    from harness.demo import main
+    return main(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main, "demo": demo_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ class LoadGenRun:
     seconds: float
     accuracy: AccuracyReport | None = None
     accuracy_error: str | None = None
+    latencies_s: list[float] = field(default_factory=list)  # per completed sample, issue to completion
 
 
 @dataclass
@@ -99,10 +100,22 @@ def make_sut(scenario: str, backend: Any, qsl: Any, config: Config, settings: An
     raise ValueError(f"unknown scenario {scenario!r}")
 
 
-def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any) -> None:
+def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | None) -> None:
+    """A progress bar of completed samples, polled twice a second, until ``done`` is set."""
+    from tqdm import tqdm
+    with tqdm(total=total, desc=desc, unit="sample", mininterval=1.0, leave=False) as bar:
+        while not done.wait(0.5):
+            c = sut.completer
+            bar.update(c.completed + len(c.failures) - bar.n)
+
+
+def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any,
+                progress: tuple[str, int | None] | None = None) -> None:
     """Run LoadGen on a helper thread; the main thread stays free to receive Ctrl-C."""
     import mlperf_loadgen as lg
     done = threading.Event()
+    if progress is not None:
+        threading.Thread(target=_show_progress, args=(sut, done, *progress), name="progress", daemon=True).start()
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -126,7 +139,7 @@ def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any)
 
 
 def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_dir: Path,
-                use_pycocotools: bool = False) -> LoadGenRun:
+                use_pycocotools: bool = False, progress: bool = False) -> LoadGenRun:
     """One LoadGen run of ``mode`` (accuracy, performance, find-peak) with its logs in ``out_dir``."""
     import mlperf_loadgen as lg
     scenario = config.run.scenario
@@ -148,7 +161,8 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
     t0 = time.monotonic()
     finished = True
     try:
-        _start_test(sut, qsl_handle, settings, log_settings)
+        bar = (f"{scenario} {mode}", dataset.total_count if mode == "accuracy" else None) if progress else None
+        _start_test(sut, qsl_handle, settings, log_settings, bar)
     except Interrupted as e:
         finished = e.finished
         raise
@@ -162,7 +176,8 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
         handler.close()
     spq = settings.multi_stream_samples_per_query if scenario == "MultiStream" else 1
     run = LoadGenRun(mode=mode, out_dir=out_dir, loadgen=read_detail_log(out_dir / "mlperf_log_detail.txt", spq),
-                     failures=list(sut.completer.failures), issued=sut.issued, seconds=seconds)
+                     failures=list(sut.completer.failures), issued=sut.issued, seconds=seconds,
+                     latencies_s=list(sut.completer.latencies_s))
     if mode == "accuracy":
         _check_accuracy(run, dataset, use_pycocotools)
     return run
@@ -192,12 +207,13 @@ def build_backend(config: Config) -> Any:
 
 
 def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None = None,
-                  use_pycocotools: bool = False) -> RunResult:
+                  use_pycocotools: bool = False, progress: bool = False) -> RunResult:
     """Run ``config.run.mode`` for ``config.run.scenario``; never raises for failed samples (see exit_code).
 
     Args:
         backend: a loaded, warmed-up backend; default the PyTorch backend built from ``config``.
         dataset: default the cache of ``config.data`` (prepared when missing).
+        progress: show a progress bar of completed samples during each LoadGen run.
 
     Raises:
         SettingsError, OutputError, ConfigError and the QSL/backend errors for bad input,
@@ -217,7 +233,7 @@ def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None =
         out = run_dir(config.run.output_dir, config.run.system_name, config.run.scenario, mode)
         log.info("%s %s run: logs in %s", config.run.scenario, mode, out)
         try:
-            result.runs.append(run_loadgen(config, mode, backend, dataset, out, use_pycocotools))
+            result.runs.append(run_loadgen(config, mode, backend, dataset, out, use_pycocotools, progress))
         except Interrupted as e:
             result.interrupted, result.loadgen_finished = True, e.finished
             e.result = result  # type: ignore[attr-defined]

@@ -1,0 +1,100 @@
+"""The embedded default: the whole product on data and a model shipped with the project.
+
+    python run.py demo [--output results/demo] [--data demo_data] [--num-images 200] [--config configs/demo.toml]
+
+Phases: generate the held-out synthetic COCO-format set if missing (seed 0,
+the same images the demo detector was validated on, never trained on),
+prepare the cache, run LoadGen Offline in accuracy then performance mode with
+the short ``configs/short.conf``, and write two pictures next to the logs:
+``detections.png`` (a few images with their detections) and
+``latency_<scenario>.png`` (per-sample latency of the performance run).
+Exit status as ``run.py``: 0 done, 1 failed samples or no accuracy figure.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from harness.accuracy import decode_entries, read_accuracy_log
+from harness.coco_eval import coco_result_list, records_to_coco
+from harness.config import SCENARIOS, Config, load_config
+from harness.plots import draw_detections, latency_histogram
+from harness.report import format_summary
+from harness.runner import RunResult, run_benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "configs" / "demo.toml"
+SHORT_CONF = ROOT / "configs" / "short.conf"
+DEMO_SEED = 0          # the demo detector trains on seed 1000+ and is validated on seed 0
+PICTURE_IMAGES = 6
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default="results/demo", help="output folder (default results/demo)")
+    p.add_argument("--data", default="demo_data", help="demo data folder, generated when missing (default demo_data)")
+    p.add_argument("--num-images", type=int, default=200, help="held-out images to generate and evaluate")
+    p.add_argument("--config", default=str(DEMO_CONFIG), help="model config (default configs/demo.toml)")
+    p.add_argument("--scenario", default="Offline", choices=SCENARIOS)
+    return p
+
+
+def ensure_demo_data(data_dir: Path, num_images: int) -> Path:
+    """The held-out synthetic set in ``data_dir``; regenerated when it holds a different number of images."""
+    import json
+
+    from qsl.synthetic import make_synthetic_coco
+    ann = data_dir / "annotations" / "instances_val2017.json"
+    if ann.is_file() and len(json.loads(ann.read_text())["images"]) == num_images:
+        return ann
+    print(f"[demo] generating {num_images} synthetic COCO-format images in {data_dir}", flush=True)
+    make_synthetic_coco(data_dir, num_images, seed=DEMO_SEED, split="val2017")
+    return ann
+
+
+def write_pictures(result: RunResult, annotation_file: Path, out_dir: Path) -> list[Path]:
+    """detections.png from the accuracy run, a latency histogram from the performance run."""
+    import json
+    written = []
+    dataset = json.loads(annotation_file.read_text())
+    images = dataset["images"]
+    names = {c["id"]: c["name"] for c in dataset["categories"]}
+    for run in result.runs:
+        if run.mode == "accuracy":
+            entries, _ = read_accuracy_log(run.out_dir / "mlperf_log_accuracy.json")
+            records, _, _ = decode_entries(entries, len(images))
+            rows = records_to_coco(records, images, sorted(names))
+            annotated = {a["image_id"] for a in dataset["annotations"]}
+            shown = [i for i in images if i["id"] in annotated][:PICTURE_IMAGES]
+            image_dir = annotation_file.parent.parent / "val2017"
+            written.append(draw_detections([(image_dir / i["file_name"], i["id"]) for i in shown],
+                                           coco_result_list(rows), names, out_dir / "detections.png"))
+        elif run.latencies_s:
+            written.append(latency_histogram(run.latencies_s, out_dir / f"latency_{result.scenario}.png",
+                                             f"{result.scenario} {run.mode}, per-sample latency"))
+    return written
+
+
+def demo_config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, {
+        "data": {"data_dir": args.data, "cache_dir": str(Path(args.data) / "ssd_cache")},
+        "run": {"scenario": args.scenario, "mode": "submission", "output_dir": args.output,
+                "system_name": "demo", "user_conf": str(SHORT_CONF)},
+    })
+
+
+def main(argv: list[str]) -> int:
+    args = demo_parser().parse_args(argv)
+    t0 = time.monotonic()
+    ann = ensure_demo_data(Path(args.data), args.num_images)
+    config = demo_config(args)
+    print(f"[demo] model {config.model.checkpoint} ({config.model.backbone}, {config.model.precision}), "
+          f"sizes {list(config.model.image_size)}; {args.scenario} accuracy + performance with {SHORT_CONF.name}",
+          flush=True)
+    result = run_benchmark(config, progress=True)
+    print(format_summary(result))
+    for path in write_pictures(result, ann, Path(args.output)):
+        print(f"[demo] picture: {path}")
+    print(f"[demo] done in {time.monotonic() - t0:.0f} s; logs under {args.output}")
+    return result.exit_code
