@@ -127,6 +127,11 @@ class Completer:
     def closed(self) -> bool:
         return self._closed_reason is not None
 
+    @property
+    def closed_reason(self) -> tuple[str, str] | None:
+        """(stage, message) of the first close, e.g. ("worker", "compute thread died: ..."); None while open."""
+        return self._closed_reason
+
     def _fail_now(self, samples: Sequence[Sample], stage: str, message: str) -> None:
         if not samples:
             return
