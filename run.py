@@ -3,17 +3,24 @@
     python run.py --scenario Offline --mode performance --data DIR --model CKPT --output DIR [flags]
     python run.py evaluate --data DIR --model CKPT [flags] --dump-detections FILE
     python run.py demo    (the embedded default: demo data and model shipped with the project)
+    python run.py report DIR              (rebuild report.md for earlier runs under DIR)
+    python run.py package RESULTS OUT     (submission copy, accuracy logs truncated and hashed)
+
+``--mode submission`` runs accuracy, performance and the compliance audits
+TEST01 and TEST04 for one scenario, and verifies the audits.
 
 The work lives in harness/ (``harness.runner.run_benchmark``,
 ``harness.evaluate.evaluate_direct``); this file only parses flags, turns bad
 input into one clear line with exit status 2, and prints the summary.
-Exit status: 0 done, 1 failed samples or no accuracy figure, 2 bad input, 130 interrupted.
+Exit status: 0 done, 1 failed samples, no accuracy figure or a run ended by a fault, 2 bad input,
+130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -26,11 +33,21 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from backends.ssd.checkpoint import CheckpointError
     from backends.ssd.default_boxes import GeometryError
     from harness.coco_eval import AccuracyError
+    from harness.audit import AuditConfigError
     from harness.layout import OutputError
     from harness.settings import SettingsError
     from qsl.cache import CacheError
     return (UsageError, ConfigError, SettingsError, OutputError, CacheError, CheckpointError, GeometryError,
-            AccuracyError)
+            AccuracyError, AuditConfigError)
+
+
+_signal_exit = {"code": 130}   # 143 once SIGTERM arrived
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM ends a run like Ctrl-C: outstanding samples complete, logs close, exit status 143."""
+    _signal_exit["code"] = 128 + signum
+    raise KeyboardInterrupt
 
 
 def make_backend(config: Config, kind: str):
@@ -43,21 +60,27 @@ def make_backend(config: Config, kind: str):
 
 
 def benchmark_main(argv: list[str]) -> int:
+    from harness.layout import OutputError
     from harness.report import format_summary
-    from harness.runner import Interrupted, run_benchmark
+    from harness.runner import Interrupted, WorkerDied, run_benchmark
     args = benchmark_parser().parse_args(argv)
     config = config_from_args(args)
     try:
         result = run_benchmark(config, backend=make_backend(config, args.backend),
                                use_pycocotools=args.use_pycocotools, progress=sys.stderr.isatty())
-    except Interrupted as e:
+    except (Interrupted, WorkerDied, OutputError) as e:
         result = getattr(e, "result", None)
-        if result is not None:
-            print(format_summary(result), flush=True)
-        if not e.finished:  # LoadGen still holds the SUT: leave without tearing it down
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
+        if result is None:
+            raise
+        print(format_summary(result), flush=True)
+        code = _signal_exit["code"] if isinstance(e, Interrupted) else 1
+        if isinstance(e, OutputError):
+            print(f"error: {e}", file=sys.stderr)
+        elif not e.finished:  # LoadGen still holds the SUT: leave without tearing it down
+            print(f"error: {'interrupted' if code != 1 else e}; LoadGen was still running, exiting without "
+                  "waiting for it (its logs so far are on disk)", file=sys.stderr, flush=True)
+            os._exit(code)
+        return code
     print(format_summary(result))
     return result.exit_code
 
@@ -77,19 +100,50 @@ def evaluate_main(argv: list[str]) -> int:
     return 0
 
 
-# Subcommands by first argument; anything else is a benchmark run.
 def demo_main(argv: list[str]) -> int:
     from harness.demo import main
     return main(argv)
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main, "demo": demo_main}
+def report_main(argv: list[str]) -> int:
+    from harness.markdown_report import scenario_folders, write_report
+    p = argparse.ArgumentParser(prog="run.py report", description="Rebuild report.md for earlier runs.")
+    p.add_argument("dir", help="a results root, a scenario folder or a run folder")
+    args = p.parse_args(argv)
+    try:
+        folders = scenario_folders(args.dir)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    if not folders:
+        raise UsageError(f"no LoadGen runs (mlperf_log_detail.txt) under {args.dir}")
+    for folder in folders:
+        print(write_report(folder))
+    return 0
+
+
+def package_main(argv: list[str]) -> int:
+    from harness.submission import package_submission
+    p = argparse.ArgumentParser(prog="run.py package",
+                                description="Copy a results tree for submission, accuracy logs truncated and hashed.")
+    p.add_argument("results", help="results root (the --output of the runs)")
+    p.add_argument("out", help="new folder for the submission copy")
+    args = p.parse_args(argv)
+    for t in package_submission(args.results, args.out):
+        print(f"{t.target}: truncated from {t.original_bytes} bytes, sha256 {t.sha256}")
+    return 0
+
+
+# Subcommands by first argument; anything else is a benchmark run.
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main, "demo": demo_main,
+                                                      "report": report_main, "package": package_main}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     handler = SUBCOMMANDS.get(argv[0]) if argv else None
+    _signal_exit["code"] = 130
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_is_main() else None
     try:
         return handler(argv[1:]) if handler else benchmark_main(argv)
     except _input_errors() as e:
@@ -97,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return _signal_exit["code"]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ images the log does not cover (evaluation runs over the images present in the
 log, as MLPerf's script does, and the number missing is reported), images the
 cache skipped as unreadable (reported), a log cut short by an interrupted run
 (the complete entries are read and the truncation reported), and a malformed
-log (a clear error).
+log (a clear error). Logs are streamed (harness/accuracy_log.py): memory grows with the
+number of distinct images, not with the size of the log.
 
     python -m harness.accuracy --mlperf-accuracy-file F --coco-dir DIR \
         [--annotation-file F] [--output-file accuracy.txt] [--dump-detections F] [--use-pycocotools]
@@ -23,10 +24,11 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from harness.accuracy_log import AccuracyLogReader
 from harness.coco_eval import (STAT_NAMES, AccuracyError, check_record, coco_result_list, evaluate_rows,
                                load_ground_truth, records_to_coco)
 
@@ -60,32 +62,17 @@ class AccuracyReport:
 
 
 def read_accuracy_log(path: str | Path) -> tuple[list[dict], str | None]:
-    """Load the log's entries; a log cut short mid-write is read up to its last complete entry.
+    """Load the log's entries into a list; a log cut short mid-write is read up to its last complete entry.
 
-    Returns (entries, note) where note describes a repair, or None.
+    Returns (entries, note) where note describes a repair, or None. For logs that may not fit in memory,
+    iterate :class:`~harness.accuracy_log.AccuracyLogReader` instead (``evaluate_accuracy_log`` does).
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise AccuracyError(f"cannot read accuracy log {path}: {e.strerror}") from None
-    try:
-        entries, note = json.loads(text), None
-    except json.JSONDecodeError as e:
-        cut = text.rfind("}")
-        try:
-            entries = json.loads(text[:cut + 1].rstrip().rstrip(",") + "\n]") if text.lstrip().startswith("[") else None
-        except json.JSONDecodeError:
-            entries = None
-        if entries is None:
-            raise AccuracyError(f"{path} is not a LoadGen accuracy log (invalid JSON: {e})") from None
-        note = f"the accuracy log was truncated (interrupted run?): read its {len(entries)} complete entries"
-    if not isinstance(entries, list):
-        raise AccuracyError(f"{path} must hold a JSON list of {{seq_id, qsl_idx, data}} entries")
-    return entries, note
+    reader = AccuracyLogReader(path)
+    entries = list(reader)
+    return entries, reader.note
 
 
-def decode_entries(entries: Sequence[Mapping], num_images: int) -> tuple[dict[int, np.ndarray], int, list[str]]:
+def decode_entries(entries: Iterable[Mapping], num_images: int) -> tuple[dict[int, np.ndarray], int, list[str]]:
     """qsl_idx -> float32 [K, 7] records, the number of duplicates, and warnings."""
     records: dict[int, np.ndarray] = {}
     duplicates, mismatched = 0, 0
@@ -147,10 +134,11 @@ def evaluate_records(records: Mapping[int, np.ndarray], annotation_file: str | P
 def evaluate_accuracy_log(log_file: str | Path, annotation_file: str | Path, expected: Sequence[int] | None = None,
                           skipped: Sequence[str] = (), use_pycocotools: bool = False,
                           dump_detections: str | Path | None = None) -> AccuracyReport:
-    """Read, decode and evaluate one ``mlperf_log_accuracy.json``."""
-    entries, note = read_accuracy_log(log_file)
+    """Read (streaming, one entry at a time), decode and evaluate one ``mlperf_log_accuracy.json``."""
     gt = load_ground_truth(str(annotation_file), use_pycocotools)
-    records, duplicates, warnings = decode_entries(entries, len(gt.dataset["images"]))
+    reader = AccuracyLogReader(log_file)
+    records, duplicates, warnings = decode_entries(reader, len(gt.dataset["images"]))
+    note = reader.note
     report = evaluate_records(records, annotation_file, expected, skipped, use_pycocotools, dump_detections, gt)
     report.duplicates = duplicates
     report.notes += warnings + ([note] if note else [])

@@ -1,4 +1,7 @@
-"""The short summary printed at the end of a run, from its :class:`~harness.runner.RunResult`."""
+"""The short summary printed at the end of a run, from its :class:`~harness.runner.RunResult`.
+
+The Markdown report written into the run folders is harness/markdown_report.py.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -13,7 +16,7 @@ SHOWN_PERCENTILES = ("50.00", "90.00", "99.00")
 
 def format_summary(result: "RunResult") -> str:
     lines = [f"== {result.scenario} {result.mode} (backend {result.backend}) =="]
-    for r in result.runs:
+    for r in result.runs + result.audits:
         lines.append(f"[{r.mode}] {r.out_dir}")
         if r.mode != "accuracy":
             why = f" ({'; '.join(r.loadgen.reasons)})" if r.loadgen.reasons else ""
@@ -36,6 +39,19 @@ def format_summary(result: "RunResult") -> str:
             lines.append(f"    sample {f.index} ({f.stage}): {f.error}")
         if len(r.failures) > 5:
             lines.append(f"    ... {len(r.failures) - 5} more (see harness.log)")
+        if r.oom_batches:
+            lines.append(f"  {r.oom_batches} batch(es) ran out of device memory and were retried per image; "
+                         "see harness.log for the setting to lower")
+        if r.worker_error:
+            lines.append(f"  RUN ENDED EARLY: {r.worker_error}")
+        if r.audit is not None:
+            lines += [f"  {line}" for line in r.audit.lines()]
+    if result.audits:
+        failed = [a.mode for a in result.audits if a.audit is None or not a.audit.passed]
+        lines.append(f"COMPLIANCE: {'FAIL (' + ', '.join(failed) + ')' if failed else 'PASS'} "
+                     f"({', '.join(a.mode for a in result.audits)})")
+    if result.error:
+        lines.append(f"ERROR: {result.error}")
     if result.interrupted:
         lines.append("INTERRUPTED: the run was stopped before LoadGen finished; the logs above are partial")
     lines.append(f"exit status {result.exit_code}")

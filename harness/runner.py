@@ -5,7 +5,10 @@
 the submission layout, saves the resolved config and the user.conf used,
 starts a fresh SUT, runs LoadGen with its logs in that folder, and reads the
 result back; an accuracy run also gets ``accuracy.txt``. ``submission`` runs
-accuracy, then performance.
+accuracy, performance, then the compliance audits TEST01 and TEST04 (each
+with its own ``audit.config``, see harness/audit.py) and verifies them
+(harness/compliance.py). Every run folder gets ``run_record.json`` and, for
+timed runs, ``latencies_s.npy``; the scenario folder gets ``report.md``.
 
 LoadGen's ``StartTest`` blocks in C++, where Python cannot deliver Ctrl-C, so
 it runs on a helper thread while the main thread waits. On Ctrl-C the
@@ -13,22 +16,37 @@ completer is closed (every outstanding and later sample completes at once
 with an empty response), LoadGen gets ``INTERRUPT_GRACE_S`` to finish, and
 :class:`Interrupted` tells the caller whether it did; the logs written so far
 stay on disk.
+
+Faults end a run early with the cause: a pipeline thread that dies closes the
+completer (every sample completes at once, empty) and LoadGen gets
+``WORKER_GRACE_S`` to finish; it always does for Offline, SingleStream and
+MultiStream, whose queries then complete at once; a Server run paces its
+queries by the clock, and LoadGen 6.0's Python API cannot abort it, so
+:class:`WorkerDied` then says LoadGen is still running and the caller exits.
+A run folder that disappears, or LoadGen logs left incomplete (disk full), is
+an :class:`OutputError` naming the folder; folders written earlier are intact.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from harness.accuracy import AccuracyReport, evaluate_accuracy_log
 from harness.coco_eval import AccuracyError
 from harness.completion import SampleFailure
 from harness.config import Config
 from harness.dataset import Dataset, open_dataset
-from harness.layout import prepare_run_dir, run_dir
+from harness.audit import AUDIT_FILE, AUDITS, check_no_stray_audit_config, placed_audit_config
+from harness.compliance import AuditResult, verify_audit
+from harness.guarded_backend import GuardedBackend, batch_hint
+from harness.layout import OutputError, prepare_run_dir, run_dir, scenario_dir, write_text_atomic
+from harness.run_record import check_run_logs, write_run_record
 from harness.loadgen_log import LoadGenResult, read_detail_log
 from harness.settings import make_test_settings
 from harness.sut_base import BaseSUT
@@ -39,15 +57,25 @@ from harness.sut_stream import StreamSUT
 log = logging.getLogger("harness")
 
 INTERRUPT_GRACE_S = 3.0
+WORKER_GRACE_S = 3.0
 MODE_RUNS = {"accuracy": ("accuracy",), "performance": ("performance",),
-             "submission": ("accuracy", "performance"), "find-peak": ("find-peak",)}
+             "submission": ("accuracy", "performance", *AUDITS), "find-peak": ("find-peak",)}
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a LoadGen run; ``finished`` says whether LoadGen returned within the grace period."""
+    """Ctrl-C (or SIGTERM) during a LoadGen run; ``finished`` says whether LoadGen returned in the grace period."""
 
     def __init__(self, finished: bool) -> None:
         super().__init__("interrupted")
+        self.finished = finished
+
+
+class WorkerDied(Exception):
+    """A pipeline thread died and LoadGen did not finish within the grace period (a Server run)."""
+
+    def __init__(self, cause: str, finished: bool) -> None:
+        super().__init__(cause)
+        self.cause = cause
         self.finished = finished
 
 
@@ -62,6 +90,9 @@ class LoadGenRun:
     accuracy: AccuracyReport | None = None
     accuracy_error: str | None = None
     latencies_s: list[float] = field(default_factory=list)  # per completed sample, issue to completion
+    worker_error: str | None = None      # why a pipeline thread died during this run
+    oom_batches: int = 0                 # batches that ran out of device memory (retried per image)
+    audit: AuditResult | None = None     # TEST01 / TEST04 verification (audit runs only)
 
 
 @dataclass
@@ -70,19 +101,24 @@ class RunResult:
     mode: str
     backend: str
     runs: list[LoadGenRun] = field(default_factory=list)
+    audits: list[LoadGenRun] = field(default_factory=list)   # TEST01 / TEST04 runs, verified
     interrupted: bool = False
-    loadgen_finished: bool = True   # False only after an interrupt LoadGen did not return from
+    loadgen_finished: bool = True   # False only after an interrupt or a dead worker LoadGen did not return from
+    error: str | None = None        # what ended the runs early (dead worker, lost output folder)
 
     @property
     def failed_samples(self) -> int:
-        return sum(len(r.failures) for r in self.runs)
+        return sum(len(r.failures) for r in self.runs + self.audits)
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted, 1 failed samples or no accuracy figure, else 0 (INVALID is a result, not an error)."""
+        """130 interrupted; 1 failed samples, no accuracy figure or a run ended by a fault; else 0.
+
+        INVALID and a failed audit are results, not errors (the summary says FAIL).
+        """
         if self.interrupted:
             return 130
-        if self.failed_samples or any(r.accuracy_error for r in self.runs):
+        if self.error or self.failed_samples or any(r.accuracy_error for r in self.runs):
             return 1
         return 0
 
@@ -109,9 +145,17 @@ def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | 
             bar.update(c.completed + len(c.failures) - bar.n)
 
 
-def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any,
+def _worker_death(sut: BaseSUT) -> str | None:
+    reason = sut.completer.closed_reason
+    return reason[1] if reason is not None and reason[0] == "worker" else None
+
+
+def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any, audit_file: Path,
                 progress: tuple[str, int | None] | None = None) -> None:
-    """Run LoadGen on a helper thread; the main thread stays free to receive Ctrl-C."""
+    """Run LoadGen on a helper thread; the main thread stays free to receive Ctrl-C and to watch the workers.
+
+    ``audit_file``: the path LoadGen checks for an audit.config (it applies the file when it exists).
+    """
     import mlperf_loadgen as lg
     done = threading.Event()
     if progress is not None:
@@ -120,7 +164,7 @@ def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any,
 
     def target() -> None:
         try:
-            lg.StartTestWithLogSettings(sut.handle, qsl_handle, settings, log_settings)
+            lg.StartTestWithLogSettings(sut.handle, qsl_handle, settings, log_settings, str(audit_file))
         except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
             errors.append(e)
         finally:
@@ -129,7 +173,12 @@ def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any,
     threading.Thread(target=target, name="loadgen", daemon=True).start()
     try:
         while not done.wait(0.2):
-            pass
+            cause = _worker_death(sut)
+            if cause is not None:
+                log.error("%s; waiting up to %.0f s for LoadGen to end the run", cause, WORKER_GRACE_S)
+                if not done.wait(WORKER_GRACE_S):
+                    raise WorkerDied(cause, finished=False)
+                break
     except KeyboardInterrupt:
         log.error("interrupted: completing the outstanding samples with empty responses")
         sut.completer.close("interrupted", "the run was interrupted (Ctrl-C)")
@@ -140,17 +189,22 @@ def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any,
 
 def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_dir: Path,
                 use_pycocotools: bool = False, progress: bool = False) -> LoadGenRun:
-    """One LoadGen run of ``mode`` (accuracy, performance, find-peak) with its logs in ``out_dir``."""
+    """One LoadGen run of ``mode`` (accuracy, performance, find-peak, TEST01, TEST04) with its logs in ``out_dir``.
+
+    An audit mode runs as a performance run with the audit's audit.config placed in the working
+    directory for this run only; any other run refuses to start while an audit.config is there.
+    """
     import mlperf_loadgen as lg
-    scenario = config.run.scenario
-    settings = make_test_settings(config.run.user_conf, scenario, mode, config.run)
+    scenario, audit = config.run.scenario, mode if mode in AUDITS else None
+    settings = make_test_settings(config.run.user_conf, scenario, "performance" if audit else mode, config.run)
     prepare_run_dir(out_dir, config.run.user_conf)
     config.save(out_dir / "config.json")
     handler = logging.FileHandler(out_dir / "harness.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
     log.addHandler(handler)
     qsl = dataset.qsl
-    sut = make_sut(scenario, backend, qsl, config, settings)
+    guarded = GuardedBackend(backend, hint=batch_hint(scenario, config.run.batch_size, config.run.server_max_batch))
+    sut = make_sut(scenario, guarded, qsl, config, settings)
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(out_dir)
     log_settings.log_output.copy_summary_to_stdout = False
@@ -159,11 +213,13 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
     sut.construct()
     sut.start()
     t0 = time.monotonic()
-    finished = True
+    finished, death = True, None
     try:
         bar = (f"{scenario} {mode}", dataset.total_count if mode == "accuracy" else None) if progress else None
-        _start_test(sut, qsl_handle, settings, log_settings, bar)
-    except Interrupted as e:
+        with placed_audit_config(audit) if audit else _no_audit_config() as audit_file:
+            _start_test(sut, qsl_handle, settings, log_settings, audit_file, bar)
+        death = _worker_death(sut)   # before stop(), which closes the completer itself
+    except (Interrupted, WorkerDied) as e:
         finished = e.finished
         raise
     finally:
@@ -174,13 +230,23 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
             lg.DestroyQSL(qsl_handle)
         log.removeHandler(handler)
         handler.close()
+    check_run_logs(out_dir)
     spq = settings.multi_stream_samples_per_query if scenario == "MultiStream" else 1
     run = LoadGenRun(mode=mode, out_dir=out_dir, loadgen=read_detail_log(out_dir / "mlperf_log_detail.txt", spq),
                      failures=list(sut.completer.failures), issued=sut.issued, seconds=seconds,
-                     latencies_s=list(sut.completer.latencies_s))
+                     latencies_s=list(sut.completer.latencies_s), worker_error=death,
+                     oom_batches=guarded.oom_batches)
     if mode == "accuracy":
         _check_accuracy(run, dataset, use_pycocotools)
+    write_run_record(run)
     return run
+
+
+@contextlib.contextmanager
+def _no_audit_config() -> Iterator[Path]:
+    """The audit.config path LoadGen would read, proven absent."""
+    check_no_stray_audit_config()
+    yield Path(os.getcwd()) / AUDIT_FILE
 
 
 def _check_accuracy(run: LoadGenRun, dataset: Dataset, use_pycocotools: bool) -> None:
@@ -194,16 +260,28 @@ def _check_accuracy(run: LoadGenRun, dataset: Dataset, use_pycocotools: bool) ->
     except AccuracyError as e:
         run.accuracy_error = str(e)
         return
-    (run.out_dir / "accuracy.txt").write_text("\n".join(run.accuracy.lines()) + "\n")
+    write_text_atomic(run.out_dir / "accuracy.txt", "\n".join(run.accuracy.lines()) + "\n")
 
 
-def build_backend(config: Config) -> Any:
-    """The PyTorch backend for ``config``, loaded and warmed up."""
+def build_backend(config: Config, per_image: bool | None = None) -> Any:
+    """The PyTorch backend for ``config``, loaded and warmed up.
+
+    ``per_image`` (default: on for a CPU) runs each image of a batch on its own so that its response
+    bytes do not depend on the batch (see harness/guarded_backend.py).
+    """
     from backends.pytorch_backend import PyTorchBackend
     backend = PyTorchBackend(config.model, device=config.run.device, threads=config.run.threads)
     backend.load()
     backend.warmup()
+    on_cpu = str(getattr(backend, "device", "cpu")).startswith("cpu")
+    if per_image if per_image is not None else on_cpu:
+        return GuardedBackend(backend, per_image=True)
     return backend
+
+
+def _result_of(e: BaseException, result: RunResult) -> BaseException:
+    e.result = result  # type: ignore[attr-defined]
+    return e
 
 
 def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None = None,
@@ -216,26 +294,52 @@ def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None =
         progress: show a progress bar of completed samples during each LoadGen run.
 
     Raises:
-        SettingsError, OutputError, ConfigError and the QSL/backend errors for bad input,
-        before any LoadGen run starts; Interrupted on Ctrl-C (with the partial result attached
-        as ``.result``).
+        SettingsError, OutputError, ConfigError, AuditConfigError and the QSL/backend errors for bad input,
+        before any LoadGen run starts; Interrupted on Ctrl-C, WorkerDied when LoadGen outlives a dead
+        worker, OutputError when a run's folder is lost (each with the partial result as ``.result``).
     """
-    for mode in MODE_RUNS[config.run.mode]:  # settings and folders are checked before any work starts
-        make_test_settings(config.run.user_conf, config.run.scenario, mode, config.run)
-        prepare_run_dir(run_dir(config.run.output_dir, config.run.system_name, config.run.scenario, mode),
-                        config.run.user_conf)
+    run, modes = config.run, MODE_RUNS[config.run.mode]
+    check_no_stray_audit_config()
+    for mode in modes:  # settings and folders are checked before any work starts
+        make_test_settings(run.user_conf, run.scenario, "performance" if mode in AUDITS else mode, run)
+        prepare_run_dir(run_dir(run.output_dir, run.system_name, run.scenario, mode), run.user_conf)
     if backend is None:
         backend = build_backend(config)
     if dataset is None:
         dataset = open_dataset(config.data, backend.sizes)
-    result = RunResult(config.run.scenario, config.run.mode, getattr(backend, "name", type(backend).__name__))
-    for mode in MODE_RUNS[config.run.mode]:
-        out = run_dir(config.run.output_dir, config.run.system_name, config.run.scenario, mode)
-        log.info("%s %s run: logs in %s", config.run.scenario, mode, out)
-        try:
-            result.runs.append(run_loadgen(config, mode, backend, dataset, out, use_pycocotools, progress))
-        except Interrupted as e:
-            result.interrupted, result.loadgen_finished = True, e.finished
-            e.result = result  # type: ignore[attr-defined]
-            raise
+    result = RunResult(run.scenario, run.mode, getattr(backend, "name", type(backend).__name__))
+    scenario_folder = scenario_dir(run.output_dir, run.system_name, run.scenario)
+    try:
+        for mode in modes:
+            out = run_dir(run.output_dir, run.system_name, run.scenario, mode)
+            log.info("%s %s run: logs in %s", run.scenario, mode, out)
+            try:
+                one = run_loadgen(config, mode, backend, dataset, out, use_pycocotools, progress)
+            except Interrupted as e:
+                result.interrupted, result.loadgen_finished = True, e.finished
+                raise _result_of(e, result)
+            except WorkerDied as e:
+                result.error, result.loadgen_finished = e.cause, False
+                raise _result_of(e, result)
+            except OutputError as e:
+                result.error = str(e)
+                raise _result_of(e, result)
+            (result.audits if mode in AUDITS else result.runs).append(one)
+            if one.worker_error:
+                result.error = f"{mode} run: {one.worker_error}"
+                break
+            if mode in AUDITS:
+                one.audit = verify_audit(mode, scenario_folder, dataset.annotation_file, use_pycocotools)
+                log.info("%s", "; ".join(one.audit.lines()))
+    finally:
+        _write_report(scenario_folder)
     return result
+
+
+def _write_report(folder: Path) -> None:
+    """The scenario's report.md, rebuilt from what is on disk; a failure here never hides the run's own error."""
+    from harness.markdown_report import write_report
+    try:
+        write_report(folder)
+    except Exception as e:  # noqa: BLE001 - the report is a convenience; the logs are the record
+        log.warning("could not write %s/report.md: %s", folder, e)
