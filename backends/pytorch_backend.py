@@ -8,10 +8,23 @@ The network runs in the configured precision with BatchNorm kept in fp32;
 decode, softmax and NMS always run in fp32 on the device, and only the final
 detections are copied back. fp16 on a CPU works (slowly) and warns: it exists
 so that the half-precision code path can be tested without a GPU.
+
+Performance paths (``model.compile``, ``model.cuda_graphs``, see harness/config.py):
+- ``torch.compile`` of the network, on any device; warm-up pays the compile
+  time, kept in ``compile_seconds``.
+- CUDA only (UNTESTED ON A GPU so far; the CPU code paths are tested): each
+  backend owns a compute stream and a copy stream. ``stage`` copies a batch to
+  the device on the copy stream (the pipeline's loader calls it, so the copy of
+  batch n+1 overlaps the compute of batch n) and ``predict`` waits for that
+  copy on the compute stream. The network replays as a CUDA graph per (batch,
+  size) when ``cuda_graphs`` is on. With device "cuda" or "auto" (no index) and
+  several visible GPUs, ``load`` builds one replica per GPU and ``workers()``
+  returns them all, so the pipeline runs one compute worker per GPU.
 """
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import Any, Mapping
 
@@ -19,6 +32,7 @@ import torch
 from torch import nn
 
 from harness.config import ModelConfig
+from .cuda_graphs import GraphedForward
 from .ssd.checkpoint import load_checkpoint
 from .ssd.model import SSDResNet
 from .ssd.two_scale import TwoScaleDetector
@@ -28,6 +42,14 @@ log = logging.getLogger(__name__)
 MEAN_RGB = (0.485, 0.456, 0.406)
 STD_RGB = (0.229, 0.224, 0.225)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_RECOMPILE_LIMIT = 64   # shapes per compiled network: batch sizes 1..max x input sizes, static each
+COMPILE_BACKEND = "inductor"   # torch.compile backend (tests swap in a faster-compiling one)
+
+
+class StagedImages(dict):
+    """{S: uint8 CUDA Tensor[B, 3, S, S]} copied on a backend's copy stream; ``ready`` marks the copy's end."""
+
+    ready: "torch.cuda.Event | None" = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,12 +81,19 @@ class PyTorchBackend:
         self.cfg = model_cfg
         self.sizes: tuple[int, ...] = model_cfg.sizes
         self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        # "cuda"/"auto" without an index: one replica per visible GPU (see workers()).
+        self._all_gpus = self.device.type == "cuda" and ":" not in device
         self.threads = threads
         self.trust_pickle = trust_pickle
         self.dtype = _DTYPES[model_cfg.precision]
         self.model: SSDResNet | None = None
         self.detector: TwoScaleDetector | None = None
         self.checkpoint_info: dict[str, Any] | None = None
+        self.compile_seconds: float | None = None   # warm-up time with model.compile on (mostly compiling)
+        self.replicas: list[PyTorchBackend] = []    # the other GPUs' backends (CUDA, several GPUs)
+        self.stream = self.copy_stream = None       # CUDA streams, made in load()
 
     def load(self) -> None:
         """Build the model, load the checkpoint (random weights, seed 0, without one), move it to the device."""
@@ -89,10 +118,54 @@ class PyTorchBackend:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.detector = TwoScaleDetector(model, cfg).to(self.device)
+        self.detector.model = self._fast_forward(model)
         std = torch.tensor(STD_RGB, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(MEAN_RGB, device=self.device).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)      # x_norm = x_uint8 * scale + shift
         self._shift = -mean / std
+        if self.device.type == "cuda":
+            self.stream = torch.cuda.Stream(device=self.device)
+            self.copy_stream = torch.cuda.Stream(device=self.device)
+            if self._all_gpus and not self.replicas:
+                for i in range(torch.cuda.device_count()):
+                    if i != self.device.index:
+                        replica = PyTorchBackend(cfg, f"cuda:{i}", self.threads, self.trust_pickle)
+                        replica.load()
+                        self.replicas.append(replica)
+
+    def _fast_forward(self, model: nn.Module):
+        """The callable the detector runs: the network, compiled and/or CUDA-graphed as configured."""
+        forward = model
+        if self.cfg.compile:
+            import torch._dynamo.config as dynamo_config
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
+            forward = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
+        if self.cfg.cuda_graphs and self.device.type == "cuda":
+            forward = GraphedForward(forward)
+        return forward
+
+    def workers(self) -> list["PyTorchBackend"]:
+        """Backends that can compute concurrently: this one, plus one per other GPU when there are several."""
+        return [self, *self.replicas]
+
+    @torch.inference_mode()
+    def stage(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor
+              ) -> tuple[Mapping[int, torch.Tensor], torch.Tensor]:
+        """Start copying a batch to the device (CUDA: on the copy stream); ``predict`` accepts the result.
+
+        On the CPU this returns its arguments unchanged. Copies are asynchronous when the
+        host tensors are pinned (the QSL's ``pin_memory``).
+        """
+        if self.device.type != "cuda":
+            return images, image_hw
+        staged = StagedImages()
+        with torch.cuda.stream(self.copy_stream):
+            for s, t in images.items():
+                staged[s] = t.to(self.device, non_blocking=True)
+            hw = image_hw.to(self.device, non_blocking=True)
+            staged.ready = torch.cuda.Event()
+            staged.ready.record(self.copy_stream)
+        return staged, hw
 
     def _normalize(self, images: torch.Tensor, size: int, batch: int) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
@@ -100,9 +173,10 @@ class PyTorchBackend:
                              f"got {str(images.dtype).replace('torch.', '')} {list(images.shape)}")
         if images.shape[0] != batch:
             raise ValueError(f"images[{size}] has {images.shape[0]} images but image_hw has {batch} rows")
-        x = images.to(self.device, non_blocking=True).float()
-        x = (x * self._scale + self._shift).to(self.dtype)
         memory = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        # Lay out the uint8 bytes first: the float ops below keep that layout, so no float copy is reordered.
+        x = images.to(self.device, non_blocking=True).contiguous(memory_format=memory)
+        x = torch.addcmul(self._shift, x, self._scale, value=1.0).to(self.dtype)
         return x.contiguous(memory_format=memory)
 
     @torch.inference_mode()
@@ -125,19 +199,39 @@ class PyTorchBackend:
         if image_hw.dim() != 2 or image_hw.shape[1] != 2:
             raise ValueError(f"image_hw must be [B, 2] (height, width), got {list(image_hw.shape)}")
         batch = image_hw.shape[0]
-        inputs = {s: self._normalize(images[s], s, batch) for s in self.sizes}
-        hw = image_hw.to(self.device, non_blocking=True)
-        dets = self.detector.detect(inputs, hw)
         if self.device.type == "cpu":
-            return [d.contiguous() for d in dets]
-        counts = [d.shape[0] for d in dets]
-        return list(torch.cat(dets).cpu().split(counts))   # one device-to-host copy per batch
+            inputs = {s: self._normalize(images[s], s, batch) for s in self.sizes}
+            return [d.contiguous() for d in self.detector.detect(inputs, image_hw)]
+        with torch.cuda.stream(self.stream):
+            ready = getattr(images, "ready", None)
+            if ready is not None:                      # staged on the copy stream: wait for that copy only
+                self.stream.wait_event(ready)
+                for s in self.sizes:
+                    images[s].record_stream(self.stream)
+                image_hw.record_stream(self.stream)
+            inputs = {s: self._normalize(images[s], s, batch) for s in self.sizes}
+            hw = image_hw.to(self.device, non_blocking=True)
+            dets = self.detector.detect(inputs, hw)
+            counts = [d.shape[0] for d in dets]
+            return list(torch.cat(dets).cpu().split(counts))   # one device-to-host copy per batch
 
-    def warmup(self, batch_sizes: tuple[int, ...] = (1, 2)) -> None:
-        """Run zero batches of the given sizes so the first timed query pays no one-off costs."""
-        for b in batch_sizes:
-            images = {s: torch.zeros(b, 3, s, s, dtype=torch.uint8) for s in self.sizes}
-            hw = torch.tensor([[self.sizes[0], self.sizes[0]]] * b)
-            self.predict(images, hw)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def warmup(self, batch_sizes: tuple[int, ...] | None = None) -> None:
+        """Run zero batches of the given sizes so the first timed query pays no one-off costs.
+
+        Default sizes: 1 and 2, and on CUDA with graphs every size up to 8 (the default Offline,
+        Server and MultiStream batches), so no graph is captured during a timed run.
+        """
+        if batch_sizes is None:
+            graphs = self.device.type == "cuda" and self.cfg.cuda_graphs
+            batch_sizes = tuple(range(1, 9)) if graphs else (1, 2)
+        t0 = time.perf_counter()
+        for worker in self.workers():
+            for b in batch_sizes:
+                images = {s: torch.zeros(b, 3, s, s, dtype=torch.uint8) for s in self.sizes}
+                hw = torch.tensor([[self.sizes[0], self.sizes[0]]] * b)
+                worker.predict(images, hw)
+            if worker.device.type == "cuda":
+                torch.cuda.synchronize(worker.device)
+        if self.cfg.compile:
+            self.compile_seconds = time.perf_counter() - t0
+            log.info("torch.compile: warm-up of batch sizes %s took %.1f s", list(batch_sizes), self.compile_seconds)

@@ -40,6 +40,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", choices=BACKBONES)
     g.add_argument("--variant", choices=VARIANTS)
     g.add_argument("--num-classes", type=int, help="classes including background (81 for COCO)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network (slow first batches; compile time is logged)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout for the convolutions (default on)")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA only: replay the network as a CUDA graph per batch size (default on)")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -99,7 +105,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     model = {"checkpoint": args.model, "image_size": args.image_size, "dboxes_scale": args.dboxes_scale,
              "dboxes_steps": args.dboxes_steps, "small_mask": args.small_mask, "large_mask": args.large_mask,
              "use_filter": args.use_filter, "precision": precision, "backbone": args.backbone,
-             "variant": args.variant, "num_classes": args.num_classes}
+             "variant": args.variant, "num_classes": args.num_classes, "compile": args.compile,
+             "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs}
     data = {"data_dir": args.data, "annotation_file": args.annotation_file, "cache_dir": args.cache_dir,
             "max_images": args.max_images, "skip_bad_images": args.skip_bad_images}
     run = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size}

@@ -52,6 +52,8 @@ class ModelConfig:
     use_filter: bool = False               # S0 keeps area > 96^2, S1 keeps area < 96^2 (original pixels)
     precision: str = "fp32"                # network precision: fp32, bf16 (CPU/CUDA) or fp16 (CUDA)
     channels_last: bool = True             # NHWC memory layout for the convolutions
+    compile: bool = False                  # torch.compile the network (inductor); its compile time is logged
+    cuda_graphs: bool = True               # CUDA only: replay the network as a CUDA graph per (batch, input size)
     score_threshold: float = 0.05          # per-class score a box must exceed
     nms_iou: float = 0.5                   # IoU above which NMS suppresses a box of the same class
     max_per_class: int = 200               # best boxes per class kept before NMS

@@ -12,7 +12,13 @@ while results are packed. With ``threaded=False`` (SingleStream, MultiStream,
 where LoadGen waits for a query before issuing the next, so there is nothing
 to overlap) one thread runs the three stages in turn: fewer handoffs, less latency.
 
-Only the compute thread calls the backend. A batch that raises is retried one
+With a backend offering ``workers()`` (one backend per GPU), each worker gets
+its own loader and compute thread pulling from the same batch source, and one
+completer thread serves them all. A backend offering ``stage(images, hw)``
+has it called by the loader (the host-to-device copy of the next batch then
+overlaps the current compute); its result goes to ``predict`` as it is.
+
+Only compute threads call the backends. A batch that raises is retried one
 sample at a time, so a single bad sample fails alone; its failure is logged
 with its index and counted by the :class:`Completer`. If a stage thread dies
 anyway, the pipeline closes the completer, which completes every outstanding
@@ -20,6 +26,7 @@ and every later sample with an empty response, so LoadGen never hangs.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -50,8 +57,18 @@ class QSLLike(Protocol):
 
 
 def _slice(inputs: tuple[Mapping[int, torch.Tensor], torch.Tensor], i: int):
+    """Sample ``i`` of a batch; a copy of the mapping, so a staged batch keeps its attributes (its copy event)."""
     images, hw = inputs
-    return {s: t[i:i + 1] for s, t in images.items()}, hw[i:i + 1]
+    one = copy.copy(images)
+    for s, t in images.items():
+        one[s] = t[i:i + 1]
+    return one, hw[i:i + 1]
+
+
+def backend_workers(backend: Any) -> list[Any]:
+    """The backends that compute concurrently: ``backend.workers()`` when it has that, else ``[backend]``."""
+    workers = getattr(backend, "workers", None)
+    return list(workers()) if callable(workers) else [backend]
 
 
 class Pipeline:
@@ -65,18 +82,27 @@ class Pipeline:
         self.source = source
         self.threaded = threaded
         self.name = name
-        self._q_compute: queue.Queue = queue.Queue(maxsize=depth)
-        self._q_finish: queue.Queue = queue.Queue(maxsize=depth)
+        self.workers = backend_workers(backend) if threaded else [backend]
+        self._depth = depth
+        self._q_finish: queue.Queue = queue.Queue(maxsize=depth * len(self.workers))
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.batches = 0  # batches computed (for the run summary)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        stages = ([("loader", self._loader_loop), ("compute", self._compute_loop), ("completer", self._finish_loop)]
-                  if self.threaded else [("worker", self._inline_loop)])
-        for stage, fn in stages:
-            t = threading.Thread(target=self._guard, args=(stage, fn), name=f"{self.name}-{stage}", daemon=True)
+        if not self.threaded:
+            stages = [("worker", self._inline_loop, ())]
+        else:
+            stages = [("completer", self._finish_loop, ())]
+            for i, worker in enumerate(self.workers):
+                q: queue.Queue = queue.Queue(maxsize=self._depth)
+                suffix = str(i) if len(self.workers) > 1 else ""
+                stages += [("loader" + suffix, self._loader_loop, (worker, q)),
+                           ("compute" + suffix, self._compute_loop, (worker, q))]
+        for stage, fn, args in stages:
+            t = threading.Thread(target=self._guard, args=(stage, fn, *args), name=f"{self.name}-{stage}",
+                                 daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -93,10 +119,16 @@ class Pipeline:
         return any(t.is_alive() for t in self._threads)
 
     # -- stage work --------------------------------------------------------------
-    def _load(self, batch: list[Sample]):
-        """Gather the batch's inputs; a batch that fails to load is retried per sample."""
+    def _gather(self, backend: Any, indices: list[int]):
+        inputs = self.qsl.get_batch(indices)
+        stage = getattr(backend, "stage", None)
+        return stage(*inputs) if stage is not None else inputs
+
+    def _load(self, batch: list[Sample], backend: Any = None):
+        """Gather (and stage) the batch's inputs; a batch that fails to load is retried per sample."""
+        backend = self.backend if backend is None else backend
         try:
-            return [(batch, self.qsl.get_batch([s.index for s in batch]))]
+            return [(batch, self._gather(backend, [s.index for s in batch]))]
         except Exception as e:  # noqa: BLE001 - every failure is reported per sample
             if len(batch) == 1:
                 self.completer.fail(batch, "load", e)
@@ -104,16 +136,18 @@ class Pipeline:
         out = []
         for s in batch:
             try:
-                out.append(([s], self.qsl.get_batch([s.index])))
+                out.append(([s], self._gather(backend, [s.index])))
             except Exception as e:  # noqa: BLE001
                 self.completer.fail([s], "load", e)
         return out
 
-    def _compute(self, batch: list[Sample], inputs) -> list[tuple[list[Sample], list[torch.Tensor]]]:
+    def _compute(self, batch: list[Sample], inputs, backend: Any = None
+                 ) -> list[tuple[list[Sample], list[torch.Tensor]]]:
         """Predict the batch; if it raises, predict each sample alone so only bad samples fail."""
+        backend = self.backend if backend is None else backend
         self.batches += 1
         try:
-            dets = self.backend.predict(*inputs)
+            dets = backend.predict(*inputs)
             if len(dets) != len(batch):
                 raise RuntimeError(f"backend returned {len(dets)} results for a batch of {len(batch)}")
             return [(batch, dets)]
@@ -126,7 +160,7 @@ class Pipeline:
         out = []
         for i, s in enumerate(batch):
             try:
-                dets = self.backend.predict(*_slice(inputs, i))
+                dets = backend.predict(*_slice(inputs, i))
                 if len(dets) != 1:
                     raise RuntimeError(f"backend returned {len(dets)} results for a batch of 1")
                 out.append(([s], dets))
@@ -145,9 +179,9 @@ class Pipeline:
         self.completer.complete(good, records)
 
     # -- threads -----------------------------------------------------------------
-    def _guard(self, stage: str, fn) -> None:
+    def _guard(self, stage: str, fn, *args) -> None:
         try:
-            fn()
+            fn(*args)
         except BaseException as e:  # noqa: BLE001 - a dead stage must not leave LoadGen waiting
             log.exception("the %s thread of %s died", stage, self.name)
             self._stopping.set()
@@ -177,20 +211,27 @@ class Pipeline:
                 for done, dets in self._compute(part, inputs):
                     self._finish(done, dets)
 
-    def _loader_loop(self) -> None:
+    def _loader_loop(self, backend: Any, q_compute: queue.Queue) -> None:
         while (batch := self.source.next_batch()) is not None:
-            for item in self._load(batch):
-                if not self._put(self._q_compute, item):
+            for item in self._load(batch, backend):
+                if not self._put(q_compute, item):
                     return
-        self._put(self._q_compute, _STOP)
+        self._put(q_compute, _STOP)
 
-    def _compute_loop(self) -> None:
-        while (item := self._get(self._q_compute)) is not _STOP:
-            for done in self._compute(*item):
+    def _compute_loop(self, backend: Any, q_compute: queue.Queue) -> None:
+        while (item := self._get(q_compute)) is not _STOP:
+            for done in self._compute(*item, backend):
                 if not self._put(self._q_finish, done):
                     return
         self._put(self._q_finish, _STOP)
 
     def _finish_loop(self) -> None:
-        while (item := self._get(self._q_finish)) is not _STOP:
+        running = len(self.workers)     # one _STOP per compute thread
+        while running:
+            item = self._get(self._q_finish)
+            if item is _STOP:
+                running -= 1
+                if self._stopping.is_set():
+                    return
+                continue
             self._finish(*item)
