@@ -247,3 +247,20 @@ def test_cuda_has_one_worker_per_visible_gpu():
     assert sorted(w.device.index for w in backend.workers()) == list(range(torch.cuda.device_count()))
     assert len(make_backend("cuda:0").workers()) == 1
     assert all(w.stream is not None and w.copy_stream is not None for w in backend.workers())
+
+
+def test_stream_query_queue_hands_out_in_order_then_none():
+    from harness.sut_stream import QueryQueue
+    q = QueryQueue()
+    a, b = [Sample(1, 1)], [Sample(2, 2), Sample(3, 3)]
+    q.put([a, b])
+    q.close()
+    assert q.next_batch() is a and q.next_batch() is b
+    assert q.next_batch() is None and q.next_batch() is None       # closed stays closed
+    waiting = QueryQueue()
+    got = []
+    t = threading.Thread(target=lambda: got.append(waiting.next_batch()))
+    t.start()
+    waiting.close()                                                  # wakes a blocked worker
+    t.join(5)
+    assert not t.is_alive() and got == [None]
