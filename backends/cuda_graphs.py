@@ -58,7 +58,8 @@ class GraphedForward:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # Capture on the side stream of x's device (torch's default capture stream lives on one device only).
+        with torch.cuda.graph(graph, pool=self._pool, stream=side):
             static_out = self.model(static_in, list(mask))
         self._graphs[key] = (graph, static_in, tuple(static_out))
         self.capture_seconds += time.perf_counter() - t0

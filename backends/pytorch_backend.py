@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 MEAN_RGB = (0.485, 0.456, 0.406)
 STD_RGB = (0.229, 0.224, 0.225)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-COMPILE_RECOMPILE_LIMIT = 64   # shapes per compiled network: batch sizes 1..max x input sizes, static each
+COMPILE_RECOMPILE_LIMIT = 64   # compiled shapes kept per network (CUDA graphs: every batch size x input size)
 COMPILE_BACKEND = "inductor"   # torch.compile backend (tests swap in a faster-compiling one)
 
 
@@ -139,7 +139,10 @@ class PyTorchBackend:
         if self.cfg.compile:
             import torch._dynamo.config as dynamo_config
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
-            forward = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
+            # With CUDA graphs every (batch, size) is captured, so static shapes cost nothing more; elsewhere
+            # torch's automatic dynamic shapes stop recompiling once a second batch size has been seen.
+            static = self.device.type == "cuda" and self.cfg.cuda_graphs
+            forward = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False if static else None)
         if self.cfg.cuda_graphs and self.device.type == "cuda":
             forward = GraphedForward(forward)
         return forward

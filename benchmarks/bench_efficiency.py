@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     table += [f"| **median** | {bare_med:.2f} | {lg_med:.2f} | **{ratio:.3f}** (goal >= {GOAL}) |"]
     if util is not None:
         table += ["", f"MFU (LoadGen Offline): {100 * util:.1f}% of the {dev} dense fp16 peak."]
-    common.save("efficiency", doc, table)
+    common.save("efficiency" + args.suffix, doc, table)
     return 0
 
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     table += [f"| {r['option']} | {r['ms_per_sample']:.1f} | {r['speedup']:.2f}x | {100 * r['map']:.2f} | "
               f"{r['map_delta_points']:+.2f} | {r['agreement']:.3f} | "
               f"{'' if r['compile_s'] is None else round(r['compile_s'], 1)} |" for r in rows]
-    common.save("precision", doc, table)
+    common.save("precision" + args.suffix, doc, table)
     return 0
 
 

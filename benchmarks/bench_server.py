@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{x['validity']} | {x['p99_ms']:.1f} | {x['queries']} |" for x in probes]
     table += ["", f"**Peak Server QPS meeting the bound / Offline samples/s = {ratio:.3f}** (goal >= {GOAL}). "
               "INVALID with the bound met = early stopping wanted more queries than a short run has."]
-    common.save("server", doc, table)
+    common.save("server" + args.suffix, doc, table)
     return 0
 
 

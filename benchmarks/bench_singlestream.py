@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{x['loadgen_p90_ms']:.2f} | {x['ratio']:.3f} |" for i, x in enumerate(pairs)]
     table += [f"| **median** | {med['bare_p50_ms']:.2f} | {med['bare_p90_ms']:.2f} | {med['loadgen_p50_ms']:.2f} | "
               f"{med['loadgen_p90_ms']:.2f} | **{ratio:.3f}** (goal <= {GOAL}) |"]
-    common.save("singlestream", doc, table)
+    common.save("singlestream" + args.suffix, doc, table)
     return 0
 
 

@@ -49,6 +49,7 @@ def add_flags(p: argparse.ArgumentParser, seconds: float = 8.0, images: int = 64
     p.add_argument("--images", type=int, default=images, help="synthetic images in the data set")
     p.add_argument("--seconds", type=float, default=seconds, help="length of each timed run (bare and LoadGen)")
     p.add_argument("--repeats", type=int, default=3, help="bare/LoadGen pairs, alternated")
+    p.add_argument("--suffix", default="", help="results go to benchmarks/results/<name><suffix>.{json,md}")
 
 
 def resolve_config(args: argparse.Namespace, out_dir: Path, conf: Path) -> tuple[Config, str]:
