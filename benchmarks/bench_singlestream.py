@@ -3,7 +3,7 @@
 Both sides use the same loaded backend and preloaded data in one process,
 alternated ``--repeats`` times. The bare side times ``backend.predict`` on one
 image at a time (inputs gathered before timing), for ``--seconds``, and takes
-its p90 by LoadGen's rank rule; the LoadGen side is a SingleStream performance
+its p90 (nearest rank); the LoadGen side is a SingleStream performance
 run of the same length, whose p90 is LoadGen's (issue to completion, so it
 includes the QSL gather, the response record and the completion call). Each
 pair's ratio is taken and the median quoted; medians are printed as well.

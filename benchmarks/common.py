@@ -131,7 +131,7 @@ def median(values: Sequence[float]) -> float:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) by LoadGen's rule: the value at rank ceil(q/100 * n) of the sorted list."""
+    """The q-th percentile (0..100), nearest rank: the value at rank ceil(q/100 * n) of the sorted list."""
     s = sorted(values)
     k = max(0, min(len(s) - 1, -(-int(q * len(s)) // 100) - 1))
     return s[k]
