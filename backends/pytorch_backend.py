@@ -17,12 +17,16 @@ Performance paths (``model.compile``, ``model.cuda_graphs``, see harness/config.
   the device on the copy stream (the pipeline's loader calls it, so the copy of
   batch n+1 overlaps the compute of batch n) and ``predict`` waits for that
   copy on the compute stream. The network replays as a CUDA graph per (batch,
-  size) when ``cuda_graphs`` is on. With device "cuda" or "auto" (no index) and
-  several visible GPUs, ``load`` builds one replica per GPU and ``workers()``
-  returns them all, so the pipeline runs one compute worker per GPU.
+  size) when ``cuda_graphs`` is on. Each GPU gets ``CUDA_WORKERS_PER_GPU``
+  workers sharing its weights, each with its own streams and graphs, so one
+  worker's post-processing (NMS has host syncs) overlaps another's network.
+  With device "cuda" or "auto" (no index) and several visible GPUs, ``load``
+  also builds a replica per other GPU; ``workers()`` returns them all and the
+  pipeline runs one compute thread per worker.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
@@ -44,6 +48,7 @@ STD_RGB = (0.229, 0.224, 0.225)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_RECOMPILE_LIMIT = 64   # compiled shapes kept per network (CUDA graphs: every batch size x input size)
 COMPILE_BACKEND = "inductor"   # torch.compile backend (tests swap in a faster-compiling one)
+CUDA_WORKERS_PER_GPU = 2       # compute workers (own streams and graphs, shared weights) per GPU
 
 
 class StagedImages(dict):
@@ -94,6 +99,7 @@ class PyTorchBackend:
         self.compile_seconds: float | None = None   # warm-up time with model.compile on (mostly compiling)
         self.replicas: list[PyTorchBackend] = []    # the other GPUs' backends (CUDA, several GPUs)
         self.stream = self.copy_stream = None       # CUDA streams, made in load()
+        self._twins: list[PyTorchBackend] = []      # more workers on this GPU (CUDA)
 
     def load(self) -> None:
         """Build the model, load the checkpoint (random weights, seed 0, without one), move it to the device."""
@@ -118,7 +124,8 @@ class PyTorchBackend:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.detector = TwoScaleDetector(model, cfg).to(self.device)
-        self.detector.model = self._fast_forward(model)
+        self._network = self._compiled(model)
+        self.detector.model = self._graphed(self._network)
         std = torch.tensor(STD_RGB, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(MEAN_RGB, device=self.device).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)      # x_norm = x_uint8 * scale + shift
@@ -126,6 +133,7 @@ class PyTorchBackend:
         if self.device.type == "cuda":
             self.stream = torch.cuda.Stream(device=self.device)
             self.copy_stream = torch.cuda.Stream(device=self.device)
+            self._twins = [self._twin() for _ in range(CUDA_WORKERS_PER_GPU - 1)]
             if self._all_gpus and not self.replicas:
                 for i in range(torch.cuda.device_count()):
                     if i != self.device.index:
@@ -133,8 +141,18 @@ class PyTorchBackend:
                         replica.load()
                         self.replicas.append(replica)
 
-    def _fast_forward(self, model: nn.Module):
-        """The callable the detector runs: the network, compiled and/or CUDA-graphed as configured."""
+    def _twin(self) -> "PyTorchBackend":
+        """A worker on the same GPU sharing this one's weights, with its own streams, detector and graphs."""
+        twin = copy.copy(self)
+        twin.replicas, twin._twins = [], []
+        twin.stream = torch.cuda.Stream(device=self.device)
+        twin.copy_stream = torch.cuda.Stream(device=self.device)
+        twin.detector = copy.copy(self.detector)
+        twin.detector.model = self._graphed(self._network)
+        return twin
+
+    def _compiled(self, model: nn.Module):
+        """The network, through torch.compile when configured."""
         forward = model
         if self.cfg.compile:
             import torch._dynamo.config as dynamo_config
@@ -143,13 +161,17 @@ class PyTorchBackend:
             # torch's automatic dynamic shapes stop recompiling once a second batch size has been seen.
             static = self.device.type == "cuda" and self.cfg.cuda_graphs
             forward = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False if static else None)
+        return forward
+
+    def _graphed(self, forward):
+        """``forward`` replayed as CUDA graphs when configured (CUDA only)."""
         if self.cfg.cuda_graphs and self.device.type == "cuda":
-            forward = GraphedForward(forward)
+            return GraphedForward(forward)
         return forward
 
     def workers(self) -> list["PyTorchBackend"]:
-        """Backends that can compute concurrently: this one, plus one per other GPU when there are several."""
-        return [self, *self.replicas]
+        """Backends that can compute concurrently: this one; on CUDA its twins and every other GPU's workers."""
+        return [self, *self._twins, *(w for r in self.replicas for w in r.workers())]
 
     @torch.inference_mode()
     def stage(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor

@@ -241,11 +241,14 @@ def test_cuda_staged_pinned_batch_equals_plain_predict(inputs, reference):
 
 
 @CUDA
-def test_cuda_has_one_worker_per_visible_gpu():
+def test_cuda_has_workers_on_every_visible_gpu():
+    from backends.pytorch_backend import CUDA_WORKERS_PER_GPU
     backend = make_backend("cuda")
-    assert len(backend.workers()) == torch.cuda.device_count()
-    assert sorted(w.device.index for w in backend.workers()) == list(range(torch.cuda.device_count()))
-    assert len(make_backend("cuda:0").workers()) == 1
+    gpus = torch.cuda.device_count()
+    assert sorted(w.device.index for w in backend.workers()) == sorted(list(range(gpus)) * CUDA_WORKERS_PER_GPU)
+    assert len({id(w.stream) for w in backend.workers()}) == gpus * CUDA_WORKERS_PER_GPU
+    one = make_backend("cuda:0")
+    assert len(one.workers()) == CUDA_WORKERS_PER_GPU and all(w.model is one.model for w in one.workers())
     assert all(w.stream is not None and w.copy_stream is not None for w in backend.workers())
 
 
