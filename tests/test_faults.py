@@ -1,0 +1,239 @@
+"""Faults end a run with a clear cause, nothing lost and no hang.
+
+Covered: samples that raise (counted, with indices, exit 1); a pipeline thread that dies (fast end with the
+cause; LoadGen ends cleanly, or the process leaves when LoadGen cannot be stopped); SIGINT and SIGTERM
+(prompt exit, logs readable); device out of memory (message naming the batch setting); the run folder
+removed or the disk full mid-run (clear error, earlier runs intact); a truncated QSL cache (found at load).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import run
+from backends.null import NullBackend
+from harness.config import load_config
+from harness.dataset import Dataset
+from harness.layout import OutputError, write_text_atomic
+from harness.memory_qsl import MemoryQSL
+from harness.report import format_summary
+from harness.runner import run_benchmark
+from tests.test_harness_scenarios import HINTS
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG_CONF = ROOT / "user.conf"      # the official 600 s runs: a fault must not make anyone wait for them
+
+
+def _config(tmp_path, conf, scenario="Offline", mode="performance", **run_overrides):
+    hints = {**HINTS, **run_overrides}
+    return load_config(None, {"run": {"scenario": scenario, "mode": mode, "user_conf": str(conf),
+                                      "output_dir": str(tmp_path / "out"), **hints}})
+
+
+class FailOn(NullBackend):
+    def __init__(self, bad, **kw):
+        super().__init__(**kw)
+        self.bad = set(bad)
+
+    def predict(self, images, image_hw):
+        values = {int(v) for v in images[next(iter(images))][:, 0, 0, 0]}    # MemoryQSL: pixel = index % 256
+        if values & self.bad:
+            raise ValueError(f"cannot decode sample(s) {sorted(values & self.bad)}")
+        return super().predict(images, image_hw)
+
+
+@pytest.mark.parametrize("scenario", ["Server", "MultiStream"])
+def test_failing_samples_are_counted_with_indices(tmp_path, fast_conf, scenario, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_benchmark(_config(tmp_path, fast_conf, scenario), FailOn({2, 5}), Dataset(MemoryQSL(30)))
+    (r,) = result.runs
+    assert {f.index for f in r.failures} == {2, 5} and result.exit_code == 1
+    record = json.loads((r.out_dir / "run_record.json").read_text())
+    assert record["failed"] == len(r.failures) and {f["index"] for f in record["failures"]} == {2, 5}
+    report = (r.out_dir.parent.parent / "report.md").read_text()
+    assert "  - sample 2 (predict): ValueError: cannot decode sample(s) [2]" in report
+
+
+class Fatal(BaseException):
+    """Not an Exception: escapes the per-sample retry and kills the pipeline thread."""
+
+
+class DiesAfter(NullBackend):
+    def __init__(self, calls, **kw):
+        super().__init__(**kw)
+        self.left = calls
+
+    def predict(self, images, image_hw):
+        self.left -= 1
+        if self.left < 0:
+            raise Fatal("the device was lost")
+        return super().predict(images, image_hw)
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "SingleStream"])
+def test_dead_worker_ends_the_run_fast_with_its_cause(tmp_path, scenario, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t0 = time.monotonic()
+    result = run_benchmark(_config(tmp_path, LONG_CONF, scenario, "submission", offline_expected_qps=100.0,
+                                   singlestream_expected_latency_ms=500.0),
+                           DiesAfter(3), Dataset(MemoryQSL(50)))
+    assert time.monotonic() - t0 < 30                   # not the 600 s the settings ask for
+    assert [r.mode for r in result.runs] == ["accuracy"]  # the later runs never start
+    assert "thread died: Fatal: the device was lost" in result.error and result.exit_code == 1
+    assert "RUN ENDED EARLY" in format_summary(result)
+    out = result.runs[0].out_dir
+    assert (out / "mlperf_log_summary.txt").stat().st_size > 0          # LoadGen ended and closed its logs
+    assert "thread died" in json.loads((out / "run_record.json").read_text())["worker_error"]
+
+
+def _script(tmp_path: Path, backend_src: str) -> Path:
+    """A run.py entry point whose backend is ``backend_src`` (a class named B)."""
+    path = tmp_path / "entry.py"
+    path.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport run\nfrom backends.null import NullBackend\n"
+                    f"{backend_src}\nrun.make_backend = lambda config, kind: B()\nsys.exit(run.main(sys.argv[1:]))\n")
+    return path
+
+
+def _run_args(synthetic_coco, tmp_path, *extra):
+    return ["--data", str(synthetic_coco), "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "o"),
+            "--image-size", "257", "257", *extra]
+
+
+def test_dead_worker_in_a_server_run_exits_without_waiting_for_loadgen(tmp_path, synthetic_coco):
+    """LoadGen paces Server queries by the clock and cannot be aborted from Python: the process leaves."""
+    entry = _script(tmp_path, "class B(NullBackend):\n    def predict(self, images, hw):\n"
+                              "        raise SystemExit('the device was lost')")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, str(entry), "--scenario", "Server", "--mode", "performance",
+                           "--server-target-qps", "50", *_run_args(synthetic_coco, tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert time.monotonic() - t0 < 60 and proc.returncode == 1, proc.stderr[-2000:]
+    assert "thread died: SystemExit: the device was lost" in proc.stderr
+    assert "LoadGen was still running" in proc.stderr and "ERROR: " in proc.stdout
+    detail = tmp_path / "o/default/ssd-resnet34/Server/performance/run_1/mlperf_log_detail.txt"
+    assert detail.read_text().startswith(":::MLLOG")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_end_a_long_run_promptly_with_readable_logs(tmp_path, synthetic_coco, sig, code):
+    cmd = [sys.executable, str(ROOT / "run.py"), "--scenario", "Server", "--mode", "performance",
+           "--server-target-qps", "50", "--backend", "null", *_run_args(synthetic_coco, tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    run_dir = tmp_path / "o/default/ssd-resnet34/Server/performance/run_1"
+    deadline = time.monotonic() + 60
+    while not (run_dir / "mlperf_log_detail.txt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 15 and proc.returncode == code, err[-2000:]
+    assert "INTERRUPTED" in out
+    assert (run_dir / "mlperf_log_detail.txt").read_text().startswith(":::MLLOG")
+    assert "interrupted" in (run_dir / "harness.log").read_text()
+    assert "## performance" in (run_dir.parent.parent / "report.md").read_text()
+
+
+class OutOfMemoryAbove(NullBackend):
+    def __init__(self, limit, **kw):
+        super().__init__(**kw)
+        self.limit = limit
+
+    def predict(self, images, image_hw):
+        if image_hw.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().predict(images, image_hw)
+
+
+def test_out_of_memory_names_the_batch_setting(tmp_path, fast_conf, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_benchmark(_config(tmp_path, fast_conf, batch_size=8), OutOfMemoryAbove(1), Dataset(MemoryQSL(40)))
+    (r,) = result.runs                       # batches of 8 fail, the pipeline's per-image retry succeeds
+    assert r.failures == [] and r.oom_batches > 0 and result.exit_code == 0
+    assert "device out of memory on a batch of 8 image(s) at sizes [32]: lower --batch-size (now 8)" in \
+        (r.out_dir / "harness.log").read_text()
+    assert "ran out of device memory" in format_summary(result)
+    result = run_benchmark(_config(tmp_path, fast_conf, "Server", server_max_batch=4), OutOfMemoryAbove(0),
+                           Dataset(MemoryQSL(20)))
+    (r,) = result.runs                       # even one image fails: every sample fails with the hint
+    assert r.failures and result.exit_code == 1
+    assert all("lower --server-max-batch (now 4)" in f.error for f in r.failures)
+
+
+class RemovesFolderDuringPerformanceRun(NullBackend):
+    def __init__(self, scenario_dir: Path, **kw):
+        super().__init__(**kw)
+        self.scenario_dir = scenario_dir
+
+    def predict(self, images, image_hw):
+        perf = self.scenario_dir / "performance"
+        if (self.scenario_dir / "accuracy" / "run_record.json").exists() and perf.exists():
+            shutil.rmtree(perf)
+        return super().predict(images, image_hw)
+
+
+def test_run_folder_removed_mid_run_is_a_clear_error(tmp_path, fast_conf, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    scen = tmp_path / "out/default/ssd-resnet34/Offline"
+    config = _config(tmp_path, fast_conf, mode="submission")
+    with pytest.raises(OutputError, match=r"run folder .*performance/run_1 disappeared during the run") as e:
+        run_benchmark(config, RemovesFolderDuringPerformanceRun(scen, latency_ms=1.0), Dataset(MemoryQSL(20)))
+    assert [r.mode for r in e.value.result.runs] == ["accuracy"]
+    for name in ("mlperf_log_accuracy.json", "mlperf_log_summary.txt", "run_record.json"):
+        assert (scen / "accuracy" / name).stat().st_size > 0, name                  # earlier run intact
+
+
+def test_full_disk_for_loadgen_logs_is_a_clear_error(tmp_path, fast_conf, monkeypatch):
+    """LoadGen never reports failed writes: its logs pointing at /dev/full (ENOSPC on every write) is caught."""
+    monkeypatch.chdir(tmp_path)
+    perf = tmp_path / "out/default/ssd-resnet34/Offline/performance/run_1"
+    perf.mkdir(parents=True)
+    for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
+        (perf / name).symlink_to("/dev/full")
+    with pytest.raises(OutputError, match=r"LoadGen could not write its logs in .*run_1 \(mlperf_log_summary.txt "
+                                          r"is missing or empty\); \d+ MB free on that disk") as e:
+        run_benchmark(_config(tmp_path, fast_conf, mode="submission"), NullBackend(latency_ms=1.0),
+                      Dataset(MemoryQSL(20)))
+    acc = e.value.result.runs[0].out_dir
+    assert (acc / "mlperf_log_summary.txt").stat().st_size > 0
+
+
+def test_atomic_write_keeps_the_earlier_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    target = tmp_path / "accuracy.txt"
+    target.write_text("mAP=20.000%\n")
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OutputError, match=r"cannot write .*accuracy.txt \(No space left on device\): \d+ MB free"):
+        write_text_atomic(target, "mAP=21.000%\n")
+    monkeypatch.undo()
+    assert target.read_text() == "mAP=20.000%\n" and list(tmp_path.iterdir()) == [target]
+
+
+def test_truncated_cache_is_found_at_load(tmp_path, synthetic_coco, fast_conf, capsys):
+    from qsl.cache import CacheError, open_cache
+    args = ["--mode", "accuracy", "--backend", "null", "--num-classes", "7", "--user-conf", str(fast_conf),
+            *_run_args(synthetic_coco, tmp_path)]
+    assert run.main(args) == 0
+    first = (tmp_path / "o/default/ssd-resnet34/Offline/accuracy/accuracy.txt").read_text()
+    array = tmp_path / "cache" / "images_257.npy"
+    with array.open("r+b") as f:
+        f.truncate(array.stat().st_size - 1000)
+    with pytest.raises(CacheError, match=r"images_257.npy is \d+ bytes, its header implies \d+: the file is truncated"):
+        open_cache(tmp_path / "cache", [257])
+    assert run.main(args) == 0          # found when the cache is opened, rebuilt before LoadGen starts
+    assert (tmp_path / "o/default/ssd-resnet34/Offline/accuracy/accuracy.txt").read_text() == first
+    open_cache(tmp_path / "cache", [257])
