@@ -10,19 +10,9 @@ with its own ``audit.config``, see harness/audit.py) and verifies them
 (harness/compliance.py). Every run folder gets ``run_record.json`` and, for
 timed runs, ``latencies_s.npy``; the scenario folder gets ``report.md``.
 
-LoadGen's ``StartTest`` blocks in C++, where Python cannot deliver Ctrl-C, so
-it runs on a helper thread while the main thread waits. On Ctrl-C the
-completer is closed (every outstanding and later sample completes at once
-with an empty response), LoadGen gets ``INTERRUPT_GRACE_S`` to finish, and
-:class:`Interrupted` tells the caller whether it did; the logs written so far
-stay on disk.
-
-Faults end a run early with the cause: a pipeline thread that dies closes the
-completer (every sample completes at once, empty) and LoadGen gets
-``WORKER_GRACE_S`` to finish; it always does for Offline, SingleStream and
-MultiStream, whose queries then complete at once; a Server run paces its
-queries by the clock, and LoadGen 6.0's Python API cannot abort it, so
-:class:`WorkerDied` then says LoadGen is still running and the caller exits.
+LoadGen runs on a helper thread watched by the main thread, which handles
+Ctrl-C and dead pipeline threads (harness/loadgen_thread.py: Interrupted,
+WorkerDied). A dead worker's run ends with its cause and no later run starts.
 A run folder that disappears, or LoadGen logs left incomplete (disk full), is
 an :class:`OutputError` naming the folder; folders written earlier are intact.
 """
@@ -31,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +37,7 @@ from harness.guarded_backend import GuardedBackend, batch_hint
 from harness.layout import OutputError, prepare_run_dir, run_dir, scenario_dir, write_text_atomic
 from harness.run_record import check_run_logs, write_run_record
 from harness.loadgen_log import LoadGenResult, read_detail_log
+from harness.loadgen_thread import Interrupted, WorkerDied, start_test, worker_death
 from harness.settings import make_test_settings
 from harness.sut_base import BaseSUT
 from harness.sut_offline import OfflineSUT
@@ -56,27 +46,8 @@ from harness.sut_stream import StreamSUT
 
 log = logging.getLogger("harness")
 
-INTERRUPT_GRACE_S = 3.0
-WORKER_GRACE_S = 3.0
 MODE_RUNS = {"accuracy": ("accuracy",), "performance": ("performance",),
              "submission": ("accuracy", "performance", *AUDITS), "find-peak": ("find-peak",)}
-
-
-class Interrupted(Exception):
-    """Ctrl-C (or SIGTERM) during a LoadGen run; ``finished`` says whether LoadGen returned in the grace period."""
-
-    def __init__(self, finished: bool) -> None:
-        super().__init__("interrupted")
-        self.finished = finished
-
-
-class WorkerDied(Exception):
-    """A pipeline thread died and LoadGen did not finish within the grace period (a Server run)."""
-
-    def __init__(self, cause: str, finished: bool) -> None:
-        super().__init__(cause)
-        self.cause = cause
-        self.finished = finished
 
 
 @dataclass
@@ -136,57 +107,6 @@ def make_sut(scenario: str, backend: Any, qsl: Any, config: Config, settings: An
     raise ValueError(f"unknown scenario {scenario!r}")
 
 
-def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | None) -> None:
-    """A progress bar of completed samples, polled twice a second, until ``done`` is set."""
-    from tqdm import tqdm
-    with tqdm(total=total, desc=desc, unit="sample", mininterval=1.0, leave=False) as bar:
-        while not done.wait(0.5):
-            c = sut.completer
-            bar.update(c.completed + len(c.failures) - bar.n)
-
-
-def _worker_death(sut: BaseSUT) -> str | None:
-    reason = sut.completer.closed_reason
-    return reason[1] if reason is not None and reason[0] == "worker" else None
-
-
-def _start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any, audit_file: Path,
-                progress: tuple[str, int | None] | None = None) -> None:
-    """Run LoadGen on a helper thread; the main thread stays free to receive Ctrl-C and to watch the workers.
-
-    ``audit_file``: the path LoadGen checks for an audit.config (it applies the file when it exists).
-    """
-    import mlperf_loadgen as lg
-    done = threading.Event()
-    if progress is not None:
-        threading.Thread(target=_show_progress, args=(sut, done, *progress), name="progress", daemon=True).start()
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            lg.StartTestWithLogSettings(sut.handle, qsl_handle, settings, log_settings, str(audit_file))
-        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
-            errors.append(e)
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name="loadgen", daemon=True).start()
-    try:
-        while not done.wait(0.2):
-            cause = _worker_death(sut)
-            if cause is not None:
-                log.error("%s; waiting up to %.0f s for LoadGen to end the run", cause, WORKER_GRACE_S)
-                if not done.wait(WORKER_GRACE_S):
-                    raise WorkerDied(cause, finished=False)
-                break
-    except KeyboardInterrupt:
-        log.error("interrupted: completing the outstanding samples with empty responses")
-        sut.completer.close("interrupted", "the run was interrupted (Ctrl-C)")
-        raise Interrupted(done.wait(INTERRUPT_GRACE_S)) from None
-    if errors:
-        raise errors[0]
-
-
 def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_dir: Path,
                 use_pycocotools: bool = False, progress: bool = False) -> LoadGenRun:
     """One LoadGen run of ``mode`` (accuracy, performance, find-peak, TEST01, TEST04) with its logs in ``out_dir``.
@@ -217,8 +137,8 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
     try:
         bar = (f"{scenario} {mode}", dataset.total_count if mode == "accuracy" else None) if progress else None
         with placed_audit_config(audit) if audit else _no_audit_config() as audit_file:
-            _start_test(sut, qsl_handle, settings, log_settings, audit_file, bar)
-        death = _worker_death(sut)   # before stop(), which closes the completer itself
+            start_test(sut, qsl_handle, settings, log_settings, audit_file, bar)
+        death = worker_death(sut)   # before stop(), which closes the completer itself
     except (Interrupted, WorkerDied) as e:
         finished = e.finished
         raise
