@@ -126,9 +126,14 @@ def _accuracy(path: Path) -> list[str]:
     stats = [m.groups() for m in map(_STAT.match, lines) if m]
     md = [f"- Accuracy: **{lines[0]}**" if lines else "- Accuracy: (empty accuracy.txt)"]
     if stats:
-        md += ["", "| COCO statistic | value |", "|---|---|"] + [f"| {n} | {v} |" for n, v in stats] + [""]
+        md += ["", "| COCO statistic | value |", "|---|---|"] + [f"| {_cell(n)} | {v} |" for n, v in stats] + [""]
     md += [f"- {line}" for line in lines if line and not _STAT.match(line) and line != lines[0]]
     return md
+
+
+def _cell(text: str) -> str:
+    """Table-cell text: COCO's statistic names contain '|', which would split the cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _verdicts(audit: Path) -> list[str]:
