@@ -60,6 +60,10 @@ class GuardedBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def with_hint(self, hint: str) -> "GuardedBackend":
+        """The same guard around the same backend, naming another setting in its out-of-memory message."""
+        return GuardedBackend(self.inner, self.per_image, hint)
+
     def workers(self) -> list["GuardedBackend"]:
         """One guarded backend per worker of ``inner`` (itself when ``inner`` has no workers)."""
         inner = getattr(self.inner, "workers", None)
@@ -78,7 +82,7 @@ class GuardedBackend:
                 out.extend(self.inner.predict({s: t[i:i + 1] for s, t in images.items()}, image_hw[i:i + 1]))
             return out
         except Exception as e:
-            if not is_out_of_memory(e):
+            if isinstance(e, DeviceMemoryError) or not is_out_of_memory(e):
                 raise
             self.oom_batches += 1
             self.oom_largest_batch = max(self.oom_largest_batch, batch)

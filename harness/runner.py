@@ -123,7 +123,8 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
     log.addHandler(handler)
     qsl = dataset.qsl
-    guarded = GuardedBackend(backend, hint=batch_hint(scenario, config.run.batch_size, config.run.server_max_batch))
+    hint = batch_hint(scenario, config.run.batch_size, config.run.server_max_batch)
+    guarded = backend.with_hint(hint) if isinstance(backend, GuardedBackend) else GuardedBackend(backend, hint=hint)
     sut = make_sut(scenario, guarded, qsl, config, settings)
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(out_dir)
