@@ -5,6 +5,7 @@
     python run.py demo    (the embedded default: demo data and model shipped with the project)
     python run.py report DIR              (rebuild report.md for earlier runs under DIR)
     python run.py package RESULTS OUT     (submission copy, accuracy logs truncated and hashed)
+    python run.py verify DIR [--annotation-file F]  (re-verify the TEST01/TEST04 audits under DIR)
 
 ``--mode submission`` runs accuracy, performance and the compliance audits
 TEST01 and TEST04 for one scenario, and verifies the audits.
@@ -133,9 +134,34 @@ def package_main(argv: list[str]) -> int:
     return 0
 
 
+def verify_main(argv: list[str]) -> int:
+    from harness.compliance import verify_audit
+    from harness.markdown_report import scenario_folders, write_report
+    p = argparse.ArgumentParser(prog="run.py verify", description="Verify the TEST01/TEST04 audits of earlier runs.")
+    p.add_argument("dir", help="a results root or scenario folder holding accuracy/, performance/run_1/, TEST0x/")
+    p.add_argument("--annotation-file", help="COCO annotations for TEST01's mAP fallback (default: none)")
+    args = p.parse_args(argv)
+    try:
+        folders = [f for f in scenario_folders(args.dir) if (f / "TEST01").is_dir() or (f / "TEST04").is_dir()]
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    if not folders:
+        raise UsageError(f"no TEST01 or TEST04 folders under {args.dir}")
+    passed = True
+    for folder in folders:
+        for test in ("TEST01", "TEST04"):
+            if (folder / test).is_dir():
+                audit = verify_audit(test, folder, args.annotation_file)
+                passed &= audit.passed
+                print(f"{folder}: " + "; ".join(audit.lines()))
+        write_report(folder)
+    return 0 if passed else 1
+
+
 # Subcommands by first argument; anything else is a benchmark run.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main, "demo": demo_main,
-                                                      "report": report_main, "package": package_main}
+                                                      "report": report_main, "package": package_main,
+                                                      "verify": verify_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ def test_stray_audit_config_refuses_every_run(tmp_path, fast_conf, monkeypatch):
     assert (tmp_path / "audit.config").read_text() == "*.*.mode = 2\n"   # never overwritten
 
 
-def test_submission_runs_and_verifies_both_audits(tmp_path, fast_conf, monkeypatch):
+def test_submission_runs_and_verifies_both_audits(tmp_path, fast_conf, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     result = run_benchmark(_config(tmp_path, fast_conf), NullBackend(latency_ms=1.0), Dataset(MemoryQSL(100)))
     assert [r.mode for r in result.runs] == ["accuracy", "performance"]
@@ -78,6 +78,16 @@ def test_submission_runs_and_verifies_both_audits(tmp_path, fast_conf, monkeypat
     assert "TEST01 accuracy: PASS" in summary and "COMPLIANCE: " in summary
     report = (scen / "report.md").read_text()
     assert "## TEST01" in report and "## TEST04" in report and "`verify_accuracy.txt`: **TEST PASS**" in report
+    # Re-verification after one logged response changed: bytes differ, no annotations for the fallback.
+    sampled = scen / "TEST01/accuracy/mlperf_log_accuracy.json"
+    entries = json.loads(sampled.read_text())
+    entries[0]["data"] = "00" * 28
+    sampled.write_text(json.dumps(entries))
+    import run
+    assert run.main(["verify", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "TEST01 accuracy: FAIL (1 responses differ and there is no annotation file for the mAP fallback)" in out
+    assert "TEST FAIL: 1 responses differ" in (scen / "report.md").read_text()
 
 
 class InterruptDuringAudit(NullBackend):
