@@ -54,8 +54,8 @@ class GuardedBackend:
         self.inner = inner
         self.per_image = per_image
         self.hint = hint
-        self.oom_batches = 0
-        self.oom_largest_batch = 0
+        self._oom_batches = 0
+        self._children: list[GuardedBackend] = []   # guards made for the inner backend's other workers
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -64,12 +64,18 @@ class GuardedBackend:
         """The same guard around the same backend, naming another setting in its out-of-memory message."""
         return GuardedBackend(self.inner, self.per_image, hint)
 
+    @property
+    def oom_batches(self) -> int:
+        """Batches that ran out of memory, over this guard and the guards of the other workers."""
+        return self._oom_batches + sum(c.oom_batches for c in self._children)
+
     def workers(self) -> list["GuardedBackend"]:
         """One guarded backend per worker of ``inner`` (itself when ``inner`` has no workers)."""
         inner = getattr(self.inner, "workers", None)
         if inner is None:
             return [self]
-        return [self if w is self.inner else GuardedBackend(w, self.per_image, self.hint) for w in inner()]
+        self._children = [GuardedBackend(w, self.per_image, self.hint) for w in inner() if w is not self.inner]
+        return [self, *self._children]
 
     def predict(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor) -> list[torch.Tensor]:
         """As the inner backend's ``predict``: {S: uint8 Tensor[B, 3, S, S]}, Tensor[B, 2] -> B x Tensor[K, 6]."""
@@ -84,8 +90,7 @@ class GuardedBackend:
         except Exception as e:
             if isinstance(e, DeviceMemoryError) or not is_out_of_memory(e):
                 raise
-            self.oom_batches += 1
-            self.oom_largest_batch = max(self.oom_largest_batch, batch)
+            self._oom_batches += 1
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise DeviceMemoryError(f"device out of memory on a batch of {batch} image(s) at sizes "

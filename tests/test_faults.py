@@ -237,3 +237,24 @@ def test_truncated_cache_is_found_at_load(tmp_path, synthetic_coco, fast_conf, c
     assert run.main(args) == 0          # found when the cache is opened, rebuilt before LoadGen starts
     assert (tmp_path / "o/default/ssd-resnet34/Offline/accuracy/accuracy.txt").read_text() == first
     open_cache(tmp_path / "cache", [257])
+
+
+def test_guard_covers_every_worker_of_a_multi_worker_backend():
+    """A backend with several compute workers (one per GPU): each is guarded, their OOM batches add up."""
+    from harness.guarded_backend import DeviceMemoryError, GuardedBackend
+
+    class TwoWorkers(OutOfMemoryAbove):
+        def workers(self):
+            return [self, self.twin]
+
+    first, second = TwoWorkers(1), OutOfMemoryAbove(1)
+    first.twin = second
+    guard = GuardedBackend(first, hint="lower --batch-size (now 4)")
+    workers = guard.workers()
+    assert workers[0] is guard and workers[1].inner is second
+    images, hw = {32: torch.zeros(4, 3, 32, 32, dtype=torch.uint8)}, torch.tensor([[480, 640]] * 4)
+    for w in workers:
+        with pytest.raises(DeviceMemoryError, match=r"batch of 4 image\(s\) at sizes \[32\]: lower --batch-size"):
+            w.predict(images, hw)
+    assert guard.oom_batches == 2
+    assert len(workers[1].predict({32: images[32][:1]}, hw[:1])) == 1
