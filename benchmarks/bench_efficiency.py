@@ -1,12 +1,13 @@
 """Harness efficiency: Offline samples/s through LoadGen over samples/s of a bare loop. Goal >= 0.95.
 
 Both sides use the same loaded backend, batch size, two-scale config and
-preloaded data, in one process, alternated ``--repeats`` times. The bare loop
-calls ``backend.predict`` on batches gathered before timing, for ``--seconds``,
-cycling through the data; the LoadGen side is a real Offline performance run
-(same length; its expected rate is the bare loop's, so the one query lasts
-about as long). The ratio of each pair is taken, and the median quoted. On
-CUDA the Model FLOP Utilization of both sides is printed too.
+preloaded data, in one process, alternated ``--repeats`` times. Each pair is a
+real LoadGen Offline performance run of about ``--seconds`` (its expected rate
+is the previous bare rate), then the bare loop doing the same work: as many
+samples as LoadGen issued, cut into the same batches (full ones, then the
+remainder), ``backend.predict`` on batches gathered before timing. The ratio
+of each pair is taken, and the median quoted. On CUDA the Model FLOP
+Utilization is printed too.
 
     .venv/bin/python benchmarks/bench_efficiency.py [--precision bf16] [--seconds 8] [--repeats 3]
 
@@ -28,18 +29,22 @@ from benchmarks.flops import flops_per_sample, mfu  # noqa: E402
 GOAL = 0.95
 
 
-def bare_offline(backend, batches: list, seconds: float) -> float:
-    """samples/s of back-to-back ``predict`` calls over ``batches`` for at least ``seconds``."""
+def bare_offline(backend, batches: list, samples: int) -> float:
+    """samples/s of back-to-back ``predict`` calls on ``samples`` samples, cycling through ``batches``.
+
+    The last call takes only the rows still needed, as the Offline SUT's last batch does.
+    """
     done, i = 0, 0
     common.sync(backend)
     t0 = time.perf_counter()
-    while True:
+    while done < samples:
         images, hw = batches[i % len(batches)]
+        n = min(hw.shape[0], samples - done)
+        if n < hw.shape[0]:
+            images, hw = {s: t[:n] for s, t in images.items()}, hw[:n]
         backend.predict(images, hw)
-        done += hw.shape[0]
+        done += n
         i += 1
-        if time.perf_counter() - t0 >= seconds and i >= len(batches):
-            break
     common.sync(backend)
     return done / (time.perf_counter() - t0)
 
@@ -60,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{common.machine(backend)}\n{args.images} images, batch {args.batch_size}, {args.seconds:g} s runs, "
               f"{flops / 1e9:.1f} GFLOP/sample, {note}", flush=True)
         pairs = []
+        bare = bare_offline(backend, batches, args.batch_size)     # a first guess of the rate for LoadGen
         for r in range(args.repeats):
-            bare = bare_offline(backend, batches, args.seconds)
             run = common.loadgen_run(cfg, backend, dataset, tmp / "out", "Offline", offline_expected_qps=bare)
             lg = run.loadgen.samples_per_s or 0.0
+            bare = bare_offline(backend, batches, run.issued)
             pairs.append({"bare_samples_per_s": bare, "loadgen_samples_per_s": lg, "ratio": lg / bare,
                           "validity": run.loadgen.validity, "failed": len(run.failures), "samples": run.issued})
             print(f"  pair {r + 1}: bare {bare:8.2f} samples/s, LoadGen Offline {lg:8.2f} samples/s "
