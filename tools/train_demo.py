@@ -122,7 +122,7 @@ def ensure_data(root: Path, split: str, num_images: int, seed: int) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    p.add_argument("--work-dir", type=Path, default=Path("work/train_demo"), help="data, training state")
+    p.add_argument("--work-dir", type=Path, default=Path("cache/train_demo"), help="data, training state")
     p.add_argument("--data", type=Path, default=None, help="COCO-format train root (default: <work-dir>/data)")
     p.add_argument("--split", default="train2017")
     p.add_argument("--train-images", type=int, default=4000, help="synthetic train images (generated if missing)")
@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None:
         ensure_data(data_root, args.split, args.train_images, data_seed)
     data = load_coco_set(data_root, args.split, limit=args.train_images, progress=args.progress)
-    data_desc = f"synthetic shapes: {len(data)} images, split {args.split}, seed {data_seed}, root {data_root}"
+    data_desc = (f"synthetic shapes: {len(data)} images, split {args.split}, seed {data_seed}" if args.data is None
+                 else f"{len(data)} images of {args.split} from {data_root}")
     steps = args.steps
     if args.epochs is not None:
         epoch_steps = math.ceil(args.epochs * len(data) / args.batch_size)
