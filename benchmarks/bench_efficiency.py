@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{common.machine(backend)}\n{args.images} images, batch {args.batch_size}, {args.seconds:g} s runs, "
               f"{flops / 1e9:.1f} GFLOP/sample, {note}", flush=True)
         pairs = []
-        bare = bare_offline(backend, batches, args.batch_size)     # a first guess of the rate for LoadGen
+        bare = common.in_thread(bare_offline, backend, batches, args.batch_size)     # a first guess of the rate for LoadGen
         for r in range(args.repeats):
             run = common.loadgen_run(cfg, backend, dataset, tmp / "out", "Offline", offline_expected_qps=bare)
             lg = run.loadgen.samples_per_s or 0.0
-            bare = bare_offline(backend, batches, run.issued)
+            bare = common.in_thread(bare_offline, backend, batches, run.issued)
             pairs.append({"bare_samples_per_s": bare, "loadgen_samples_per_s": lg, "ratio": lg / bare,
                           "validity": run.loadgen.validity, "failed": len(run.failures), "samples": run.issued})
             print(f"  pair {r + 1}: bare {bare:8.2f} samples/s, LoadGen Offline {lg:8.2f} samples/s "

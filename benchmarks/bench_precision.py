@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             if not rows:
                 dataset = common.make_dataset(tmp, args.images, backend.sizes, pin_memory=cuda)
                 batch = common.preload_batches(dataset, backend, args.batch_size)[0]
-            ms = time_predict(backend, batch, args.reps)
-            records = predict_all(backend, dataset.qsl, args.batch_size, progress=False)
+            ms = common.in_thread(time_predict, backend, batch, args.reps)
+            records = common.in_thread(predict_all, backend, dataset.qsl, args.batch_size, False)
             report = evaluate_records(records, dataset.annotation_file, expected=range(dataset.total_count))
             if ref_records is None:
                 ref_records = records

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset.qsl.load(range(dataset.total_count))
         print(f"{common.machine(backend)}\n{args.images} images, batch <= {args.batch_size}, {args.seconds:g} s runs, "
               f"{note}", flush=True)
-        guess = bare_offline(backend, common.preload_batches(dataset, backend, args.batch_size), args.batch_size)
+        batches = common.preload_batches(dataset, backend, args.batch_size)
+        guess = common.in_thread(bare_offline, backend, batches, args.batch_size)
         offline_runs = [common.loadgen_run(cfg, backend, dataset, tmp / "out", "Offline", offline_expected_qps=guess)
                         for _ in range(2)]
         offline = common.median([r.loadgen.samples_per_s or 0.0 for r in offline_runs])

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{common.machine(backend)}\n{args.images} images, {args.seconds:g} s runs, {note}", flush=True)
         pairs = []
         for r in range(args.repeats):
-            lat = bare_latencies(backend, singles, args.seconds)
+            lat = common.in_thread(bare_latencies, backend, singles, args.seconds)
             bare_p90, bare_p50 = common.percentile(lat, 90), common.median(lat)
             run = common.loadgen_run(cfg, backend, dataset, tmp / "out", "SingleStream",
                                      singlestream_expected_latency_ms=bare_p50 * 1e3)

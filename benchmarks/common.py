@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,6 +120,29 @@ def preload_batches(dataset: Any, backend: Any, batch_size: int) -> list:
     qsl.load(range(qsl.total_count))
     return [qsl.get_batch(list(range(i, min(i + batch_size, qsl.total_count))))
             for i in range(0, qsl.total_count, batch_size)]
+
+
+def in_thread(fn, *args):
+    """``fn(*args)`` run on a fresh thread, as the harness's compute thread runs ``predict``.
+
+    Measured on the 2-core machine here, torch CPU inference called from the main thread was
+    3-5x slower than the same calls from another thread; the bare side must not pay that.
+    """
+    out: list = []
+    errors: list = []
+
+    def target() -> None:
+        try:
+            out.append(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    t = threading.Thread(target=target, name="bare")
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return out[0]
 
 
 def sync(backend: Any) -> None:
