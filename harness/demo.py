@@ -13,15 +13,19 @@ Exit status as ``run.py``: 0 done, 1 failed samples or no accuracy figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
 from harness.accuracy import decode_entries, read_accuracy_log
 from harness.coco_eval import coco_result_list, records_to_coco
 from harness.config import SCENARIOS, Config, load_config
+from harness.dataset import open_dataset
+from harness.layout import scenario_dir
+from harness.markdown_report import write_report
 from harness.plots import draw_detections, latency_histogram
 from harness.report import format_summary
-from harness.runner import RunResult, run_benchmark
+from harness.runner import RunResult, build_backend, run_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
@@ -37,6 +41,7 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=200, help="held-out images to generate and evaluate")
     p.add_argument("--config", default=str(DEMO_CONFIG), help="model config (default configs/demo.toml)")
     p.add_argument("--scenario", default="Offline", choices=SCENARIOS)
+    p.add_argument("--user-conf", default=str(SHORT_CONF), help="LoadGen settings (default configs/short.conf)")
     return p
 
 
@@ -79,8 +84,8 @@ def write_pictures(result: RunResult, annotation_file: Path, out_dir: Path) -> l
 def demo_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, {
         "data": {"data_dir": args.data, "cache_dir": str(Path(args.data) / "ssd_cache")},
-        "run": {"scenario": args.scenario, "mode": "submission", "output_dir": args.output,
-                "system_name": "demo", "user_conf": str(SHORT_CONF)},
+        "run": {"scenario": args.scenario, "mode": "accuracy", "output_dir": args.output,
+                "system_name": "demo", "user_conf": args.user_conf},
     })
 
 
@@ -90,11 +95,17 @@ def main(argv: list[str]) -> int:
     ann = ensure_demo_data(Path(args.data), args.num_images)
     config = demo_config(args)
     print(f"[demo] model {config.model.checkpoint} ({config.model.backbone}, {config.model.precision}), "
-          f"sizes {list(config.model.image_size)}; {args.scenario} accuracy + performance with {SHORT_CONF.name}",
+          f"sizes {list(config.model.image_size)}; {args.scenario} accuracy + performance with {args.user_conf}",
           flush=True)
-    result = run_benchmark(config, progress=True)
+    backend = build_backend(config)
+    dataset = open_dataset(config.data, backend.sizes)
+    result = run_benchmark(config, backend, dataset, progress=True)
+    perf = dataclasses.replace(config, run=dataclasses.replace(config.run, mode="performance"))
+    result.runs += run_benchmark(perf, backend, dataset, progress=True).runs
+    result.mode = "accuracy + performance"
     print(format_summary(result))
     for path in write_pictures(result, ann, Path(args.output)):
         print(f"[demo] picture: {path}")
+    print(f"[demo] report: {write_report(scenario_dir(args.output, config.run.system_name, args.scenario))}")
     print(f"[demo] done in {time.monotonic() - t0:.0f} s; logs under {args.output}")
     return result.exit_code
