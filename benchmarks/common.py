@@ -75,7 +75,8 @@ def with_run(cfg: Config, **run: Any) -> Config:
 def build_backend(cfg: Config, batch_sizes: Sequence[int]):
     """The PyTorch backend for ``cfg``, loaded and warmed up on ``batch_sizes`` (compile time measured)."""
     from backends.pytorch_backend import PyTorchBackend
-    backend = PyTorchBackend(cfg.model, device=cfg.run.device, threads=cfg.run.threads)
+    backend = PyTorchBackend(cfg.model, device=cfg.run.device, threads=cfg.run.threads,
+                             trust_pickle=cfg.model.trust_pickle)
     backend.load()
     backend.warmup(tuple(sorted(set(batch_sizes))))
     return backend

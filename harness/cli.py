@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness.config import (BACKBONES, DEVICES, MODES, PRECISIONS, SCENARIOS, VARIANTS, Config, ConfigError,
+from harness.config import (BACKBONES, BATCH_INVARIANT, DEVICES, MODES, PRECISIONS, SCENARIOS, VARIANTS, Config, ConfigError,
                             load_config)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,9 @@ class UsageError(ValueError):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (override the config file)")
     g.add_argument("--model", metavar="CKPT", help="MLPerf training checkpoint (model300.pt, ...); none = random")
+    g.add_argument("--trust-pickle", action="store_true", default=None,
+                   help="allow a checkpoint that is a whole pickled nn.Module (resnet34-ssd1200.pytorch); "
+                        "reading it runs code from the file: only for files you trust")
     g.add_argument("--image-size", type=int, nargs=2, metavar=("S0", "S1"), help="two-scale input sizes")
     g.add_argument("--dboxes-scale", type=float, help="multiplies the default-box scales [21, 45, ..., 315]")
     g.add_argument("--dboxes-steps", type=int, nargs="+", metavar="STEP", help="6 default-box steps in pixels")
@@ -61,6 +64,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config with [model], [data], [run] tables")
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--threads", type=int, help="CPU threads for torch (0 = its default)")
+    p.add_argument("--batch-invariant", choices=BATCH_INVARIANT,
+                   help="run each image of a batch alone so its bytes do not depend on the batch (TEST01); "
+                        "auto = on for a CPU only (default), off = batched throughput")
     p.add_argument("--batch-size", type=int, help="Offline batch size (also used by evaluate)")
     p.add_argument("--backend", choices=("pytorch", "null"), default="pytorch",
                    help="null = fixed detections, no model (measures the harness itself)")
@@ -102,14 +108,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     precision = "fp16" if args.use_fp16 else args.precision
     if args.use_fp16 and args.precision not in (None, "fp16"):
         raise UsageError(f"--use-fp16 contradicts --precision {args.precision}; give one of them")
-    model = {"checkpoint": args.model, "image_size": args.image_size, "dboxes_scale": args.dboxes_scale,
+    model = {"checkpoint": args.model, "trust_pickle": args.trust_pickle, "image_size": args.image_size, "dboxes_scale": args.dboxes_scale,
              "dboxes_steps": args.dboxes_steps, "small_mask": args.small_mask, "large_mask": args.large_mask,
              "use_filter": args.use_filter, "precision": precision, "backbone": args.backbone,
              "variant": args.variant, "num_classes": args.num_classes, "compile": args.compile,
              "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs}
     data = {"data_dir": args.data, "annotation_file": args.annotation_file, "cache_dir": args.cache_dir,
             "max_images": args.max_images, "skip_bad_images": args.skip_bad_images}
-    run = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size}
+    run = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size,
+           "batch_invariant": args.batch_invariant}
     for key in ("scenario", "mode", "system_name", "server_target_qps", "offline_expected_qps",
                 "server_max_batch", "server_max_wait_ms"):
         run[key] = getattr(args, key, None)

@@ -137,7 +137,7 @@ def test_whole_pickled_module_needs_trust(tmp_path):
     path = tmp_path / "resnet34-ssd1200.pytorch"
     original = _pickle_whole_module(path, "ssd1200")
     target = SSDResNet(7, "resnet18", "ssd1200")
-    expect_error(path, target, "trust_pickle=True", "ssd_r34_gone.SSD_R34")
+    expect_error(path, target, "--trust-pickle", "trust_pickle = true in [model]", "ssd_r34_gone.SSD_R34")
     info = load_checkpoint(path, target, trust_pickle=True)
     assert info["container"] == "pickled module SSD_R34" and info["variant"] == "ssd1200"
     for k, v in original.state_dict().items():

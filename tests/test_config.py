@@ -86,3 +86,13 @@ def test_frozen():
     with pytest.raises(Exception):
         cfg.model.image_size = (1, 1)  # type: ignore[misc]
     assert ModelConfig(image_size=(700, 1400)).sizes == (700, 1400)
+
+
+def test_batch_invariant_and_trust_pickle(tmp_path):
+    cfg = load_config()
+    assert cfg.run.batch_invariant == "auto" and cfg.model.trust_pickle is False
+    p = write(tmp_path, '[model]\ntrust_pickle = true\n[run]\nbatch_invariant = "off"\n')
+    cfg = load_config(p)
+    assert cfg.model.trust_pickle is True and cfg.run.batch_invariant == "off"
+    with pytest.raises(ConfigError, match=r"run.batch_invariant must be one of auto, on, off; got 'yes'"):
+        load_config(None, {"run": {"batch_invariant": "yes"}})

@@ -267,3 +267,14 @@ def test_stream_query_queue_hands_out_in_order_then_none():
     waiting.close()                                                  # wakes a blocked worker
     t.join(5)
     assert not t.is_alive() and got == [None]
+
+
+def test_batch_invariant_and_trust_pickle_flags_reach_the_config(synthetic_coco):
+    from harness.cli import benchmark_parser, config_from_args
+    base = ["--data", str(synthetic_coco)]
+    cfg = config_from_args(benchmark_parser().parse_args(base))
+    assert (cfg.run.batch_invariant, cfg.model.trust_pickle) == ("auto", False)
+    cfg = config_from_args(benchmark_parser().parse_args(base + ["--batch-invariant", "off", "--trust-pickle"]))
+    assert (cfg.run.batch_invariant, cfg.model.trust_pickle) == ("off", True)
+    with pytest.raises(SystemExit):
+        benchmark_parser().parse_args(base + ["--batch-invariant", "maybe"])

@@ -62,7 +62,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             raise CheckpointError(
                 f"{path} holds pickled Python objects besides tensors{what}, e.g. a whole nn.Module, so "
                 f"reading it would run code from the file. If you trust its source, allow it with "
-                f"trust_pickle=True (command line: --trust-pickle)") from None
+                f"--trust-pickle (config file: trust_pickle = true in [model])") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_shell_pickle)
     except Exception as e:  # noqa: BLE001 - any unpickling failure becomes one clear message
