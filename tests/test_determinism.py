@@ -117,3 +117,32 @@ def test_test01_passes_byte_for_byte_with_the_real_network(tiny, tmp_path, monke
     accuracy = test01.verdicts[0]
     assert accuracy.check == "TEST01 accuracy" and accuracy.passed and "TEST PASS" in accuracy.lines, accuracy.lines
     assert "identical byte for byte" in accuracy.reason
+
+
+@pytest.mark.parametrize("setting, per_image, guarded", [
+    ("auto", None, True), ("on", None, True), ("off", None, False), ("off", True, True), ("on", False, False)])
+def test_batch_invariant_setting_and_explicit_per_image(tiny, setting, per_image, guarded, monkeypatch):
+    from backends.pytorch_backend import PyTorchBackend
+    monkeypatch.setattr(PyTorchBackend, "warmup", lambda self, batch_sizes=None: None)
+    backend = build_backend(_config(tiny, batch_invariant=setting), per_image=per_image)
+    assert isinstance(backend, GuardedBackend) == guarded
+    assert not guarded or backend.per_image
+
+
+@pytest.mark.parametrize("scenario, setting, expected", [
+    ("Offline", "off", (8, 2, 1)), ("Server", "off", (6, 2, 1)), ("MultiStream", "off", (5, 2, 1)),
+    ("SingleStream", "off", (1,)), ("Offline", "auto", (1,))])
+def test_build_backend_warms_up_the_batch_sizes_of_the_run(tiny, scenario, setting, expected, monkeypatch):
+    """So that no compile or graph capture happens in a timed run; per image the network sees only 1."""
+    from backends.pytorch_backend import PyTorchBackend
+    seen = []
+    monkeypatch.setattr(PyTorchBackend, "warmup", lambda self, batch_sizes=None: seen.append(batch_sizes))
+    build_backend(_config(tiny, scenario=scenario, batch_invariant=setting, server_max_batch=6,
+                          multistream_samples=5))
+    assert seen == [expected]
+
+
+def test_warmup_sizes_with_cuda_graphs_cover_every_batch_up_to_the_largest(tiny):
+    from harness.runner import warmup_batch_sizes
+    assert warmup_batch_sizes(_config(tiny, scenario="Server", server_max_batch=4), True) == (4, 3, 2, 1)
+    assert warmup_batch_sizes(_config(tiny, scenario="SingleStream"), True) == (1,)
