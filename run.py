@@ -87,7 +87,7 @@ def benchmark_main(argv: list[str]) -> int:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from harness.dataset import open_dataset
+    from harness.dataset import open_dataset, pin_memory_for
     from harness.evaluate import evaluate_direct
     p = argparse.ArgumentParser(prog="run.py evaluate", description="COCO mAP of the model, without LoadGen.")
     p.add_argument("--dump-detections", metavar="FILE", help="write the COCO results list (JSON) here")
@@ -95,7 +95,7 @@ def evaluate_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     config = config_from_args(args)
     backend = make_backend(config, args.backend)
-    dataset = open_dataset(config.data, backend.sizes)
+    dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
     report = evaluate_direct(backend, dataset, config.run.batch_size, args.dump_detections, args.use_pycocotools)
     print("\n".join(report.lines()))
     return 0

@@ -30,7 +30,7 @@ from harness.accuracy import AccuracyReport, evaluate_accuracy_log
 from harness.coco_eval import AccuracyError
 from harness.completion import SampleFailure
 from harness.config import Config
-from harness.dataset import Dataset, open_dataset
+from harness.dataset import Dataset, open_dataset, pin_memory_for
 from harness.audit import AUDIT_FILE, AUDITS, check_no_stray_audit_config, placed_audit_config
 from harness.compliance import AuditResult, verify_audit
 from harness.guarded_backend import GuardedBackend, batch_hint
@@ -252,7 +252,7 @@ def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None =
     if backend is None:
         backend = build_backend(config)
     if dataset is None:
-        dataset = open_dataset(config.data, backend.sizes)
+        dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
     result = RunResult(run.scenario, run.mode, getattr(backend, "name", type(backend).__name__))
     scenario_folder = scenario_dir(run.output_dir, run.system_name, run.scenario)
     try:

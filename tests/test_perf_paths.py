@@ -278,3 +278,30 @@ def test_batch_invariant_and_trust_pickle_flags_reach_the_config(synthetic_coco)
     assert (cfg.run.batch_invariant, cfg.model.trust_pickle) == ("off", True)
     with pytest.raises(SystemExit):
         benchmark_parser().parse_args(base + ["--batch-invariant", "maybe"])
+
+
+def test_batches_are_pinned_for_a_cuda_backend_only(synthetic_coco, fast_conf, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from harness import runner
+    from harness.config import load_config
+    from harness.dataset import open_dataset, pin_memory_for
+    from harness.guarded_backend import GuardedBackend
+    cuda = SimpleNamespace(device=torch.device("cuda", 0), sizes=(SIZE,))
+    assert pin_memory_for(cuda) and pin_memory_for(GuardedBackend(cuda))
+    assert not pin_memory_for(SimpleNamespace(device=torch.device("cpu"))) and not pin_memory_for(object())
+    config = load_config(None, {"data": {"data_dir": str(synthetic_coco), "cache_dir": str(tmp_path / "cache")},
+                                "run": {"user_conf": str(fast_conf), "output_dir": str(tmp_path / "out")}})
+    assert open_dataset(config.data, (SIZE,), progress=False).qsl.pin_memory is False
+    assert open_dataset(config.data, (SIZE,), progress=False, pin_memory=True).qsl.pin_memory is True
+
+    class Opened(Exception):
+        pass
+
+    def fake_open(data, sizes, pin_memory=False, **kw):
+        raise Opened(pin_memory)
+    monkeypatch.setattr(runner, "open_dataset", fake_open)
+    monkeypatch.chdir(tmp_path)
+    for backend, pinned in ((cuda, True), (NullBackend(config.model), False)):
+        with pytest.raises(Opened) as opened:
+            runner.run_benchmark(config, backend=backend)
+        assert opened.value.args == (pinned,)
