@@ -13,6 +13,7 @@ each worker runs torch single-threaded so ``workers`` processes use
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,6 +31,10 @@ _DECODER = "torchvision"
 
 def _init(paths: dict[int, str], decoder: str) -> None:
     global _DECODER
+    # The pool ends its workers with SIGTERM: a parent's SIGTERM/SIGINT handler (run.py turns SIGTERM
+    # into an interrupt) must not be inherited, or every worker would print a traceback on its way out.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
     _DECODER = decoder
     _ARRAYS.clear()

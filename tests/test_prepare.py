@@ -222,3 +222,19 @@ def test_cli(dataset, tmp_path, capsys):
     assert main(["--data", str(tmp_path / "none"), "--image-size", "300", "--quiet"]) == 2
     assert "not found" in capsys.readouterr().err
     assert torch.get_num_threads() == threads  # in-process decoding restores the caller's thread count
+
+
+def test_workers_end_quietly_under_a_sigterm_handler_that_interrupts(dataset, tmp_path, capfd):
+    """run.py turns SIGTERM into KeyboardInterrupt; the pool's workers must not inherit that."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        prepare_cache(dataset, [257], tmp_path / "c", workers=2, progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
