@@ -219,6 +219,9 @@ class Pipeline:
         self._put(q_compute, _STOP)
 
     def _compute_loop(self, backend: Any, q_compute: queue.Queue) -> None:
+        threads = getattr(backend, "threads", 0)
+        if threads:  # torch's CPU thread count is per calling thread (OpenMP): set it where the model runs
+            torch.set_num_threads(threads)
         while (item := self._get(q_compute)) is not _STOP:
             for done in self._compute(*item, backend):
                 if not self._put(self._q_finish, done):

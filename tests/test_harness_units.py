@@ -115,6 +115,32 @@ def test_pipeline_fails_only_the_bad_sample(threaded):
     assert done[1005] == b"" and len(done[1004]) == 2 * 28   # null backend: 2 detections of 7 floats
 
 
+class ThreadCounting(NullBackend):
+    """Records torch's CPU thread count in the thread that runs predict."""
+
+    threads = 1
+
+    def predict(self, images, image_hw):
+        self.seen = torch.get_num_threads()
+        return super().predict(images, image_hw)
+
+
+def test_compute_thread_uses_the_backends_thread_count():
+    backend, qsl, rec = ThreadCounting(), MemoryQSL(4), Recorder()
+    main_threads = torch.get_num_threads()
+    qsl.load(range(4))
+    c = Completer(rec.complete, rec.response)
+    source = BatchQueue()
+    pipe = Pipeline(backend, qsl, c, source, threaded=True)
+    pipe.start()
+    samples = [Sample(i, i) for i in range(4)]
+    c.register(samples)
+    source.put([samples])
+    pipe.stop()
+    assert len(rec.done) == 4 and backend.seen == 1
+    assert torch.get_num_threads() == main_threads      # only the compute thread was changed
+
+
 def test_dead_worker_completes_outstanding_and_later_samples():
     class Explodes(NullBackend):
         def predict(self, images, image_hw):
