@@ -9,7 +9,8 @@ import torch
 from backends.ssd.default_boxes import GeometryError, boxes_per_map, default_boxes, map_sizes
 from backends.ssd.model import min_image_size
 
-VECTORS = Path("/work/shared/vectors/default_boxes.json")
+# Values computed with the MLPerf training reference's own DefaultBoxes (see the file's "about").
+VECTORS = Path(__file__).resolve().parent / "data" / "default_boxes.json"
 SPEC_TABLE = {  # SPEC.md section 2: feature sizes and box counts
     300: ([38, 19, 10, 5, 3, 1], 8732),
     600: ([75, 38, 19, 10, 8, 6], 34330),
@@ -34,8 +35,6 @@ def test_ssd1200_variant_geometry():
 
 
 def _cases():
-    if not VECTORS.exists():
-        pytest.skip(f"{VECTORS} not present")
     return json.loads(VECTORS.read_text())["cases"]
 
 
