@@ -84,7 +84,7 @@ def main() -> int:
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
     (res / "harness.json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = [f"# Harness capacity (null backend)\n", f"`{doc['command']}`, {doc['date']}, {doc['machine']}.\n",
+    md = ["# Harness capacity (null backend)\n", f"`{doc['command']}`, {doc['date']}, {doc['machine']}.\n",
           "| scenario | samples/s | result | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     md += [f"| {r['scenario']} | {r['samples_per_s']:.0f} | {r['validity']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |"
            for r in rows]

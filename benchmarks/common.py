@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.config import PRECISIONS, Config, DataConfig, load_config  # noqa: E402
+from harness.config import PRECISIONS, Config, load_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"

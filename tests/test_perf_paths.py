@@ -4,42 +4,29 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 
 import pytest
 import torch
 
 from backends.null import NullBackend
 from backends import pytorch_backend
-from backends.pytorch_backend import PyTorchBackend
 from benchmarks.flops import flops_per_sample, mfu, peak_fp16_tflops
 from harness.batching import BatchQueue
 from harness.completion import Completer, Sample
 from harness.config import ModelConfig
 from harness.memory_qsl import MemoryQSL
 from harness.pipeline import Pipeline
+from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-SIZE = 257
 
 
-def make_backend(device="cpu", **kw):
-    cfg = ModelConfig(**{"backbone": "resnet18", "num_classes": 5, "image_size": (SIZE, SIZE), **kw})
-    backend = PyTorchBackend(cfg, device=device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        backend.load()
-    with torch.no_grad():   # smaller class logits: a spread of scores, a few confident boxes
-        for conv in backend.model.conf:
-            conv.weight.mul_(0.2)
-    return backend
+make_backend = tiny_backend
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    g = torch.Generator().manual_seed(0)
-    return {SIZE: torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)}, \
-        torch.tensor([[480, 640], [427, 640]])
+    return tiny_inputs()
 
 
 @pytest.fixture(scope="module")

@@ -1,33 +1,21 @@
 """bf16 and fp16 networks give the same top detections as fp32 (random weights, seed 0)."""
-import warnings
 
 import pytest
 import torch
 
 from backends.pytorch_backend import PyTorchBackend
 from harness.config import ModelConfig
+from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
 
-SIZE = 257
 
 
 def make_backend(precision):
-    cfg = ModelConfig(backbone="resnet18", num_classes=5, image_size=(SIZE, SIZE), precision=precision,
-                      channels_last=True)
-    backend = PyTorchBackend(cfg, device="cpu")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        backend.load()
-    with torch.no_grad():   # smaller class logits: a spread of scores, a few confident boxes
-        for conv in backend.model.conf:
-            conv.weight.mul_(0.2)
-    return backend
+    return tiny_backend(precision=precision, channels_last=True)
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    g = torch.Generator().manual_seed(0)
-    return {SIZE: torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)}, \
-        torch.tensor([[480, 640], [427, 640]])
+    return tiny_inputs()
 
 
 @pytest.fixture(scope="module")
