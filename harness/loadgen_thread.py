@@ -82,8 +82,9 @@ def start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any, 
         finally:
             done.set()
 
-    threading.Thread(target=target, name="loadgen", daemon=True).start()
-    try:
+    loadgen = threading.Thread(target=target, name="loadgen", daemon=True)
+    try:  # start() inside the try: a Ctrl-C while it returns must not escape as a bare KeyboardInterrupt
+        loadgen.start()
         while not done.wait(POLL_S):
             cause = worker_death(sut)
             if cause is not None:

@@ -258,3 +258,35 @@ def test_guard_covers_every_worker_of_a_multi_worker_backend():
             w.predict(images, hw)
     assert guard.oom_batches == 2
     assert len(workers[1].predict({32: images[32][:1]}, hw[:1])) == 1
+
+
+def test_ctrl_c_while_the_loadgen_thread_starts_is_handled_as_an_interrupt(monkeypatch, tmp_path):
+    """A Ctrl-C that lands as Thread.start() returns must close the completer and raise Interrupted,
+    not escape as a bare KeyboardInterrupt that tears the SUT down under a running LoadGen."""
+    import threading
+    from types import SimpleNamespace
+
+    import mlperf_loadgen as lg
+
+    from harness.completion import Completer, Sample
+    from harness.loadgen_thread import Interrupted, start_test
+
+    release = threading.Event()
+    monkeypatch.setattr(lg, "StartTestWithLogSettings", lambda *args: release.wait(10))
+    done: list = []
+    completer = Completer(done.extend, lambda i, p, n: (i, n))
+    completer.register([Sample(7, 3)])
+    real_start = threading.Thread.start
+
+    def start_then_interrupt(self):
+        real_start(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    try:
+        with pytest.raises(Interrupted) as e:
+            start_test(SimpleNamespace(handle=0, completer=completer), 0, None, None, tmp_path / "audit.config")
+    finally:
+        release.set()
+    assert e.value.finished is False          # LoadGen (here: the stand-in) was still running
+    assert completer.closed and done == [(7, 0)]   # the outstanding sample completed, empty
