@@ -31,15 +31,23 @@ _DECODER = "torchvision"
 
 def _init(paths: dict[int, str], decoder: str) -> None:
     global _DECODER
-    # The pool ends its workers with SIGTERM: a parent's SIGTERM/SIGINT handler (run.py turns SIGTERM
-    # into an interrupt) must not be inherited, or every worker would print a traceback on its way out.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
     _DECODER = decoder
     _ARRAYS.clear()
     for size, path in paths.items():
         _ARRAYS[size] = np.load(path, mmap_mode="r+")
+
+
+def _init_worker(paths: dict[int, str], decoder: str) -> None:
+    """A pool worker's set-up. Only in the forked worker, never in the calling process:
+
+    the pool ends its workers with SIGTERM, so a parent's SIGTERM handler (run.py turns SIGTERM into an
+    interrupt) must not be inherited, or every worker would print a traceback on its way out; Ctrl-C is
+    the parent's to handle.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init(paths, decoder)
 
 
 def _work(task: Task) -> Result:
@@ -79,5 +87,5 @@ def run_tasks(tasks: Sequence[Task], array_paths: dict[int, Path], decoder: str,
             torch.set_num_threads(threads)
         return
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_init, initargs=(paths, decoder)) as pool:  # exit = terminate
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(paths, decoder)) as pool:  # exit = terminate
         yield from pool.imap(_work, tasks, chunksize=2)

@@ -232,8 +232,12 @@ def test_workers_end_quietly_under_a_sigterm_handler_that_interrupts(dataset, tm
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         prepare_cache(dataset, [257], tmp_path / "c", workers=2, progress=False)
+        prepare_cache(dataset, [257], tmp_path / "d", workers=1, progress=False)
+        # The calling process keeps its own handlers (children spawned later inherit them).
+        assert signal.getsignal(signal.SIGTERM) is interrupt and signal.getsignal(signal.SIGINT) is sigint
     finally:
         signal.signal(signal.SIGTERM, previous)
     err = capfd.readouterr().err
