@@ -41,7 +41,7 @@ def loadgen_mode(mode: str):
              "find-peak": lg.TestMode.FindPeakPerformance}
     if mode not in modes:
         raise SettingsError(f"mode {mode!r} is not a single LoadGen run; use one of {', '.join(modes)} "
-                            "('submission' runs accuracy, then performance)")
+                            "('submission' runs accuracy, performance, TEST01 and TEST04)")
     return modes[mode]
 
 
