@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import shutil
 import sys
@@ -38,6 +39,8 @@ from .cache import (CACHE_VERSION, META_NAME, CacheError, array_name, file_finge
                     write_json_atomic)
 from .decode import DECODERS, RESIZE_METHOD
 from .prepare_pool import run_tasks
+
+log = logging.getLogger("qsl")
 
 STATE_NAME = "prepare_state.json"
 DEFAULT_CACHE_NAME = "ssd_cache"
@@ -253,8 +256,11 @@ def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: s
         cache = open_cache(where, sizes, ann)
         if cache.meta.get("max_images") == prepare_kwargs.get("max_images"):
             return cache
-    except CacheError:
-        pass
+        log.warning("rebuilding the cache in %s: it was made for max_images=%s, this run asks for %s",
+                    where, cache.meta.get("max_images"), prepare_kwargs.get("max_images"))
+    except CacheError as e:
+        if (where / META_NAME).exists():   # a cache was there but cannot be used: say why it is rebuilt
+            log.warning("rebuilding the cache in %s: %s", where, e)
     prepare_cache(data_dir, sizes, where, annotation_file=ann, **prepare_kwargs)
     return open_cache(where, sizes, ann)
 

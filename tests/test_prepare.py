@@ -203,15 +203,22 @@ def test_interrupt_leaves_no_valid_cache_and_rerun_resumes(dataset, tmp_path, mo
     assert not list((data / "ssd_cache").glob("*.partial")) and not (data / "ssd_cache" / prep.STATE_NAME).exists()
 
 
-def test_ensure_cache_reuses_or_prepares(dataset, tmp_path):
+def test_ensure_cache_reuses_or_prepares(dataset, tmp_path, caplog):
     data = _copy(dataset, tmp_path)
     first = ensure_cache(data, [257], workers=1, progress=False)
+    assert not caplog.records                       # no cache yet: preparing it is not worth a warning
     stamp = (data / "ssd_cache" / "images_257.npy").stat().st_mtime_ns
     again = ensure_cache(data, [257], workers=1, progress=False)
     assert (data / "ssd_cache" / "images_257.npy").stat().st_mtime_ns == stamp
     assert again.num_images == first.num_images == NUM
     small = ensure_cache(data, [257], workers=1, progress=False, max_images=2)  # different request: rebuilt
     assert small.num_images == 2 and small.image_ids.tolist() == first.image_ids[:2].tolist()
+    assert "max_images=None, this run asks for 2" in caplog.text
+    caplog.clear()
+    with open(data / "ssd_cache" / "images_257.npy", "r+b") as f:   # damage it: a rebuild, with the reason
+        f.truncate(1000)
+    assert ensure_cache(data, [257], workers=1, progress=False).num_images == NUM
+    assert "rebuilding the cache" in caplog.text and "images_257.npy" in caplog.text
 
 
 def test_cli(dataset, tmp_path, capsys):
