@@ -2,7 +2,8 @@
 
 A progress check for demo training, independent of the LoadGen harness:
 decode with the default boxes, softmax, per class keep score > 0.05 and the 200 best,
-one ``batched_nms`` at IoU 0.5, keep the 200 best per image, then pycocotools ``bbox``
+greedy NMS at IoU 0.5, keep the 200 best per image (the product's own decode and
+post-processing, ``backends/ssd``), then pycocotools ``bbox``
 evaluation over the evaluated images. Labels map to category ids as
 ``[0] + sorted(category ids)``, the accuracy script's mapping.
 
@@ -20,14 +21,13 @@ import sys
 from pathlib import Path
 
 import torch
-from torchvision.ops import batched_nms
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backends.ssd.decode import class_scores, decode_boxes  # noqa: E402
 from backends.ssd.default_boxes import default_boxes  # noqa: E402
+from backends.ssd.postprocess import postprocess as select_detections  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from tools.demo_data import DetectionSet, annotation_file, load_coco_set, normalize  # noqa: E402
-from tools.ssd_targets import decode  # noqa: E402
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 
@@ -42,18 +42,8 @@ def postprocess(locs: torch.Tensor, confs: torch.Tensor, dboxes: torch.Tensor, s
     Returns:
         N fp32 tensors [K, 6]: (x1, y1, x2, y2) normalized and clipped to [0, 1], score, label 1..C-1.
     """
-    boxes = decode(locs, dboxes).clamp(0, 1)                       # [N, B, 4]
-    scores = confs.float().softmax(dim=1)[:, 1:]                    # [N, C-1, B]
-    out = []
-    for img_boxes, img_scores in zip(boxes, scores):
-        k = min(max_per_class, img_scores.shape[1])
-        top, idx = img_scores.topk(k, dim=1)                        # [C-1, k]
-        labels = torch.arange(1, img_scores.shape[0] + 1).unsqueeze(1).expand_as(idx)
-        keep = top > score_threshold
-        cand_boxes, cand_scores, cand_labels = img_boxes[idx[keep]], top[keep], labels[keep]
-        kept = batched_nms(cand_boxes, cand_scores, cand_labels, nms_iou)[:max_detections]
-        out.append(torch.cat([cand_boxes[kept], cand_scores[kept, None], cand_labels[kept, None].float()], 1))
-    return out
+    return select_detections(decode_boxes(locs, dboxes), class_scores(confs), score_threshold, nms_iou,
+                             max_per_class, max_detections)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ Follows the MLPerf training reference (single_stage_detector, v0.5/v0.6):
   (forced match, wins over the IoU rule). A default box is positive when its IoU
   with its ground truth is >= ``iou_threshold`` (0.5) or it was force-matched.
 - Encoding: ``t_xy = (g_xy - d_xy) / (0.1 * d_wh)``, ``t_wh = log(g_wh / d_wh) / 0.2``
-  with ``g`` and ``d`` in ``cxcywh``; decoding inverts it.
+  with ``g`` and ``d`` in ``cxcywh``; ``backends.ssd.decode.decode_boxes`` inverts it.
 - Loss: smooth-L1 on positive boxes' offsets (summed over the 4 coordinates) plus
   cross-entropy on positives and the hardest ``3 * positives`` negatives (ranked
   by their cross-entropy), divided by the image's number of positives, averaged
@@ -22,15 +22,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-SCALE_XY = 0.1
-SCALE_WH = 0.2
+from backends.ssd.decode import SCALE_WH, SCALE_XY, cxcywh_to_xyxy
+
 NEG_POS_RATIO = 3
-
-
-def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """Tensor[..., 4] (cx, cy, w, h) -> Tensor[..., 4] (x1, y1, x2, y2)."""
-    cxcy, wh = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([cxcy - wh / 2, cxcy + wh / 2], -1)
 
 
 def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
@@ -83,22 +77,6 @@ def encode(boxes: torch.Tensor, dboxes: torch.Tensor) -> torch.Tensor:
     t_xy = (g[..., :2] - dboxes[:, :2]) / (SCALE_XY * dboxes[:, 2:])
     t_wh = torch.log(g[..., 2:] / dboxes[:, 2:]) / SCALE_WH
     return torch.cat([t_xy, t_wh], -1)
-
-
-def decode(locs: torch.Tensor, dboxes: torch.Tensor) -> torch.Tensor:
-    """Boxes from predicted offsets (inverse of :func:`encode`).
-
-    Args:
-        locs: Tensor[N, 4, B] offsets as the model outputs them.
-        dboxes: Tensor[B, 4] in (cx, cy, w, h) format, normalized.
-
-    Returns:
-        Tensor[N, B, 4] in (x1, y1, x2, y2) format, normalized (not clipped), fp32.
-    """
-    t = locs.float().transpose(1, 2)
-    xy = t[..., :2] * SCALE_XY * dboxes[:, 2:] + dboxes[:, :2]
-    wh = torch.exp(t[..., 2:] * SCALE_WH) * dboxes[:, 2:]
-    return cxcywh_to_xyxy(torch.cat([xy, wh], -1))
 
 
 def build_targets(gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor],

@@ -2,7 +2,7 @@
 
 All numbers come from the MLPerf training reference (SSD-ResNet34): base scales
 [21, 45, 99, 153, 207, 261, 315] pixels of the training input, aspect ratios
-[[2], [2, 3], [2, 3], [2, 3], [2], [2]], decode constants 0.1 / 0.2. The same
+[[2], [2, 3], [2, 3], [2, 3], [2], [2]], (the decode constants 0.1 / 0.2 live in decode.py). The same
 pixel scales are used at every input size S, so at 2S the boxes are relatively
 half as large. Boxes are ``cxcywh`` normalized to [0, 1], clamped element-wise
 as training did, ordered map, box shape, row, column (the model's head order).
@@ -18,8 +18,6 @@ from .model import BOXES_PER_LOCATION, feature_sizes, min_image_size
 
 BASE_SCALES_PX = (21, 45, 99, 153, 207, 261, 315)
 ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
-SCALE_XY = 0.1
-SCALE_WH = 0.2
 
 
 class GeometryError(ValueError):
