@@ -2,8 +2,8 @@
 
 A subclass decides only how issued samples become batches (``_enqueue``) and
 what a flush means. ``issue_queries`` runs on LoadGen's thread holding the
-GIL, so it only registers the samples and enqueues them; the pipeline's
-threads do the work. ``handle`` is the id from ``lg.ConstructSUT`` (exactly
+GIL: for Offline and Server it only registers the samples and enqueues them
+(the pipeline's threads do the work); the stream SUTs do the work right there. ``handle`` is the id from ``lg.ConstructSUT`` (exactly
 two callbacks in LoadGen 6.0); ``destroy`` releases it.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ class BaseSUT:
     scenario = ""
     threaded = True
 
-    def __init__(self, backend: Any, qsl: QSLLike, source: BatchSource, completer: Completer | None = None) -> None:
+    def __init__(self, backend: Any, qsl: QSLLike, source: BatchSource | None, completer: Completer | None = None) -> None:
         self.completer = completer or Completer()
         self.source = source
         self.pipeline = Pipeline(backend, qsl, self.completer, source, threaded=self.threaded,
@@ -47,7 +47,7 @@ class BaseSUT:
 
     # -- LoadGen callbacks -------------------------------------------------------
     def issue_queries(self, query_samples: Sequence[Any]) -> None:
-        """Register and enqueue; never blocks on work."""
+        """Register the samples, then hand them on (``_enqueue``)."""
         samples = [Sample(q.id, q.index) for q in query_samples]
         self.issued += len(samples)
         if self.completer.register(samples):

@@ -16,6 +16,7 @@ from harness.pipeline import Pipeline
 from harness.batching import BatchQueue
 from harness.response import pack_records, to_record
 from harness.sut_server import server_max_wait_s
+from harness.sut_stream import StreamSUT
 
 
 class Recorder:
@@ -96,6 +97,15 @@ class FailOn(NullBackend):
         return super().predict(images, image_hw)
 
 
+def feed(pipe: Pipeline, source: BatchQueue, batches: list[list[Sample]]) -> None:
+    """Give batches to a pipeline: through its source when threaded, else on this thread via run_inline."""
+    if pipe.threaded:
+        source.put(batches)
+    else:
+        for batch in batches:
+            pipe.run_inline(batch)
+
+
 @pytest.mark.parametrize("threaded", [True, False])
 def test_pipeline_fails_only_the_bad_sample(threaded):
     rec = Recorder()
@@ -107,7 +117,7 @@ def test_pipeline_fails_only_the_bad_sample(threaded):
     pipe.start()
     samples = [Sample(1000 + i, i) for i in range(20)]
     c.register(samples)
-    source.put([samples[i:i + 8] for i in range(0, 20, 8)])
+    feed(pipe, source, [samples[i:i + 8] for i in range(0, 20, 8)])
     pipe.stop()
     assert sorted(i for i, _ in rec.done) == [s.id for s in samples]
     assert [f.index for f in c.failures] == [5]
@@ -125,20 +135,28 @@ class ThreadCounting(NullBackend):
         return super().predict(images, image_hw)
 
 
-def test_compute_thread_uses_the_backends_thread_count():
+@pytest.mark.parametrize("threaded", [True, False])
+def test_compute_thread_uses_the_backends_thread_count(threaded):
     backend, qsl, rec = ThreadCounting(), MemoryQSL(4), Recorder()
     main_threads = torch.get_num_threads()
+    backend.threads = main_threads + 1                  # differs from the default, whatever the machine
     qsl.load(range(4))
     c = Completer(rec.complete, rec.response)
     source = BatchQueue()
-    pipe = Pipeline(backend, qsl, c, source, threaded=True)
-    pipe.start()
+    pipe = Pipeline(backend, qsl, c, source, threaded=threaded)
     samples = [Sample(i, i) for i in range(4)]
     c.register(samples)
-    source.put([samples])
-    pipe.stop()
-    assert len(rec.done) == 4 and backend.seen == 1
-    assert torch.get_num_threads() == main_threads      # only the compute thread was changed
+
+    def issue():   # like LoadGen: the inline pipeline runs on the thread that issues
+        pipe.start()
+        feed(pipe, source, [samples])
+        pipe.stop()
+
+    caller = threading.Thread(target=issue)
+    caller.start()
+    caller.join(30)
+    assert len(rec.done) == 4 and backend.seen == main_threads + 1
+    assert torch.get_num_threads() == main_threads      # only the computing thread was changed
 
 
 def test_dead_worker_completes_outstanding_and_later_samples():
@@ -184,3 +202,35 @@ def test_dynamic_batcher_fills_or_times_out():
 def test_server_wait_is_capped_by_latency_bound():
     assert server_max_wait_s(5.0, 100_000_000) == pytest.approx(0.005)      # configured 5 ms < 0.2 * 100 ms
     assert server_max_wait_s(50.0, 100_000_000) == pytest.approx(0.020)     # capped at 0.2 * 100 ms
+
+
+class Query:
+    """Stands in for LoadGen's QuerySample (``id``, ``index``)."""
+
+    def __init__(self, id: int, index: int):
+        self.id, self.index = id, index
+
+
+class LosesDevice(NullBackend):
+    """Raises a BaseException (not caught per sample) on its second call."""
+
+    def predict(self, images, image_hw):
+        if self.calls == 1:
+            self.calls += 1
+            raise SystemExit("the device was lost")
+        return super().predict(images, image_hw)
+
+
+def test_stream_sut_answers_each_query_before_issue_returns_and_survives_a_lost_device():
+    rec, qsl = Recorder(), MemoryQSL(8)
+    qsl.load(range(8))
+    sut = StreamSUT(LosesDevice(), qsl, "SingleStream", Completer(rec.complete, rec.response))
+    sut.start()
+    sut.issue_queries([Query(100, 0)])
+    assert [i for i, _ in rec.done] == [100] and len(rec.done[0][1]) == 2 * 28      # done on return
+    sut.issue_queries([Query(101, 1)])           # the backend dies: completed empty, nothing escapes
+    sut.issue_queries([Query(102, 2), Query(103, 3)])    # later queries complete at once, empty
+    sut.stop()
+    assert rec.done[1:] == [(101, b""), (102, b""), (103, b"")]
+    assert sut.completer.closed_reason[1] == ("the work on LoadGen's issue thread failed: "
+                                              "SystemExit: the device was lost")

@@ -191,7 +191,12 @@ def test_workers_complete_every_sample_once_with_staged_inputs(threaded):
     pipe.start()
     samples = [Sample(1000 + i, i) for i in range(64)]
     c.register(samples)
-    source.put([samples[i:i + 4] for i in range(0, 64, 4)])
+    batches = [samples[i:i + 4] for i in range(0, 64, 4)]
+    if threaded:
+        source.put(batches)
+    else:
+        for batch in batches:
+            pipe.run_inline(batch)
     pipe.stop()
     ids = [i for i, _ in rec.done]
     assert sorted(ids) == [s.id for s in samples] and len(set(ids)) == 64          # exactly once
@@ -237,23 +242,6 @@ def test_cuda_has_workers_on_every_visible_gpu():
     one = make_backend("cuda:0")
     assert len(one.workers()) == CUDA_WORKERS_PER_GPU and all(w.model is one.model for w in one.workers())
     assert all(w.stream is not None and w.copy_stream is not None for w in backend.workers())
-
-
-def test_stream_query_queue_hands_out_in_order_then_none():
-    from harness.sut_stream import QueryQueue
-    q = QueryQueue()
-    a, b = [Sample(1, 1)], [Sample(2, 2), Sample(3, 3)]
-    q.put([a, b])
-    q.close()
-    assert q.next_batch() is a and q.next_batch() is b
-    assert q.next_batch() is None and q.next_batch() is None       # closed stays closed
-    waiting = QueryQueue()
-    got = []
-    t = threading.Thread(target=lambda: got.append(waiting.next_batch()))
-    t.start()
-    waiting.close()                                                  # wakes a blocked worker
-    t.join(5)
-    assert not t.is_alive() and got == [None]
 
 
 def test_batch_invariant_and_trust_pickle_flags_reach_the_config(synthetic_coco):
