@@ -30,13 +30,14 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from .cache import (CACHE_VERSION, META_NAME, CacheError, array_name, file_fingerprint, open_cache,
                     write_json_atomic)
+from .cache_lock import cache_lock
 from .decode import DECODERS, RESIZE_METHOD
 from .prepare_pool import run_tasks
 
@@ -145,8 +146,14 @@ def _resume_point(cache_dir: Path, fingerprint: dict, partials: dict[int, Path])
 
 def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
                   annotation_file: str | Path | None = None, max_images: int | None = None, workers: int = 2,
-                  skip_bad: bool = False, progress: bool = True, decoder: str = "torchvision") -> Path:
+                  skip_bad: bool = False, progress: bool = True, decoder: str = "torchvision",
+                  keep_if: Callable[[Path], bool] | None = None) -> Path:
     """Decode, resize and store every listed image at every size; return the cache folder.
+
+    The writing holds the folder's lock (:mod:`qsl.cache_lock`), so processes
+    preparing the same folder take turns. ``keep_if(cache_dir)``, when given,
+    runs once the lock is held; if it returns True the folder is left as it is
+    (another process has just made the cache this caller wants).
 
     Raises:
         PrepareError: missing annotation file or image folder, a missing,
@@ -167,6 +174,17 @@ def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: 
     except OSError as e:
         raise PrepareError(f"cannot write the cache to {cache_dir} ({e.strerror or e}): pass --cache-dir with a "
                            f"writable folder") from None
+    with cache_lock(cache_dir):
+        if keep_if is not None and keep_if(cache_dir):
+            log.info("the cache in %s was finished by another process; using it", cache_dir)
+        else:
+            _build(ann, image_dir, images, cache_dir, sizes, max_images, workers, skip_bad, progress, decoder)
+    return cache_dir
+
+
+def _build(ann: Path, image_dir: Path, images: list[dict], cache_dir: Path, sizes: list[int],
+           max_images: int | None, workers: int, skip_bad: bool, progress: bool, decoder: str) -> None:
+    """Write (or resume writing) the arrays, then ``meta.json``; the caller holds the folder's lock."""
     n = len(images)
     ann_fp = file_fingerprint(ann)
     fingerprint = {"version": CACHE_VERSION, "sizes": sizes, "decoder": decoder, "num_images": n,
@@ -240,7 +258,6 @@ def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: 
         state_path.unlink(missing_ok=True)
     except OSError as e:
         raise _write_error(cache_dir, e) from None
-    return cache_dir
 
 
 def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
@@ -252,16 +269,25 @@ def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: s
     """
     ann, _ = find_inputs(data_dir, annotation_file)
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
-    try:
-        cache = open_cache(where, sizes, ann)
-        if cache.meta.get("max_images") == prepare_kwargs.get("max_images"):
-            return cache
-        log.warning("rebuilding the cache in %s: it was made for max_images=%s, this run asks for %s",
-                    where, cache.meta.get("max_images"), prepare_kwargs.get("max_images"))
-    except CacheError as e:
-        if (where / META_NAME).exists():   # a cache was there but cannot be used: say why it is rebuilt
-            log.warning("rebuilding the cache in %s: %s", where, e)
-    prepare_cache(data_dir, sizes, where, annotation_file=ann, **prepare_kwargs)
+    wanted = prepare_kwargs.get("max_images")
+
+    def usable(folder: Path, say_why: bool = False) -> bool:
+        try:
+            cache = open_cache(folder, sizes, ann)
+        except CacheError as e:
+            if say_why and (folder / META_NAME).exists():  # a cache was there but cannot be used: say why
+                log.warning("rebuilding the cache in %s: %s", folder, e)
+            return False
+        if cache.meta.get("max_images") == wanted:
+            return True
+        if say_why:
+            log.warning("rebuilding the cache in %s: it was made for max_images=%s, this run asks for %s",
+                        folder, cache.meta.get("max_images"), wanted)
+        return False
+
+    if not usable(where):   # checked again under the lock: another process may be making it right now
+        prepare_cache(data_dir, sizes, where, annotation_file=ann, keep_if=lambda d: usable(d, say_why=True),
+                      **prepare_kwargs)
     return open_cache(where, sizes, ann)
 
 

@@ -1,0 +1,55 @@
+"""One writer per cache folder, across processes.
+
+Two runs started at once on the same data (a SingleStream and an Offline run
+side by side, or two jobs of a CI matrix) would otherwise both write the same
+``*.partial`` arrays and delete each other's files. Preparation holds an
+exclusive ``flock`` on ``<cache>/.prepare.lock`` while it writes; a second
+process logs that it waits, for whom (the holder writes its pid into the file),
+and then re-checks the folder, usually finding the cache ready.
+
+Assumptions: a POSIX file system with ``flock`` (Linux, macOS; on NFS flock
+may be local to one machine). The kernel drops the lock when its holder
+exits, also on a crash or ``kill -9``, so a lock is never stale. Readers take
+no lock: a rebuild never changes a finished array in place (old files are
+unlinked and new ones renamed in), so a running benchmark's memory maps stay valid.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger("qsl")
+
+LOCK_NAME = ".prepare.lock"
+POLL_S = 0.25   # how often a waiting process retries (a sleep, so Ctrl-C stays prompt)
+
+
+@contextmanager
+def cache_lock(cache_dir: Path, poll_s: float = POLL_S) -> Iterator[None]:
+    """Hold the preparation lock of ``cache_dir`` (an existing, writable folder) for the ``with`` body."""
+    path = Path(cache_dir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    log.warning("waiting for process %s, which is preparing the cache in %s", holder, cache_dir)
+                    waited = True
+                time.sleep(poll_s)
+        if waited:
+            log.warning("the other preparation of %s ended; checking the cache again", cache_dir)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
