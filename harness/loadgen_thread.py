@@ -5,7 +5,11 @@ a helper thread while the main thread polls. On Ctrl-C (and SIGTERM, which
 run.py turns into one) the completer is closed (every outstanding and later
 sample completes at once with an empty response), LoadGen gets
 ``INTERRUPT_GRACE_S`` to finish, and :class:`Interrupted` tells the caller
-whether it did; the logs written so far stay on disk.
+whether it did; the logs written so far stay on disk. SingleStream and
+MultiStream compute on LoadGen's own thread, which cannot return before the
+query in flight is done: while one is, the wait goes on, up to
+``INFLIGHT_WAIT_S`` (a second Ctrl-C stops it), so a slow model (seconds per
+sample on a CPU) still ends with LoadGen's summary written.
 
 A pipeline thread that dies closes the completer itself; the main thread sees
 it within ``POLL_S`` and gives LoadGen ``WORKER_GRACE_S`` to finish. LoadGen
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ from harness.sut_base import BaseSUT
 log = logging.getLogger("harness")
 
 INTERRUPT_GRACE_S = 3.0
+INFLIGHT_WAIT_S = 300.0   # longest wait for a query computing on LoadGen's thread after Ctrl-C
 WORKER_GRACE_S = 3.0
 POLL_S = 0.2
 
@@ -55,6 +61,26 @@ def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | 
         while not done.wait(0.5):
             c = sut.completer
             bar.update(c.completed + len(c.failures) - bar.n)
+
+
+def wait_after_interrupt(sut: BaseSUT, done: threading.Event, grace_s: float = INTERRUPT_GRACE_S,
+                         inflight_s: float = INFLIGHT_WAIT_S) -> bool:
+    """Whether LoadGen ended after Ctrl-C: ``grace_s``, longer while a query computes on its thread."""
+    try:
+        if done.wait(grace_s):
+            return True
+        pipeline = getattr(sut, "pipeline", None)
+        if not getattr(pipeline, "inline_busy", False):
+            return False
+        log.error("waiting up to %.0f s for the query being computed to finish, so that LoadGen can end "
+                  "(Ctrl-C again to leave now)", inflight_s)
+        end = time.monotonic() + inflight_s
+        while pipeline.inline_busy and time.monotonic() < end:
+            if done.wait(POLL_S):
+                return True
+        return done.wait(grace_s)
+    except KeyboardInterrupt:   # a second Ctrl-C (or SIGTERM): stop waiting
+        return done.is_set()
 
 
 def worker_death(sut: BaseSUT) -> str | None:
@@ -95,6 +121,6 @@ def start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any, 
     except KeyboardInterrupt:
         log.error("interrupted: completing the outstanding samples with empty responses")
         sut.completer.close("interrupted", "the run was interrupted (Ctrl-C)")
-        raise Interrupted(done.wait(INTERRUPT_GRACE_S)) from None
+        raise Interrupted(wait_after_interrupt(sut, done)) from None
     if errors:
         raise errors[0]

@@ -92,6 +92,7 @@ class Pipeline:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._inline_thread: int | None = None  # the thread whose torch thread count run_inline has set
+        self.inline_busy = False                 # run_inline is computing a query (on LoadGen's thread)
         self.batches = 0  # batches computed (for the run summary)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -227,6 +228,7 @@ class Pipeline:
         completer, as a dying stage thread does, because the caller is
         LoadGen's issue thread, where an exception would end the process.
         """
+        self.inline_busy = True
         try:
             me = threading.get_ident()
             if self._inline_thread != me:
@@ -237,6 +239,8 @@ class Pipeline:
                     self._finish(done, dets)
         except BaseException as e:  # noqa: BLE001 - LoadGen must never wait for these samples
             self._died("the work on LoadGen's issue thread failed", e)
+        finally:
+            self.inline_busy = False
 
     def _loader_loop(self, backend: Any, q_compute: queue.Queue) -> None:
         while (batch := self.source.next_batch()) is not None:

@@ -2,7 +2,7 @@
 
 Covered: samples that raise (counted, with indices, exit 1); a pipeline thread that dies (fast end with the
 cause; LoadGen ends cleanly, or the process leaves when LoadGen cannot be stopped); SIGINT and SIGTERM
-(prompt exit, logs readable); device out of memory (message naming the batch setting); the run folder
+(prompt exit, logs readable; a slow SingleStream query in flight is waited for, boundedly); device out of memory (message naming the batch setting); the run folder
 removed or the disk full mid-run (clear error, earlier runs intact); a truncated QSL cache (found at load).
 """
 from __future__ import annotations
@@ -291,3 +291,64 @@ def test_ctrl_c_while_the_loadgen_thread_starts_is_handled_as_an_interrupt(monke
         release.set()
     assert e.value.finished is False          # LoadGen (here: the stand-in) was still running
     assert completer.closed and done == [(7, 0)]   # the outstanding sample completed, empty
+
+
+class SlowAndInterrupted(NullBackend):
+    """Takes longer than the interrupt grace period per query, and presses Ctrl-C during its first one."""
+
+    def predict(self, images, image_hw):
+        if self.calls == 0:
+            import _thread
+            _thread.interrupt_main()
+        return super().predict(images, image_hw)
+
+
+def test_ctrl_c_during_a_slow_stream_query_waits_for_it_so_loadgen_ends(tmp_path, monkeypatch):
+    """SingleStream computes on LoadGen's thread: LoadGen can only end once the query in flight is done."""
+    from harness.loadgen_thread import INTERRUPT_GRACE_S, Interrupted
+    monkeypatch.chdir(tmp_path)
+    slow_s = INTERRUPT_GRACE_S + 1.5
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted) as e:
+        run_benchmark(_config(tmp_path, LONG_CONF, "SingleStream", singlestream_expected_latency_ms=slow_s * 1e3),
+                      SlowAndInterrupted(latency_ms=slow_s * 1e3), Dataset(MemoryQSL(8)))
+    assert time.monotonic() - t0 < 30
+    assert e.value.finished and e.value.result.interrupted       # LoadGen returned: its summary is written
+    out = tmp_path / "out/default/ssd-resnet34/SingleStream/performance/run_1"
+    assert (out / "mlperf_log_summary.txt").read_text().startswith("=")
+
+
+class FakeSUT:
+    def __init__(self, busy: bool):
+        self.pipeline = type("P", (), {"inline_busy": busy})()
+
+
+class NeverDone:
+    """An Event LoadGen never sets; ``press`` makes its n-th wait raise KeyboardInterrupt (a second Ctrl-C)."""
+
+    def __init__(self, press: int | None = None):
+        self.waits, self.press = 0, press
+
+    def wait(self, timeout):
+        self.waits += 1
+        if self.waits == self.press:
+            raise KeyboardInterrupt
+        time.sleep(min(timeout, 0.01))
+        return False
+
+    def is_set(self):
+        return False
+
+
+def test_the_wait_after_ctrl_c_is_bounded_and_a_second_ctrl_c_ends_it():
+    from harness.loadgen_thread import wait_after_interrupt
+    t0 = time.monotonic()
+    assert not wait_after_interrupt(FakeSUT(busy=False), NeverDone(), grace_s=0.01, inflight_s=60)
+    assert time.monotonic() - t0 < 1                                   # nothing in flight: the grace only
+    t0 = time.monotonic()
+    assert not wait_after_interrupt(FakeSUT(busy=True), NeverDone(), grace_s=0.01, inflight_s=0.5)
+    assert 0.5 <= time.monotonic() - t0 < 5                            # in flight: waits, but not forever
+    t0 = time.monotonic()
+    pressed = NeverDone(press=3)
+    assert not wait_after_interrupt(FakeSUT(busy=True), pressed, grace_s=0.01, inflight_s=60)
+    assert pressed.waits == 3 and time.monotonic() - t0 < 5           # a second Ctrl-C stops waiting
