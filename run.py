@@ -35,11 +35,12 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from backends.ssd.default_boxes import GeometryError
     from harness.coco_eval import AccuracyError
     from harness.audit import AuditConfigError
+    from harness.demo import DemoDataError
     from harness.layout import OutputError
     from harness.settings import SettingsError
     from qsl.cache import CacheError
     return (UsageError, ConfigError, SettingsError, OutputError, CacheError, CheckpointError, GeometryError,
-            AccuracyError, AuditConfigError)
+            AccuracyError, AuditConfigError, DemoDataError)
 
 
 _signal_exit = {"code": 130}   # 143 once SIGTERM arrived

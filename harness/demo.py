@@ -26,6 +26,7 @@ from harness.markdown_report import write_report
 from harness.plots import draw_detections, latency_histogram
 from harness.report import format_summary
 from harness.runner import RunResult, build_backend, run_benchmark
+from qsl.synthetic import synthetic_description
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
@@ -45,14 +46,40 @@ def demo_parser() -> argparse.ArgumentParser:
     return p
 
 
-def ensure_demo_data(data_dir: Path, num_images: int) -> Path:
-    """The held-out synthetic set in ``data_dir``; regenerated when it holds a different number of images."""
-    import json
+class DemoDataError(ValueError):
+    """The demo's data folder holds something the demo did not write; it is never overwritten."""
 
+
+def _demo_made(ann: Path) -> dict | None:
+    """The annotation file's contents if the demo generated it (synthetic, seed DEMO_SEED), else None."""
+    import json
+    try:
+        doc = json.loads(ann.read_text())
+    except (OSError, ValueError):
+        return None
+    made = isinstance(doc, dict) and isinstance(doc.get("images"), list) and \
+        doc.get("info", {}).get("description") == synthetic_description(DEMO_SEED)
+    return doc if made else None
+
+
+def ensure_demo_data(data_dir: Path, num_images: int) -> Path:
+    """The held-out synthetic set in ``data_dir``: generated when the folder is missing or empty, regenerated
+    when it holds a demo set of another size. A folder with anything else in it is refused, never overwritten.
+    """
     from qsl.synthetic import make_synthetic_coco
+    if num_images < 1:
+        raise DemoDataError(f"--num-images must be at least 1, got {num_images}")
     ann = data_dir / "annotations" / "instances_val2017.json"
-    if ann.is_file() and len(json.loads(ann.read_text())["images"]) == num_images:
-        return ann
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DemoDataError(f"--data {data_dir} is a file; give a folder for the demo's generated images")
+    if data_dir.is_dir() and any(data_dir.iterdir()):
+        doc = _demo_made(ann)
+        if doc is None:
+            raise DemoDataError(f"--data {data_dir} holds files the demo did not generate; the demo writes its "
+                                "own synthetic images there, so give a new or empty folder (to run on your own "
+                                "data, use: python run.py --data " + str(data_dir) + " ...)")
+        if len(doc["images"]) == num_images:
+            return ann
     print(f"[demo] generating {num_images} synthetic COCO-format images in {data_dir}", flush=True)
     make_synthetic_coco(data_dir, num_images, seed=DEMO_SEED, split="val2017")
     return ann

@@ -136,6 +136,11 @@ def _make_image(index: int, seed: int, min_size: int, max_size: int, image_id: i
     return img, anns, int(rng.integers(80, 96))
 
 
+def synthetic_description(seed: int) -> str:
+    """The ``info.description`` of a generated set: how a generated annotation file is recognized."""
+    return f"Synthetic COCO-layout shapes, seed {seed}"
+
+
 def make_synthetic_coco(out_dir: str | Path, num_images: int, seed: int = 0, split: str = "val2017",
                         min_size: int = 320, max_size: int = 640) -> Path:
     """Write a synthetic COCO-layout data set and return the annotation file's path.
@@ -164,7 +169,7 @@ def make_synthetic_coco(out_dir: str | Path, num_images: int, seed: int = 0, spl
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, **ann})
     doc = {
-        "info": {"description": f"Synthetic COCO-layout shapes, seed {seed}", "version": "1.0", "year": 2017,
+        "info": {"description": synthetic_description(seed), "version": "1.0", "year": 2017,
                  "contributor": "qsl.synthetic", "url": "", "date_created": "2017-01-01"},
         "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
         "images": images,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from backends.ssd.checkpoint import load_checkpoint
@@ -51,3 +52,44 @@ def test_demo_runs_end_to_end_with_a_real_map_and_pictures(tmp_path, capsys):
     assert "detections.png" in report and "mAP" in report
     config = json.loads((acc / "config.json").read_text())
     assert config["model"]["image_size"] == [300, 600] and config["model"]["backbone"] == "resnet18"
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_demo_never_overwrites_a_data_set_it_did_not_generate(tmp_path, capsys):
+    import run
+    from qsl.synthetic import make_synthetic_coco
+    own = tmp_path / "own"
+    make_synthetic_coco(own, 2, seed=7, min_size=64, max_size=96)        # someone's data: not the demo's set
+    ann = own / "annotations" / "instances_val2017.json"
+    doc = json.loads(ann.read_text())
+    doc["info"]["description"] = "MY OWN DATA"
+    ann.write_text(json.dumps(doc))
+    before = _digest(own)
+    assert run.main(["demo", "--data", str(own), "--num-images", "3", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {own} holds files the demo did not generate" in err and "give a new or empty folder" in err
+    assert _digest(own) == before                                           # nothing lost
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "notes.txt").write_text("mine")                              # no annotation file at all
+    with pytest.raises(demo.DemoDataError, match="holds files the demo did not generate"):
+        demo.ensure_demo_data(loose, 2)
+    assert [p.name for p in loose.iterdir()] == ["notes.txt"]
+
+
+def test_demo_data_is_generated_in_an_empty_folder_and_regenerated_only_when_it_is_the_demos(tmp_path):
+    empty = tmp_path / "d"
+    empty.mkdir()
+    ann = demo.ensure_demo_data(empty, 2)
+    assert len(json.loads(ann.read_text())["images"]) == 2
+    first = ann.stat().st_mtime_ns
+    assert demo.ensure_demo_data(empty, 2) == ann and ann.stat().st_mtime_ns == first   # same size: kept
+    demo.ensure_demo_data(empty, 3)                                                    # the demo's own set
+    assert len(json.loads(ann.read_text())["images"]) == 3
+    for bad in (0, -3):
+        with pytest.raises(demo.DemoDataError, match=f"--num-images must be at least 1, got {bad}"):
+            demo.ensure_demo_data(tmp_path / "new", bad)
+    assert not (tmp_path / "new").exists()
