@@ -48,8 +48,9 @@ _signal_exit = {"code": 130}   # 143 once SIGTERM arrived
 
 def _on_sigterm(signum, frame) -> None:
     """SIGTERM ends a run like Ctrl-C: outstanding samples complete, logs close, exit status 143."""
+    from harness.loadgen_thread import Terminated
     _signal_exit["code"] = 128 + signum
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def make_backend(config: Config, kind: str):
@@ -75,11 +76,11 @@ def benchmark_main(argv: list[str]) -> int:
         if result is None:
             raise
         print(format_summary(result), flush=True)
-        code = _signal_exit["code"] if isinstance(e, Interrupted) else 1
+        code = e.exit_code if isinstance(e, Interrupted) else 1
         if isinstance(e, OutputError):
             print(f"error: {e}", file=sys.stderr)
         elif not e.finished:  # LoadGen still holds the SUT: leave without tearing it down
-            print(f"error: {'interrupted' if code != 1 else e}; LoadGen was still running, exiting without "
+            print(f"error: {e.how if isinstance(e, Interrupted) else e}; LoadGen was still running, exiting without "
                   "waiting for it (its logs so far are on disk)", file=sys.stderr, flush=True)
             os._exit(code)
         return code
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("terminated (SIGTERM)" if _signal_exit["code"] == 143 else "interrupted", file=sys.stderr)
         return _signal_exit["code"]
     finally:
         if previous is not None:

@@ -77,7 +77,7 @@ class Completer:
                 for s in samples:
                     self._outstanding[s.id] = (s.index, now)
                 return True
-        self._fail_now(samples, closed[0], closed[1])
+        self._fail_now(samples, closed[0], closed[1], quiet=True)  # close() already said why, once
         return False
 
     # -- worker side -------------------------------------------------------------
@@ -110,11 +110,15 @@ class Completer:
         Used when a worker thread dies and on Ctrl-C. Returns how many samples it failed.
         """
         with self._lock:
-            if self._closed_reason is None:
+            first_close = self._closed_reason is None
+            if first_close:
                 self._closed_reason = (stage, message)
             pending = [Sample(i, idx) for i, (idx, _) in self._outstanding.items()]
             self._outstanding.clear()
-        self._fail_now(pending, stage, message)
+        if pending:   # one line for all of them, not one per sample
+            log.error("%s: %d outstanding sample(s) completed with empty responses; so is every sample "
+                      "issued from now on", message, len(pending))
+        self._fail_now(pending, stage, message, quiet=True)
         return len(pending)
 
     # -- state -------------------------------------------------------------------
@@ -132,13 +136,14 @@ class Completer:
         """(stage, message) of the first close, e.g. ("worker", "compute thread died: ..."); None while open."""
         return self._closed_reason
 
-    def _fail_now(self, samples: Sequence[Sample], stage: str, message: str) -> None:
+    def _fail_now(self, samples: Sequence[Sample], stage: str, message: str, quiet: bool = False) -> None:
+        """Record and complete ``samples`` empty; log each (up to a cap) unless ``quiet`` (the caller logged)."""
         if not samples:
             return
         with self._lock:
             first = len(self.failures)
             self.failures.extend(SampleFailure(s.index, stage, message) for s in samples)
-        for k, s in enumerate(samples):
+        for k, s in enumerate(() if quiet else samples):
             if first + k < MAX_LOGGED_FAILURES:
                 log.error("sample index %d failed in %s: %s", s.index, stage, message)
             elif first + k == MAX_LOGGED_FAILURES:

@@ -37,12 +37,23 @@ WORKER_GRACE_S = 3.0
 POLL_S = 0.2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C would be (run.py installs the handler)."""
+
+
+def interrupt_cause(e: BaseException) -> tuple[str, int]:
+    """(what stopped the run, the exit status it calls for): SIGTERM 143, Ctrl-C (SIGINT) 130."""
+    return ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted (Ctrl-C)", 130)
+
+
 class Interrupted(Exception):
     """Ctrl-C (or SIGTERM) during a LoadGen run; ``finished`` says whether LoadGen returned in the grace period."""
 
-    def __init__(self, finished: bool) -> None:
-        super().__init__("interrupted")
+    def __init__(self, finished: bool, how: str = "interrupted (Ctrl-C)", exit_code: int = 130) -> None:
+        super().__init__(how)
         self.finished = finished
+        self.how = how
+        self.exit_code = exit_code
 
 
 class WorkerDied(Exception):
@@ -118,9 +129,10 @@ def start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any, 
                 if not done.wait(WORKER_GRACE_S):
                     raise WorkerDied(cause, finished=False)
                 break
-    except KeyboardInterrupt:
-        log.error("interrupted: completing the outstanding samples with empty responses")
-        sut.completer.close("interrupted", "the run was interrupted (Ctrl-C)")
-        raise Interrupted(wait_after_interrupt(sut, done)) from None
+    except KeyboardInterrupt as e:
+        how, code = interrupt_cause(e)
+        log.error("%s: completing the outstanding samples with empty responses", how)
+        sut.completer.close("interrupted", f"the run was {how}")
+        raise Interrupted(wait_after_interrupt(sut, done), how, code) from None
     if errors:
         raise errors[0]

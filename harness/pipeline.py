@@ -195,8 +195,7 @@ class Pipeline:
         """Something outside the per-sample handling failed: complete everything now, accept no more."""
         log.exception("%s (%s)", what, self.name)
         self._stopping.set()
-        n = self.completer.close("worker", f"{what}: {type(e).__name__}: {e}")
-        log.error("completed %d outstanding samples with empty responses", n)
+        self.completer.close("worker", f"{what}: {type(e).__name__}: {e}")
 
     @staticmethod
     def _use_backend_threads(backend: Any) -> None:

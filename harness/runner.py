@@ -74,6 +74,7 @@ class RunResult:
     runs: list[LoadGenRun] = field(default_factory=list)
     audits: list[LoadGenRun] = field(default_factory=list)   # TEST01 / TEST04 runs, verified
     interrupted: bool = False
+    interrupt_code: int = 130       # the exit status an interruption calls for: 130 Ctrl-C, 143 SIGTERM
     loadgen_finished: bool = True   # False only after an interrupt or a dead worker LoadGen did not return from
     error: str | None = None        # what ended the runs early (dead worker, lost output folder)
 
@@ -83,12 +84,12 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted; 1 failed samples, no accuracy figure or a run ended by a fault; else 0.
+        """130 interrupted (143 terminated); 1 failed samples, no accuracy figure or a run ended by a fault; else 0.
 
         INVALID and a failed audit are results, not errors (the summary says FAIL).
         """
         if self.interrupted:
-            return 130
+            return self.interrupt_code
         if self.error or self.failed_samples or any(r.accuracy_error for r in self.runs):
             return 1
         return 0
@@ -263,6 +264,7 @@ def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None =
                 one = run_loadgen(config, mode, backend, dataset, out, use_pycocotools, progress)
             except Interrupted as e:
                 result.interrupted, result.loadgen_finished = True, e.finished
+                result.interrupt_code = e.exit_code
                 raise _result_of(e, result)
             except WorkerDied as e:
                 result.error, result.loadgen_finished = e.cause, False

@@ -234,3 +234,16 @@ def test_stream_sut_answers_each_query_before_issue_returns_and_survives_a_lost_
     assert rec.done[1:] == [(101, b""), (102, b""), (103, b"")]
     assert sut.completer.closed_reason[1] == ("the work on LoadGen's issue thread failed: "
                                               "SystemExit: the device was lost")
+
+
+def test_closing_logs_one_line_for_all_outstanding_and_later_samples(caplog):
+    rec = Recorder()
+    c = Completer(rec.complete, rec.response)
+    c.register([Sample(i, i) for i in range(30)])
+    with caplog.at_level("ERROR", logger="harness"):
+        assert c.close("interrupted", "the run was terminated (SIGTERM)") == 30
+        assert not c.register([Sample(99, 9)])                    # issued after the close: completed at once
+    assert len(rec.done) == 31 and len(c.failures) == 31
+    assert [r.getMessage() for r in caplog.records] == [
+        "the run was terminated (SIGTERM): 30 outstanding sample(s) completed with empty responses; "
+        "so is every sample issued from now on"]
