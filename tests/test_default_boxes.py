@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends.ssd.default_boxes import GeometryError, boxes_per_map, default_boxes, map_sizes
+from backends.ssd.default_boxes import GeometryError, boxes_per_map, default_boxes, fitting_steps, map_sizes
 from backends.ssd.model import min_image_size
 
 # Values computed with the MLPerf training reference's own DefaultBoxes (see the file's "about").
@@ -99,6 +99,19 @@ def test_too_small_input_is_rejected_with_the_minimum():
         default_boxes(256)
 
 
-def test_steps_that_do_not_fit_are_a_clear_error():
-    with pytest.raises(GeometryError, match="do not fit image size 600"):
+def test_steps_that_do_not_fit_are_a_clear_error_whose_advice_works():
+    with pytest.raises(GeometryError, match="do not fit image size 600") as e:
         default_boxes(600, 1.0, [8, 16, 32, 64, 100, 300])
+    advice = str(e.value).split("drop --dboxes-steps or give ")[1]
+    steps = [int(x) for x in advice.split()]                 # whole pixels, as the flag takes them
+    assert steps == fitting_steps(600)
+    assert default_boxes(600, 1.0, steps).shape == default_boxes(600).shape
+
+
+def test_one_list_of_steps_for_two_sizes_says_to_drop_the_flag():
+    from backends.ssd.two_scale import build_passes
+    from harness.config import ModelConfig
+    cfg = ModelConfig(image_size=(300, 600), dboxes_steps=(8, 16, 32, 64, 100, 300))
+    with pytest.raises(GeometryError, match="no list fits both 300 and 600: drop --dboxes-steps"):
+        build_passes(cfg)
+    assert len(build_passes(ModelConfig(image_size=(300, 300), dboxes_steps=(8, 16, 32, 64, 100, 300)))) == 1

@@ -39,6 +39,26 @@ def map_sizes(image_size: int, variant: str = "training") -> list[int]:
     return sizes
 
 
+def fitting_steps(image_size: int, variant: str = "training") -> list[int]:
+    """Whole-pixel steps that fit ``image_size`` (|S / step - f| < 1 on every map)."""
+    return [max(1, round(image_size / f)) for f in map_sizes(image_size, variant)]
+
+
+def check_steps(image_size: int, steps: Sequence[float], variant: str = "training",
+                other_size: int | None = None) -> None:
+    """Raise GeometryError unless ``steps`` fit ``image_size``; ``other_size``: the run's other input size."""
+    for k, (f, step) in enumerate(zip(map_sizes(image_size, variant), steps)):
+        if abs(image_size / step - f) >= 1:
+            if other_size is not None and other_size != image_size:
+                advice = (f"steps are in pixels of one input size, so no list fits both {other_size} and "
+                          f"{image_size}: drop --dboxes-steps (the default places boxes by feature-map size, "
+                          "which fits every size)")
+            else:
+                advice = f"drop --dboxes-steps or give {' '.join(map(str, fitting_steps(image_size, variant)))}"
+            raise GeometryError(f"dboxes_steps {list(steps)} do not fit image size {image_size}: map {k} has "
+                                f"{f}x{f} cells but {image_size}/{step} = {image_size / step:.2f}; {advice}")
+
+
 def default_boxes(image_size: int, dboxes_scale: float = 1.0, steps: Sequence[float] | None = None,
                   variant: str = "training", mask: Sequence[int] | None = None) -> torch.Tensor:
     """Default boxes for a square input of ``image_size`` pixels.
@@ -55,12 +75,7 @@ def default_boxes(image_size: int, dboxes_scale: float = 1.0, steps: Sequence[fl
     """
     fsizes = map_sizes(image_size, variant)
     if steps is not None:
-        for k, (f, step) in enumerate(zip(fsizes, steps)):
-            if abs(image_size / step - f) >= 1:
-                raise GeometryError(
-                    f"dboxes_steps {list(steps)} do not fit image size {image_size}: map {k} has {f}x{f} cells "
-                    f"but {image_size}/{step} = {image_size / step:.2f}; drop --dboxes-steps or give steps "
-                    f"close to {[round(image_size / f, 1) for f in fsizes]}")
+        check_steps(image_size, steps, variant)
     scales = [s / image_size for s in box_scales_px(dboxes_scale)]
     mask = list(mask) if mask is not None else [1] * len(fsizes)
     parts = []

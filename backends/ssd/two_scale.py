@@ -25,7 +25,7 @@ from torch.func import functional_call
 
 from harness.config import ModelConfig
 from .decode import box_area_px, class_scores, decode_boxes
-from .default_boxes import BOXES_PER_LOCATION, GeometryError, default_boxes, map_sizes
+from .default_boxes import BOXES_PER_LOCATION, GeometryError, check_steps, default_boxes, map_sizes
 from .postprocess import postprocess
 
 FILTER_AREA_PX = 96 * 96  # COCO's large-object threshold
@@ -84,6 +84,9 @@ def build_passes(cfg: ModelConfig) -> list[ScalePass]:
     else:
         none = (0,) * len(small)
         plan = [(s0, small, small, none), (s1, large, none, large)]
+    if steps is not None:   # checked here too, to say when two sizes are what no list of steps can fit
+        check_steps(s0, steps, cfg.variant, other_size=s1)
+        check_steps(s1, steps, cfg.variant, other_size=s0)
     passes = []
     for size, run_mask, small_sel, large_sel in plan:
         dboxes = default_boxes(size, cfg.dboxes_scale, steps, cfg.variant, mask=run_mask)
