@@ -30,6 +30,11 @@ def format_summary(result: "RunResult") -> str:
         if r.accuracy is not None:
             lines.append(f"  mAP={100.0 * r.accuracy.map:.3f}% ({STAT_NAMES[0]}) over "
                          f"{r.accuracy.images_evaluated} images")
+            skipped = r.accuracy.skipped
+            if skipped:   # their pixels are zeros: their objects count as missed
+                lines.append(f"  {len(skipped)} image(s) unreadable when the cache was made, evaluated as blank "
+                             f"(their objects count as missed): {', '.join(skipped[:5])}"
+                             + (" ..." if len(skipped) > 5 else ""))
         if r.accuracy_error:
             lines.append(f"  accuracy: not computed: {r.accuracy_error}")
         for e in r.loadgen.errors[:5]:
