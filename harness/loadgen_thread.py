@@ -68,7 +68,7 @@ class WorkerDied(Exception):
 def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | None) -> None:
     """A progress bar of completed samples, polled twice a second, until ``done`` is set."""
     from tqdm import tqdm
-    with tqdm(total=total, desc=desc, unit="sample", mininterval=1.0, leave=False) as bar:
+    with tqdm(total=total, desc=desc, unit="sample", mininterval=1.0, leave=False, disable=None) as bar:
         while not done.wait(0.5):
             c = sut.completer
             bar.update(c.completed + len(c.failures) - bar.n)

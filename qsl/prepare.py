@@ -25,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -211,7 +212,7 @@ def _build(ann: Path, image_dir: Path, images: list[dict], cache_dir: Path, size
 
     tasks = [(im["qsl_idx"], str(image_dir / im["file_name"]), im["height"], im["width"]) for im in images[done:]]
     bar = tqdm(total=n, initial=done, unit="img", desc=f"prepare {'/'.join(map(str, sizes))}",
-               disable=not progress, smoothing=0.1)
+               disable=None if progress else True, smoothing=0.1)
     last_save = time.monotonic()
     results = run_tasks(tasks, partials, decoder, max(1, workers))
     try:
@@ -260,6 +261,11 @@ def _build(ann: Path, image_dir: Path, images: list[dict], cache_dir: Path, size
         raise _write_error(cache_dir, e) from None
 
 
+def problem_only(message: str) -> str:
+    """A CacheError's message without its advice to run the preparation (for when it is running already)."""
+    return re.sub(r"[:;] (?:delete it and )?(?:re-)?run python -m qsl\.prepare.*$", "", message, flags=re.S)
+
+
 def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
                  annotation_file: str | Path | None = None, **prepare_kwargs: Any):
     """Open the cache if it is valid for ``sizes``, else prepare it first; returns a :class:`qsl.cache.Cache`.
@@ -276,7 +282,7 @@ def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: s
             cache = open_cache(folder, sizes, ann)
         except CacheError as e:
             if say_why and (folder / META_NAME).exists():  # a cache was there but cannot be used: say why
-                log.warning("rebuilding the cache in %s: %s", folder, e)
+                log.warning("rebuilding the cache in %s: %s", folder, problem_only(str(e)))
             return False
         if cache.meta.get("max_images") == wanted:
             return True

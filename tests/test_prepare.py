@@ -219,6 +219,12 @@ def test_ensure_cache_reuses_or_prepares(dataset, tmp_path, caplog):
         f.truncate(1000)
     assert ensure_cache(data, [257], workers=1, progress=False).num_images == NUM
     assert "rebuilding the cache" in caplog.text and "images_257.npy" in caplog.text
+    assert "truncated or damaged" in caplog.text and "re-run" not in caplog.text   # it is rebuilding already
+
+
+def test_progress_bars_stay_out_of_logs_that_are_not_a_terminal(dataset, tmp_path, capfd):
+    prepare_cache(dataset, [257], tmp_path / "c", workers=1, progress=True)   # stderr is captured: no TTY
+    assert "prepare 257" not in capfd.readouterr().err
 
 
 def test_cli(dataset, tmp_path, capsys):
