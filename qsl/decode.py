@@ -21,6 +21,7 @@ another size), and the choice is recorded in the cache metadata.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -47,7 +48,8 @@ def _pil_rgb(data: bytes) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:  # PIL reports corrupt files with these
-        raise BadImageError(f"cannot be decoded ({e})") from None
+        why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))  # the in-memory file's repr
+        raise BadImageError(f"cannot be decoded ({why})") from None
 
 
 def decode_rgb(path: str | Path, decoder: str = "torchvision") -> torch.Tensor:

@@ -255,3 +255,13 @@ def test_workers_end_quietly_under_a_sigterm_handler_that_interrupts(dataset, tm
         signal.signal(signal.SIGTERM, previous)
     err = capfd.readouterr().err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+def test_a_file_that_is_no_image_says_so_without_internal_object_names(tmp_path, decoder):
+    from qsl.decode import BadImageError, decode_rgb
+    path = tmp_path / "notes.jpg"
+    path.write_bytes(b"this is a text file, not a picture\n" * 4)
+    with pytest.raises(BadImageError, match="cannot be decoded") as e:
+        decode_rgb(path, decoder)
+    assert "BytesIO" not in str(e.value) and " at 0x" not in str(e.value)
