@@ -33,6 +33,11 @@ DEVICES = ("auto", "cpu", "cuda")
 BATCH_INVARIANT = ("auto", "on", "off")
 
 
+# The harness's own expected-QPS / expected-latency hints, used when neither the config nor user.conf gives one.
+HINT_DEFAULTS = {"offline_expected_qps": 10.0, "server_target_qps": 1.0,
+                 "singlestream_expected_latency_ms": 500.0, "multistream_expected_latency_ms": 4000.0}
+
+
 class ConfigError(ValueError):
     """A config value is missing, unknown or out of range; the message says which and where."""
 
@@ -121,10 +126,12 @@ class RunConfig:
     server_max_batch: int = 8              # Server: most samples per batch
     server_max_wait_ms: float = 5.0        # Server: longest a sample waits for a batch to fill
     multistream_samples: int = 8           # samples per MultiStream query
-    offline_expected_qps: float = 10.0     # LoadGen hint, samples/s
-    server_target_qps: float = 1.0         # Server arrival rate, queries/s
-    singlestream_expected_latency_ms: float = 500.0  # LoadGen hint
-    multistream_expected_latency_ms: float = 4000.0  # LoadGen hint
+    # LoadGen's expected-QPS / expected-latency hints. None = user.conf's value for ssd-resnet34 and the
+    # scenario (Offline/Server target_qps, SingleStream/MultiStream target_latency), else HINT_DEFAULTS.
+    offline_expected_qps: float | None = None       # Offline hint, samples/s
+    server_target_qps: float | None = None          # Server arrival rate, queries/s
+    singlestream_expected_latency_ms: float | None = None  # SingleStream hint, ms
+    multistream_expected_latency_ms: float | None = None   # MultiStream hint, ms
     output_dir: str = "results"            # root of the submission layout
     system_name: str = "default"           # <system> folder name in the submission layout
     user_conf: str = "user.conf"           # LoadGen settings file
@@ -137,6 +144,14 @@ class RunConfig:
         for name in ("batch_size", "server_max_batch", "multistream_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be at least 1, got {getattr(self, name)}")
+        if not _is_number(self.server_max_wait_ms) or self.server_max_wait_ms < 0:
+            raise ConfigError(f"run.server_max_wait_ms must be a number of milliseconds, 0 or more "
+                              f"(0 = never wait for a batch to fill), got {self.server_max_wait_ms!r}")
+        for name in HINT_DEFAULTS:
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise ConfigError(f"run.{name} must be a positive number (or left out to use user.conf's value), "
+                                  f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,15 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "run": RunConfig}
-_TUPLE_FIELDS = {"image_size", "dboxes_steps", "small_mask", "large_mask"}
+# List-valued keys, with what each must be for error messages.
+_MASK = f"a list of {NUM_FEATURE_MAPS} values of 0 or 1 such as [1, 1, 1, 1, 1, 1]"
+_TUPLE_FIELDS = {"image_size": "a list of two integers such as [300, 600] (S0, S1 in pixels; equal = single scale)",
+                 "dboxes_steps": f"a list of {NUM_FEATURE_MAPS} integers such as [8, 16, 32, 64, 100, 300]",
+                 "small_mask": _MASK, "large_mask": _MASK}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -169,6 +192,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    for k, v in values.items():
+        if k in _TUPLE_FIELDS and v is not None and (
+                not isinstance(v, (list, tuple)) or not all(_is_number(x) for x in v)):
+            got = f"the string {v!r}" if isinstance(v, str) else repr(v)
+            raise ConfigError(f"{where}: {k} must be {_TUPLE_FIELDS[k]}, got {got}")
     clean = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in values.items()}
     try:
         return cls(**clean)
@@ -204,6 +232,9 @@ def load_config(path: str | Path | None = None,
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: '{name}' must be a table like [{name}]")
             raw[name].update(table)
+        if raw["model"].get("checkpoint") is not None and not isinstance(raw["model"]["checkpoint"], str):
+            raise ConfigError(f"{path} [model]: checkpoint must be a path in quotes, "
+                              f"got {raw['model']['checkpoint']!r}")
         if raw["model"].get("checkpoint"):
             ckpt = Path(raw["model"]["checkpoint"]).expanduser()
             if not ckpt.is_absolute() and not ckpt.exists():
