@@ -105,6 +105,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise UsageError(f"--image-size must be two positive sizes in pixels, got {args.image_size}")
     if args.threads is not None and args.threads < 0:
         raise UsageError(f"--threads must be 0 or more, got {args.threads}")
+    wait = getattr(args, "server_max_wait_ms", None)
+    if wait is not None and not wait >= 0:
+        raise UsageError(f"--server-max-wait-ms must be 0 or more milliseconds (0 = never wait for a batch to "
+                         f"fill), got {wait}")
     precision = "fp16" if args.use_fp16 else args.precision
     if args.use_fp16 and args.precision not in (None, "fp16"):
         raise UsageError(f"--use-fp16 contradicts --precision {args.precision}; give one of them")
@@ -135,10 +139,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return _check_paths(config, args)
 
 
+def _missing_checkpoint(ckpt: str, args: argparse.Namespace) -> str:
+    """Say where the missing checkpoint's path came from (flag or config key) and which files were tried."""
+    path = Path(ckpt)
+    what = "is a folder, not a checkpoint file" if path.is_dir() else "checkpoint file not found"
+    if args.model is not None:
+        tried = "" if path.is_absolute() else f" (looked in the working directory {Path.cwd()})"
+        return f"--model {ckpt}: {what}{tried}"
+    tried = [path] if path.is_absolute() else [Path.cwd() / path, Path(args.config).parent.resolve() / path]
+    return (f"{args.config}: [model] checkpoint = {ckpt!r}: {what}; tried {' and '.join(map(str, tried))} "
+            "(a relative path is looked up in the working directory, then beside the config file); "
+            "correct it in the config file or pass --model CKPT")
+
+
 def _check_paths(config: Config, args: argparse.Namespace) -> Config:
     ckpt = config.model.checkpoint
     if ckpt is not None and not Path(ckpt).is_file():
-        raise UsageError(f"--model {ckpt}: checkpoint file not found")
+        raise UsageError(_missing_checkpoint(ckpt, args))
     if config.data.data_dir is None and config.data.annotation_file is None:
         raise UsageError("--data DIR is required (a COCO-layout folder with annotations/instances_val2017.json)")
     if config.data.data_dir is not None and not Path(config.data.data_dir).is_dir():

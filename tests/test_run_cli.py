@@ -124,3 +124,28 @@ def test_ctrl_c_ends_a_long_run_promptly(synthetic_coco, tmp_path):
     assert proc.returncode == 130, err
     assert "INTERRUPTED" in out
     assert detail.read_text().startswith(":::MLLOG")
+
+
+def test_negative_server_max_wait_is_refused_before_any_folder(capsys, synthetic_coco, tmp_path):
+    out = tmp_path / "o"
+    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), "--backend", "null", "--scenario", "Server",
+                                "--server-max-wait-ms", "-5", "--output", str(out)])
+    assert rc == 2 and "--server-max-wait-ms must be 0 or more milliseconds" in err and "Traceback" not in err
+    toml = tmp_path / "w.toml"
+    toml.write_text("[run]\nserver_max_wait_ms = -5\n")
+    rc, _, err = _main(capsys, ["--config", str(toml), "--data", str(synthetic_coco), "--backend", "null",
+                                "--scenario", "Server", "--output", str(out)])
+    assert rc == 2 and f"{toml}" in err and "server_max_wait_ms must be" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_checkpoint_names_the_config_key_and_the_paths_tried(capsys, synthetic_coco, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\ncheckpoint = "model700.pt"\n')
+    rc, _, err = _main(capsys, ["evaluate", "--config", str(toml), "--data", str(synthetic_coco)])
+    assert rc == 2 and "--model" not in err.split(";")[0]
+    assert f"{toml}: [model] checkpoint = 'model700.pt': checkpoint file not found" in err
+    assert f"tried {Path.cwd() / 'model700.pt'} and {tmp_path.resolve() / 'model700.pt'}" in err
+    rc, _, err = _main(capsys, ["evaluate", "--config", str(toml), "--data", str(synthetic_coco),
+                                "--model", "other.pt"])
+    assert rc == 2 and "--model other.pt: checkpoint file not found" in err and str(toml) not in err
