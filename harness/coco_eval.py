@@ -9,14 +9,21 @@ and class index i (1..C-1) becomes ``category_ids[i - 1]`` where
 and ``run.py evaluate`` go through these functions.
 
 Evaluation uses faster-coco-eval (same numbers, about 10x faster) unless
-pycocotools is asked for.
+pycocotools is asked for. An annotation file is checked for the COCO detection
+structure (``images``, ``annotations``, ``categories`` lists with the fields
+COCOeval reads) before either library sees it, so a wrong file is one clear
+error rather than a KeyError after a long run. An empty ``annotations`` list is
+legal COCO, but COCOeval then reports -1 for every statistic: that is
+:class:`MapNotComputed`, never a number.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
-from typing import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,8 +47,59 @@ STAT_NAMES = (
 )
 
 
+# What COCOeval and the box conversion read from every entry of the three lists
+# (pycocotools raises KeyError on a missing one, deep inside the evaluation).
+REQUIRED_FIELDS = {"images": ("id", "width", "height"),
+                   "annotations": ("id", "image_id", "category_id", "bbox", "area", "iscrowd"),
+                   "categories": ("id",)}
+
+
 class AccuracyError(ValueError):
     """The accuracy log or the annotations cannot be evaluated; the message says what and where."""
+
+
+class AnnotationError(AccuracyError):
+    """The annotation file is not COCO detection format; the message names the file and what is missing."""
+
+
+class MapNotComputed(AccuracyError):
+    """COCOeval found no ground truth to score against (its stats are -1); the message says why."""
+
+
+def check_annotations(doc: Any, path: str | Path) -> dict:
+    """Return ``doc`` if it has the COCO detection structure, else raise :class:`AnnotationError`.
+
+    Needed: a JSON object with ``images``, ``annotations`` and ``categories``, each a list
+    (possibly empty) of objects carrying :data:`REQUIRED_FIELDS`.
+    """
+    if not isinstance(doc, dict):
+        raise AnnotationError(f"annotation file {path} is not COCO format: its top level is a "
+                              f"{type(doc).__name__}, expected an object with images, annotations and categories")
+    for key, fields in REQUIRED_FIELDS.items():
+        if key not in doc:
+            raise AnnotationError(f"annotation file {path} has no {key!r} key: COCO detection format needs "
+                                  "'images', 'annotations' and 'categories' lists; pass the instances_*.json "
+                                  "file of the data set (--annotation-file)")
+        items = doc[key]
+        if not isinstance(items, list):
+            raise AnnotationError(f"annotation file {path}: {key!r} is a {type(items).__name__}, expected a list")
+        for n, item in enumerate(items):
+            lacks = [f for f in fields if f not in item] if isinstance(item, dict) else list(fields)
+            if lacks:
+                raise AnnotationError(f"annotation file {path}: {key}[{n}] lacks {', '.join(lacks)} "
+                                      f"(every entry of {key!r} needs {', '.join(fields)})")
+    return doc
+
+
+def read_annotations(path: str | Path) -> dict:
+    """Parse and check one annotation file (see :func:`check_annotations`)."""
+    try:
+        doc = json.loads(Path(path).read_bytes())
+    except OSError as e:
+        raise AnnotationError(f"cannot read annotation file {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise AnnotationError(f"annotation file {path} is not valid JSON ({e})") from None
+    return check_annotations(doc, path)
 
 
 def records_to_coco(records: Mapping[int, np.ndarray], images: Sequence[Mapping], category_ids: Sequence[int]
@@ -89,17 +147,35 @@ def coco_result_list(rows: np.ndarray) -> list[dict]:
              float(r[4])], "score": float(r[5])} for r in rows]
 
 
-def load_ground_truth(annotation_file: str, use_pycocotools: bool = False):
-    """The annotation file as the chosen library's COCO object (its index printout silenced)."""
+def load_ground_truth(annotation_file: str | Path, use_pycocotools: bool = False):
+    """The checked annotation file as the chosen library's COCO object (its index printout silenced)."""
     if use_pycocotools:
         from pycocotools.coco import COCO
     else:
         from faster_coco_eval import COCO
+    doc = read_annotations(annotation_file)
+    gt = COCO()
+    gt.dataset = doc
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(annotation_file))
-    except (OSError, ValueError, KeyError) as e:
-        raise AccuracyError(f"cannot read annotation file {annotation_file}: {e}") from None
+            gt.createIndex()
+    except (ValueError, KeyError, TypeError) as e:
+        raise AnnotationError(f"annotation file {annotation_file} cannot be indexed: {e!r}") from None
+    return gt
+
+
+def why_no_map(gt, image_ids: Iterable[int], annotation_file: str | Path) -> str:
+    """The reason COCOeval returned -1 for mAP over ``image_ids``: no ground truth there to score against."""
+    ids = set(int(i) for i in image_ids)
+    if not gt.dataset["annotations"]:
+        return f"the annotation file {annotation_file} has an empty 'annotations' list: there is nothing to score"
+    if not gt.dataset["categories"]:
+        return f"the annotation file {annotation_file} has an empty 'categories' list: there is nothing to score"
+    if not any(int(a["image_id"]) in ids for a in gt.dataset["annotations"]):
+        return (f"none of the {len(ids)} evaluated images has an object in {annotation_file}: "
+                "there is nothing to score (evaluate images that have annotations)")
+    return (f"the objects of the {len(ids)} evaluated images in {annotation_file} have category ids missing "
+            "from its 'categories' list: there is nothing to score")
 
 
 def evaluate_rows(gt, rows: np.ndarray, image_ids: Iterable[int], use_pycocotools: bool = False,
