@@ -8,20 +8,25 @@ ascending (``[0] + sorted ids``, MLPerf's ``--use-inv-map``).
 Handled: duplicate qsl indices (MultiStream pads its sample sets; each index
 is evaluated once), empty responses (the image counts, with no detections),
 images the log does not cover (evaluation runs over the images present in the
-log, as MLPerf's script does, and the number missing is reported), images the
-cache skipped as unreadable (reported), a log cut short by an interrupted run
-(the complete entries are read and the truncation reported), and a malformed
-log (a clear error). Logs are streamed (harness/accuracy_log.py): memory grows with the
-number of distinct images, not with the size of the log.
+log, as MLPerf's script does; the mAP line then says INCOMPLETE and the script
+exits 1 unless ``--allow-missing``), images the cache skipped as unreadable
+(reported), a log cut short by an interrupted run (the complete entries are
+read and the truncation reported), a malformed log or annotation file (a clear
+error, exit 2), and no ground truth to score (COCOeval's -1: "not computed",
+exit 1, never a number). Output files are proven writable before the log is
+read, and written after the mAP is known. Logs are streamed
+(harness/accuracy_log.py): memory grows with the number of distinct images,
+not with the size of the log.
 
-    python -m harness.accuracy --mlperf-accuracy-file F --coco-dir DIR \
-        [--annotation-file F] [--output-file accuracy.txt] [--dump-detections F] [--use-pycocotools]
+    python -m harness.accuracy --mlperf-accuracy-file F --coco-dir DIR [--annotation-file F]
+        [--output-file accuracy.txt] [--dump-detections F] [--max-images N] [--allow-missing] [--use-pycocotools]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -29,8 +34,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from harness.accuracy_log import AccuracyLogReader
-from harness.coco_eval import (STAT_NAMES, AccuracyError, check_record, coco_result_list, evaluate_rows,
-                               load_ground_truth, records_to_coco)
+from harness.coco_eval import (STAT_NAMES, AccuracyError, MapNotComputed, check_record, coco_result_list,
+                               evaluate_rows, load_ground_truth, records_to_coco, why_no_map)
+from harness.layout import OutputError, write_text_atomic
 
 
 @dataclass
@@ -43,14 +49,32 @@ class AccuracyReport:
     missing: int = 0                    # expected images absent from the log
     skipped: list[str] = field(default_factory=list)  # images the cache could not read
     notes: list[str] = field(default_factory=list)
+    expected_images: int = 0            # images the run should have covered (0 = evaluated + missing)
+    not_computed: str | None = None     # why COCOeval gave no mAP (its -1), or None
 
     @property
     def map(self) -> float:
         return self.stats[0]
 
+    @property
+    def incomplete(self) -> str | None:
+        """'INCOMPLETE, N images are missing from the log' when the log missed expected images, else None."""
+        return f"INCOMPLETE, {self.missing} images are missing from the log" if self.missing else None
+
+    def headline(self) -> str:
+        """``mAP=xx.xxx%`` (MLPerf's parseable line), with the coverage when incomplete, or why there is none."""
+        if self.not_computed:
+            return f"mAP not computed: {self.not_computed}"
+        line = f"mAP={100.0 * self.map:.3f}%"
+        if self.incomplete:
+            total = self.expected_images or self.images_evaluated + self.missing
+            line += f" over {self.images_evaluated} of {total} images: {self.incomplete}"
+        return line
+
     def lines(self) -> list[str]:
-        out = [f"mAP={100.0 * self.map:.3f}%"]
-        out += [f"{name} = {value:.3f}" for name, value in zip(STAT_NAMES, self.stats)]
+        out = [self.headline()]
+        if not self.not_computed:   # COCOeval's -1 placeholders are no statistics
+            out += [f"{name} = {value:.3f}" for name, value in zip(STAT_NAMES, self.stats)]
         out.append(f"images evaluated: {self.images_evaluated}, detections: {self.detections}, "
                    f"empty responses: {self.empty}, duplicate samples ignored: {self.duplicates}, "
                    f"images missing from the log: {self.missing}")
@@ -114,21 +138,65 @@ def evaluate_records(records: Mapping[int, np.ndarray], annotation_file: str | P
         expected: qsl indices the run should have covered (for the missing count); default all images.
         skipped: file names the cache skipped, reported only.
         gt: an already loaded ground truth of the same library (saves reloading).
+
+    The detections are written (``dump_detections``) after the evaluation, so a failed write
+    (:class:`~harness.layout.OutputError`, carrying ``.report``) cannot lose the mAP: its message holds it.
+
+    Raises:
+        MapNotComputed: COCOeval had no ground truth to score (stats of -1); ``.report`` holds the rest.
     """
-    gt = gt if gt is not None else load_ground_truth(str(annotation_file), use_pycocotools)
+    gt = gt if gt is not None else load_ground_truth(annotation_file, use_pycocotools)
     images = gt.dataset["images"]
     category_ids = sorted(c["id"] for c in gt.dataset["categories"])
     rows = records_to_coco(records, images, category_ids)
-    if dump_detections:
-        Path(dump_detections).write_text(json.dumps(coco_result_list(rows)))
     present = [images[i]["id"] for i in records]
     if not present:
         raise AccuracyError("the accuracy log has no samples: nothing to evaluate")
     stats = evaluate_rows(gt, rows, present, use_pycocotools)
     expected_set = set(range(len(images))) if expected is None else set(expected)
-    return AccuracyReport(stats=stats, images_evaluated=len(present), detections=len(rows),
-                          empty=sum(1 for r in records.values() if r.shape[0] == 0),
-                          missing=len(expected_set - set(records)), skipped=list(skipped))
+    report = AccuracyReport(stats=stats, images_evaluated=len(present), detections=len(rows),
+                            empty=sum(1 for r in records.values() if r.shape[0] == 0),
+                            missing=len(expected_set - set(records)), skipped=list(skipped),
+                            expected_images=len(expected_set),
+                            not_computed=why_no_map(gt, present, annotation_file) if stats[0] < 0 else None)
+    if dump_detections:
+        write_detections(rows, dump_detections, report)
+    if report.not_computed:
+        error = MapNotComputed(report.not_computed)
+        error.report = report
+        raise error
+    return report
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Prove ``path`` writable before any long work: its folder is created if missing and a probe file
+    written and removed there. Raises :class:`~harness.layout.OutputError` naming ``flag`` and the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{flag} {p} is a folder; give a file name in it, e.g. {p / 'out.json'}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+        raise OutputError(f"cannot write {flag} {p}: {why}; pass a path in a writable folder") from None
+    return p
+
+
+def write_detections(rows: np.ndarray, path: str | Path, report: AccuracyReport) -> None:
+    """Write the COCO results list of ``rows`` (float64 [N, 7], see ``records_to_coco``) to ``path``.
+
+    Raises:
+        OutputError: the file cannot be written; the message keeps ``report``'s headline, ``.report`` the rest.
+    """
+    try:
+        write_text_atomic(Path(path), json.dumps(coco_result_list(rows)))
+    except OutputError as e:
+        error = OutputError(f"{e}; the evaluation itself finished: {report.headline()}")
+        error.report = report
+        raise error from None
 
 
 def evaluate_accuracy_log(log_file: str | Path, annotation_file: str | Path, expected: Sequence[int] | None = None,
@@ -138,10 +206,15 @@ def evaluate_accuracy_log(log_file: str | Path, annotation_file: str | Path, exp
     gt = load_ground_truth(str(annotation_file), use_pycocotools)
     reader = AccuracyLogReader(log_file)
     records, duplicates, warnings = decode_entries(reader, len(gt.dataset["images"]))
-    note = reader.note
-    report = evaluate_records(records, annotation_file, expected, skipped, use_pycocotools, dump_detections, gt)
+    notes = warnings + ([reader.note] if reader.note else [])
+    try:
+        report = evaluate_records(records, annotation_file, expected, skipped, use_pycocotools, dump_detections, gt)
+    except (MapNotComputed, OutputError) as e:   # evaluated: the report they carry gets the log's counts too
+        if getattr(e, "report", None) is not None:
+            e.report.duplicates, e.report.notes = duplicates, e.report.notes + notes
+        raise
     report.duplicates = duplicates
-    report.notes += warnings + ([note] if note else [])
+    report.notes += notes
     return report
 
 
@@ -150,6 +223,7 @@ def default_annotation_file(coco_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done; 1 no mAP, or images missing from the log (without --allow-missing); 2 bad input."""
     p = argparse.ArgumentParser(prog="python -m harness.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--mlperf-accuracy-file", required=True, help="LoadGen's mlperf_log_accuracy.json")
     p.add_argument("--coco-dir", required=True, help="data folder with annotations/instances_val2017.json")
@@ -157,23 +231,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-file", help="write the report here too (e.g. accuracy.txt)")
     p.add_argument("--dump-detections", help="write the COCO results list (JSON) here")
     p.add_argument("--max-images", type=int, help="the run used only the first N images (for the missing count)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 although expected images are missing from the log (a subset evaluated on purpose)")
     p.add_argument("--use-pycocotools", action="store_true", help="evaluate with pycocotools (slower, same numbers)")
     args = p.parse_args(argv)
     ann = Path(args.annotation_file) if args.annotation_file else default_annotation_file(args.coco_dir)
     if not ann.is_file():
         print(f"error: annotation file {ann} does not exist (use --annotation-file)", file=sys.stderr)
         return 2
+    code = 0
     try:
+        for path, flag in ((args.output_file, "--output-file"), (args.dump_detections, "--dump-detections")):
+            if path:
+                check_output_file(path, flag)
         report = evaluate_accuracy_log(args.mlperf_accuracy_file, ann,
                                        expected=range(args.max_images) if args.max_images else None,
                                        use_pycocotools=args.use_pycocotools, dump_detections=args.dump_detections)
+    except (MapNotComputed, OutputError) as e:   # with .report: evaluated, then no mAP or a failed write
+        report = getattr(e, "report", None)
+        if report is None or isinstance(e, OutputError):
+            print(f"error: {e}", file=sys.stderr)
+            code = 2
+        if report is None:
+            return code
     except AccuracyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = "\n".join(report.lines()) + "\n"
     print(text, end="")
     if args.output_file:
-        Path(args.output_file).write_text(text)
+        try:
+            write_text_atomic(Path(args.output_file), text)
+        except OutputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if code:
+        return code
+    if report.not_computed:
+        print(f"error: mAP not computed: {report.not_computed}", file=sys.stderr)
+        return 1
+    if report.incomplete and not args.allow_missing:
+        print(f"error: {args.mlperf_accuracy_file} covers {report.images_evaluated} of "
+              f"{report.expected_images} images ({report.incomplete}): the mAP is not the data set's; "
+              "rerun the accuracy run, or pass --allow-missing to accept the subset", file=sys.stderr)
+        return 1
     return 0
 
 
