@@ -89,6 +89,8 @@ def benchmark_main(argv: list[str]) -> int:
 
 
 def evaluate_main(argv: list[str]) -> int:
+    from harness.accuracy import check_output_file
+    from harness.coco_eval import MapNotComputed
     from harness.dataset import open_dataset, pin_memory_for
     from harness.evaluate import evaluate_direct
     p = argparse.ArgumentParser(prog="run.py evaluate", description="COCO mAP of the model, without LoadGen.")
@@ -96,11 +98,18 @@ def evaluate_main(argv: list[str]) -> int:
     add_common_args(p)
     args = p.parse_args(argv)
     config = config_from_args(args)
+    if args.dump_detections:   # before the model loads and the cache is made
+        check_output_file(args.dump_detections, "--dump-detections")
     backend = make_backend(config, args.backend)
     dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
-    report = evaluate_direct(backend, dataset, config.run.batch_size, args.dump_detections, args.use_pycocotools)
+    try:
+        report = evaluate_direct(backend, dataset, config.run.batch_size, args.dump_detections,
+                                 args.use_pycocotools)
+    except MapNotComputed as e:   # the input was fine; there is just no figure (exit 1, as for a run)
+        print(f"mAP not computed: {e}", file=sys.stderr)
+        return 1
     print("\n".join(report.lines()))
-    return 0
+    return 1 if report.incomplete else 0
 
 
 def demo_main(argv: list[str]) -> int:

@@ -27,7 +27,9 @@ def format_summary(result: "RunResult") -> str:
                    if p in r.loadgen.latency_ns]
             if lat:
                 lines.append("  latency: " + ", ".join(lat))
-        if r.accuracy is not None:
+        if r.accuracy is not None and (r.accuracy.incomplete or r.accuracy.not_computed):
+            lines.append(f"  {r.accuracy.headline()}")      # says INCOMPLETE, or why there is no mAP
+        elif r.accuracy is not None:
             lines.append(f"  mAP={100.0 * r.accuracy.map:.3f}% ({STAT_NAMES[0]}) over "
                          f"{r.accuracy.images_evaluated} images")
             skipped = r.accuracy.skipped

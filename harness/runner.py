@@ -30,7 +30,7 @@ from harness.accuracy import AccuracyReport, evaluate_accuracy_log
 from harness.coco_eval import AccuracyError
 from harness.completion import SampleFailure
 from harness.config import Config
-from harness.dataset import Dataset, open_dataset, pin_memory_for
+from harness.dataset import Dataset, check_num_classes, open_dataset, pin_memory_for
 from harness.audit import AUDIT_FILE, AUDITS, check_no_stray_audit_config, placed_audit_config
 from harness.compliance import AuditResult, verify_audit
 from harness.guarded_backend import GuardedBackend, batch_hint
@@ -90,7 +90,8 @@ class RunResult:
         """
         if self.interrupted:
             return self.interrupt_code
-        if self.error or self.failed_samples or any(r.accuracy_error for r in self.runs):
+        if self.error or self.failed_samples or any(
+                r.accuracy_error or (r.accuracy is not None and r.accuracy.incomplete) for r in self.runs):
             return 1
         return 0
 
@@ -254,6 +255,8 @@ def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None =
         backend = build_backend(config)
     if dataset is None:
         dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
+    if "accuracy" in modes:   # an mAP needs labels that map onto the categories; speed runs need not
+        check_num_classes(config.model.num_classes, dataset)
     result = RunResult(run.scenario, run.mode, getattr(backend, "name", type(backend).__name__))
     scenario_folder = scenario_dir(run.output_dir, run.system_name, run.scenario)
     try:
