@@ -28,6 +28,7 @@ Writes benchmarks/results/server.json and server.md.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 max(OFFICIAL_BOUND_MS, AUTO_BOUND_SAMPLES * 1e3 / offline)
         else:
             bound = float(args.latency_ms)
+        bound = math.ceil(bound)   # LoadGen takes the Server bound in whole milliseconds
         print(f"Offline: {offline:.2f} samples/s; Server p99 bound {bound:.0f} ms", flush=True)
         common.write_conf(conf, args.seconds, min_queries=args.min_queries, latency_ms=bound)
         probes = []

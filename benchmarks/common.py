@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -101,7 +102,7 @@ def write_conf(path: Path, seconds: float, min_queries: int = 1, latency_ms: flo
         f"ssd-resnet34.*.min_duration = {int(seconds * 1000)}\n"
         f"ssd-resnet34.*.min_query_count = {min_queries}\n"
         "ssd-resnet34.SingleStream.target_latency_percentile = 90\n"
-        f"ssd-resnet34.Server.target_latency = {latency_ms:g}\n"
+        f"ssd-resnet34.Server.target_latency = {math.ceil(latency_ms)}\n"   # whole ms, as LoadGen reads it
         "ssd-resnet34.Server.target_latency_percentile = 99\n"
         "ssd-resnet34.MultiStream.samples_per_query = 8\n")
     return path

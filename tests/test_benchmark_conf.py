@@ -1,0 +1,15 @@
+"""The LoadGen settings the benchmarks write pass the project's own user.conf check."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import common
+from harness.user_conf import parse_user_conf
+
+
+@pytest.mark.parametrize("latency_ms", [100.0, 5324.7])
+def test_benchmark_conf_is_a_valid_user_conf_with_a_whole_ms_bound(tmp_path, latency_ms):
+    path = common.write_conf(tmp_path / "bench.conf", 2.5, min_queries=300, latency_ms=latency_ms)
+    conf = parse_user_conf(path)
+    assert conf.lookup("ssd-resnet34", "Server", "target_latency").value == pytest.approx(-(-latency_ms // 1))
+    assert conf.lookup("ssd-resnet34", "Offline", "min_duration").value == 2500
