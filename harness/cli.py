@@ -75,8 +75,17 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
 
 
+SUBCOMMANDS_HELP = """other commands (each has its own --help):
+  run.py evaluate ...        COCO mAP of the model without LoadGen
+  run.py demo                the embedded default: demo data and model shipped with the project
+  run.py report DIR          rebuild report.md for earlier runs under DIR
+  run.py verify DIR          re-verify the TEST01/TEST04 audits under DIR
+  run.py package RESULTS OUT submission copy, accuracy logs truncated and hashed"""
+
+
 def benchmark_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py", description="Two-scale SSD under MLPerf LoadGen.")
+    p = argparse.ArgumentParser(prog="run.py", description="Two-scale SSD under MLPerf LoadGen.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBCOMMANDS_HELP)
     p.add_argument("--scenario", choices=SCENARIOS)
     p.add_argument("--mode", choices=MODES)
     p.add_argument("--output", metavar="DIR", help="results root (submission layout)")

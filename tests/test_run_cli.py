@@ -149,3 +149,12 @@ def test_missing_checkpoint_names_the_config_key_and_the_paths_tried(capsys, syn
     rc, _, err = _main(capsys, ["evaluate", "--config", str(toml), "--data", str(synthetic_coco),
                                 "--model", "other.pt"])
     assert rc == 2 and "--model other.pt: checkpoint file not found" in err and str(toml) not in err
+
+
+def test_help_lists_every_subcommand(capsys):
+    import run
+    with pytest.raises(SystemExit) as e:
+        run.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert all(f"run.py {name} " in text for name in run.SUBCOMMANDS), text[-600:]
