@@ -7,7 +7,12 @@ result keys are ``result_validity``, ``result_min_duration_met``,
 ``early_stopping_met``, ``result_<p>_percentile_latency_ns`` and one of
 ``result_samples_per_second`` (Offline), ``result_completed_samples_per_sec``
 (Server) or ``result_qps_with_loadgen_overhead`` (queries/s, SingleStream); MultiStream
-logs latencies only, so its rate is samples_per_query / mean query latency. A run cut short has no result keys: validity is then "UNKNOWN".
+logs latencies only, so its rate is samples_per_query / mean query latency, with
+samples_per_query from the log's ``effective_samples_per_query`` unless the
+caller gives it. SingleStream and MultiStream results are LoadGen's early-stopping
+latency estimates (``early_stopping_latency_ss`` / ``_ms``, the figure MLPerf's
+submission checker reports), kept in ``early_stopping_ns``. A run cut short has
+no result keys: validity is then "UNKNOWN".
 """
 from __future__ import annotations
 
@@ -33,13 +38,18 @@ class LoadGenResult:
     query_count: int | None = None
     latency_ns: dict[str, float] = field(default_factory=dict)  # "50.00" -> ns, plus "min", "mean", "max"
     errors: list[str] = field(default_factory=list)             # LoadGen's own error messages
+    early_stopping_ns: float | None = None    # SingleStream p90 / MultiStream p99 early-stopping estimate
+    samples_per_query: int | None = None      # effective_samples_per_query from the log
+    peak_qps: float | None = None             # FindPeakPerformance: the peak LoadGen found
+    qps: float | None = field(default=None, repr=False)   # result_qps_with_loadgen_overhead (queries/s)
 
     def to_dict(self) -> dict:
         return {"validity": self.validity, "reasons": self.reasons, "samples_per_s": self.samples_per_s,
-                "query_count": self.query_count, "latency_ns": self.latency_ns, "errors": self.errors}
+                "query_count": self.query_count, "latency_ns": self.latency_ns, "errors": self.errors,
+                "early_stopping_ns": self.early_stopping_ns, "peak_qps": self.peak_qps}
 
 
-def read_detail_log(path: str | Path, samples_per_query: int = 1) -> LoadGenResult:
+def read_detail_log(path: str | Path, samples_per_query: int | None = None) -> LoadGenResult:
     """Parse a ``mlperf_log_detail.txt``; lines that are not valid MLLOG JSON (a truncated tail) are skipped."""
     res = LoadGenResult()
     path = Path(path)
@@ -54,16 +64,22 @@ def read_detail_log(path: str | Path, samples_per_query: int = 1) -> LoadGenResu
                 entry = json.loads(line[len(":::MLLOG "):])
             except json.JSONDecodeError:
                 continue
-            _apply(res, entry, samples_per_query)
+            _apply(res, entry)
+    spq = samples_per_query or res.samples_per_query or 1
+    if res.qps is not None and res.samples_per_s is None:
+        res.samples_per_s = res.qps * spq
     if res.samples_per_s is None and res.latency_ns.get("mean"):
         # MultiStream reports latency only; its queries run one after another.
-        res.samples_per_s = samples_per_query * 1e9 / res.latency_ns["mean"]
+        res.samples_per_s = spq * 1e9 / res.latency_ns["mean"]
     if res.validity == "INVALID" and not res.reasons:
         res.reasons.append("LoadGen reported INVALID; see mlperf_log_summary.txt")
     return res
 
 
-def _apply(res: LoadGenResult, entry: dict, samples_per_query: int) -> None:
+_PEAK = re.compile(r"Found peak performance field: ([\d.]+)")
+
+
+def _apply(res: LoadGenResult, entry: dict) -> None:
     key, value = entry.get("key", ""), entry.get("value")
     if entry.get("metadata", {}).get("is_error") and key != "num_errors":
         res.errors.append(f"{key}: {value}")
@@ -75,8 +91,14 @@ def _apply(res: LoadGenResult, entry: dict, samples_per_query: int) -> None:
         res.reasons.append(" ".join(str(value).replace("*", "").split()))
     elif key == "result_samples_per_second" or key == "result_completed_samples_per_sec":
         res.samples_per_s = float(value)
-    elif key == "result_qps_with_loadgen_overhead" and res.samples_per_s is None:
-        res.samples_per_s = float(value) * samples_per_query
+    elif key == "result_qps_with_loadgen_overhead":
+        res.qps = float(value)
+    elif key == "effective_samples_per_query":
+        res.samples_per_query = int(value)
+    elif key in ("early_stopping_latency_ss", "early_stopping_latency_ms") and value:
+        res.early_stopping_ns = float(value)
+    elif isinstance(value, str) and (m := _PEAK.search(value)):
+        res.peak_qps = float(m.group(1))
     elif key == "result_query_count":
         res.query_count = int(value)
     elif key in ("result_min_latency_ns", "result_max_latency_ns", "result_mean_latency_ns"):

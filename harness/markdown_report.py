@@ -21,6 +21,7 @@ from pathlib import Path
 from harness.compliance import read_mllog
 from harness.layout import RUN_DIRS, write_text_atomic
 from harness.loadgen_log import read_detail_log
+from harness.report import early_stopping_label
 from harness.run_record import LATENCIES_NAME, read_run_record
 
 REPORT_NAME = "report.md"
@@ -92,6 +93,10 @@ def _run_section(mode: str, run_dir: Path, folder: Path) -> list[str]:
         md.append(f"- Result: **{lg.validity}**{why}")
         if lg.samples_per_s is not None:
             md.append(f"- Throughput: {lg.samples_per_s:.2f} samples/s")
+        if lg.early_stopping_ns:
+            md.append(f"- Latency {early_stopping_label(folder.name)}: **{lg.early_stopping_ns / 1e6:.3f} ms**")
+        if lg.peak_qps is not None:
+            md.append(f"- Peak Server QPS found: **{lg.peak_qps:.1f}**")
         lat = [(p, lg.latency_ns[p]) for p in ("min", "mean", *PERCENTILES, "max") if p in lg.latency_ns]
         if lat:
             md += ["", "| latency | " + " | ".join(p if p in ("min", "mean", "max") else f"p{p.rstrip('0').rstrip('.')}"

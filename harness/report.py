@@ -14,6 +14,12 @@ if TYPE_CHECKING:
 SHOWN_PERCENTILES = ("50.00", "90.00", "99.00")
 
 
+def early_stopping_label(scenario: str) -> str:
+    """What LoadGen's early-stopping latency estimate is for ``scenario``: its official result."""
+    pct = "p99" if scenario == "MultiStream" else "p90"
+    return f"result ({pct} early-stopping estimate)"
+
+
 def format_summary(result: "RunResult") -> str:
     lines = [f"== {result.scenario} {result.mode} (backend {result.backend}) =="]
     for r in result.runs + result.audits:
@@ -27,6 +33,10 @@ def format_summary(result: "RunResult") -> str:
                    if p in r.loadgen.latency_ns]
             if lat:
                 lines.append("  latency: " + ", ".join(lat))
+            if r.loadgen.early_stopping_ns:
+                lines.append(f"  {early_stopping_label(result.scenario)}: {r.loadgen.early_stopping_ns / 1e6:.3f} ms")
+            if r.loadgen.peak_qps is not None:
+                lines.append(f"  peak Server QPS found: {r.loadgen.peak_qps:.1f}")
         if r.accuracy is not None and (r.accuracy.incomplete or r.accuracy.not_computed):
             lines.append(f"  {r.accuracy.headline()}")      # says INCOMPLETE, or why there is no mAP
         elif r.accuracy is not None:
@@ -55,8 +65,8 @@ def format_summary(result: "RunResult") -> str:
             lines += [f"  {line}" for line in r.audit.lines()]
     if result.audits:
         failed = [a.mode for a in result.audits if a.audit is None or not a.audit.passed]
-        lines.append(f"COMPLIANCE: {'FAIL (' + ', '.join(failed) + ')' if failed else 'PASS'} "
-                     f"({', '.join(a.mode for a in result.audits)})")
+        lines.append(f"COMPLIANCE: FAIL ({', '.join(failed)})" if failed else
+                     f"COMPLIANCE: PASS ({', '.join(a.mode for a in result.audits)})")
     if result.error:
         lines.append(f"ERROR: {result.error}")
     if result.interrupted:
