@@ -179,6 +179,10 @@ def _check_paths(config: Config, args: argparse.Namespace) -> Config:
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
     user_conf = Path(config.run.user_conf)
-    if getattr(args, "user_conf", None) is None and not user_conf.is_file() and (ROOT / user_conf).is_file():
+    if getattr(args, "user_conf", None) is None and config.run.user_conf == DEFAULT_USER_CONF.name:
+        # Not chosen by flag or config: the repository's official settings, whatever the working directory
+        # holds (an MLPerf inference checkout has a user.conf of its own).
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, user_conf=str(DEFAULT_USER_CONF)))
+    elif getattr(args, "user_conf", None) is None and not user_conf.is_file() and (ROOT / user_conf).is_file():
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, user_conf=str(ROOT / user_conf)))
     return config

@@ -158,3 +158,13 @@ def test_help_lists_every_subcommand(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert all(f"run.py {name} " in text for name in run.SUBCOMMANDS), text[-600:]
+
+
+def test_default_user_conf_is_the_repositorys_even_where_the_working_directory_has_one(tmp_path, monkeypatch,
+                                                                                      synthetic_coco):
+    from harness.cli import DEFAULT_USER_CONF, benchmark_parser, config_from_args
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user.conf").write_text("ssd-resnet34.*.performance_sample_count_override = 8\n")
+    parse = lambda *extra: config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), *extra]))  # noqa: E731
+    assert Path(parse().run.user_conf) == DEFAULT_USER_CONF
+    assert parse("--user-conf", "user.conf").run.user_conf == "user.conf"       # asked for by name: this one
