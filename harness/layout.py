@@ -13,6 +13,7 @@ folder is created, and proven writable, before LoadGen starts.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +27,37 @@ RUN_DIRS = {"accuracy": ("accuracy",), "performance": ("performance", "run_1"),
 
 class OutputError(OSError):
     """The output folder cannot be created or written; the message names it."""
+
+
+RUN_LOCK = ".run.lock"
+
+
+@contextlib.contextmanager
+def exclusive_scenario(folder: Path):
+    """Hold ``<folder>/.run.lock`` while runs write into the scenario folder ``folder``.
+
+    A second process running the same scenario into the same output would share
+    the run folders and overwrite the first one's logs; it is refused at once,
+    before it writes anything. The kernel drops the lock when its holder exits.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputError(f"cannot write results to {folder} ({e.strerror or e}): pass --output with a "
+                          "writable folder") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputError(f"another run (process {holder}) is writing to {folder}: wait for it to end, or "
+                              "pass another --output or --system-name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)
 
 
 def scenario_dir(output: str | Path, system: str, scenario: str) -> Path:

@@ -34,7 +34,7 @@ from harness.dataset import Dataset, check_num_classes, open_dataset, pin_memory
 from harness.audit import AUDIT_FILE, AUDITS, check_no_stray_audit_config, placed_audit_config
 from harness.compliance import AuditResult, verify_audit
 from harness.guarded_backend import GuardedBackend, batch_hint
-from harness.layout import OutputError, prepare_run_dir, run_dir, scenario_dir, write_text_atomic
+from harness.layout import OutputError, exclusive_scenario, prepare_run_dir, run_dir, scenario_dir, write_text_atomic
 from harness.run_record import check_run_logs, write_run_record
 from harness.loadgen_log import LoadGenResult, read_detail_log
 from harness.loadgen_thread import Interrupted, WorkerDied, start_test, worker_death
@@ -236,6 +236,21 @@ def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None =
                   use_pycocotools: bool = False, progress: bool = False) -> RunResult:
     """Run ``config.run.mode`` for ``config.run.scenario``; never raises for failed samples (see exit_code).
 
+    The scenario's output folder is held for the whole call (:func:`harness.layout.exclusive_scenario`):
+    another process writing the same scenario there is refused with an OutputError.
+    """
+    run = config.run
+    check_no_stray_audit_config()       # the checks that write nothing come before the folder is made
+    for mode in MODE_RUNS[run.mode]:
+        make_test_settings(run.user_conf, run.scenario, "performance" if mode in AUDITS else mode, run)
+    with exclusive_scenario(scenario_dir(run.output_dir, run.system_name, run.scenario)):
+        return _run_benchmark(config, backend, dataset, use_pycocotools, progress)
+
+
+def _run_benchmark(config: Config, backend: Any, dataset: Dataset | None, use_pycocotools: bool,
+                   progress: bool) -> RunResult:
+    """:func:`run_benchmark` with the scenario folder held.
+
     Args:
         backend: a loaded, warmed-up backend; default the PyTorch backend built from ``config``.
         dataset: default the cache of ``config.data`` (prepared when missing).
@@ -247,9 +262,7 @@ def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None =
         worker, OutputError when a run's folder is lost (each with the partial result as ``.result``).
     """
     run, modes = config.run, MODE_RUNS[config.run.mode]
-    check_no_stray_audit_config()
-    for mode in modes:  # settings and folders are checked before any work starts
-        make_test_settings(run.user_conf, run.scenario, "performance" if mode in AUDITS else mode, run)
+    for mode in modes:  # folders are made and checked before any work starts
         prepare_run_dir(run_dir(run.output_dir, run.system_name, run.scenario, mode), run.user_conf)
     if backend is None:
         backend = build_backend(config)

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.layout import OutputError, write_text_atomic
+from harness.layout import RUN_LOCK, OutputError, write_text_atomic
 
 VIEWABLE_CHARS = 4096
 MAX_TRUNCATED_BYTES = 10 * 1024
@@ -89,7 +89,8 @@ def package_submission(results: str | Path, out: str | Path) -> list[Truncated]:
     sources = _accuracy_dirs(results)
 
     def skip(folder: str, names: list[str]) -> list[str]:
-        return [LOG_NAME] if Path(folder) in sources and LOG_NAME in names else []
+        locks = [n for n in names if n == RUN_LOCK]     # the harness's own, not part of a submission
+        return locks + ([LOG_NAME] if Path(folder) in sources and LOG_NAME in names else [])
 
     try:
         shutil.copytree(results, out, ignore=skip)

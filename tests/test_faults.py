@@ -354,3 +354,17 @@ def test_the_wait_after_ctrl_c_is_bounded_and_a_second_ctrl_c_ends_it():
     pressed = NeverDone(press=3)
     assert not wait_after_interrupt(FakeSUT(busy=True), pressed, grace_s=0.01, inflight_s=60)
     assert pressed.waits == 3 and time.monotonic() - t0 < 5           # a second Ctrl-C stops waiting
+
+
+def test_a_second_process_writing_the_same_scenario_folder_is_refused(tmp_path, fast_conf, monkeypatch):
+    """Another process holding the scenario folder (flock binds open files, so a lock held here stands in)."""
+    from harness.layout import RUN_LOCK, exclusive_scenario, scenario_dir
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, fast_conf)
+    folder = scenario_dir(tmp_path / "out", "default", "Offline")
+    with exclusive_scenario(folder):
+        with pytest.raises(OutputError, match=rf"another run \(process {os.getpid()}\) is writing to .*Offline"):
+            run_benchmark(config, NullBackend(), Dataset(MemoryQSL(8)))
+        assert not (folder / "performance").exists()                 # refused before writing anything
+    assert run_benchmark(config, NullBackend(), Dataset(MemoryQSL(8))).exit_code == 0   # free again
+    assert (folder / RUN_LOCK).is_file()
