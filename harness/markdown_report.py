@@ -60,8 +60,9 @@ def build_report(folder: Path) -> str:
     runs = [(mode, folder.joinpath(*parts)) for mode, parts in RUN_DIRS.items()
             if (folder.joinpath(*parts) / "mlperf_log_detail.txt").is_file()]
     md = [f"# {folder.name}: {folder.parent.parent.name} / {folder.parent.name}", ""]
-    config = next((d / "config.json" for _, d in runs if (d / "config.json").is_file()), None)
-    md += _settings(config, runs)
+    configs = [d / "config.json" for _, d in runs if (d / "config.json").is_file()]
+    config = max(configs, key=lambda c: c.stat().st_mtime_ns, default=None)   # the latest run's
+    md += _settings(config, runs, folder)
     for mode, run_dir in runs:
         md += _run_section(mode, run_dir, folder)
     md += _pictures(folder)
@@ -69,10 +70,12 @@ def build_report(folder: Path) -> str:
     return "\n".join(md) + "\n"
 
 
-def _settings(config: Path | None, runs: list[tuple[str, Path]]) -> list[str]:
+def _settings(config: Path | None, runs: list[tuple[str, Path]], folder: Path) -> list[str]:
     md = ["## Settings", ""]
     if config is not None:
         doc = json.loads(config.read_text())
+        md.append(f"_Of the latest run (`{config.parent.relative_to(folder)}/`); each run's own are in its section._")
+        md.append("")
         for section in ("model", "data", "run"):
             items = ", ".join(f"{k}={v}" for k, v in doc.get(section, {}).items() if v is not None)
             md.append(f"- **{section}**: {items}")
@@ -116,8 +119,16 @@ def _run_section(mode: str, run_dir: Path, folder: Path) -> list[str]:
             md.append(f"- Accuracy not computed: {record['accuracy_error']}")
     for e in lg.errors[:5]:
         md.append(f"- LoadGen error: {e}")
+    own = run_dir / "config.json"
+    if own.is_file():
+        items = json.loads(own.read_text()).get("run", {})
+        md.append("- Run settings: " + ", ".join(f"{k}={v}" for k, v in items.items() if v is not None))
     if mode in ("TEST01", "TEST04"):
         md += _verdicts(folder / mode)
+        perf = folder.joinpath(*RUN_DIRS["performance"], "mlperf_log_detail.txt")
+        if perf.is_file() and perf.stat().st_mtime_ns > (run_dir / "mlperf_log_detail.txt").stat().st_mtime_ns:
+            md.append("- **Stale**: the performance run is newer than this audit, whose verdict compared "
+                      "against an earlier one; run `--mode submission` again to audit the current run")
     png = _latency_picture(run_dir, f"{folder.name} {mode}")
     if png is not None:
         md += ["", f"![latency histogram]({png.relative_to(folder)})"]

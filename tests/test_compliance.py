@@ -235,3 +235,21 @@ def test_package_truncates_and_hashes_like_the_checker(tmp_path):
     from harness.layout import OutputError
     with pytest.raises(OutputError, match="already exists"):
         package_submission(tmp_path / "res", tmp_path / "sub")
+
+
+def test_report_marks_audits_older_than_the_performance_run_and_shows_each_runs_settings(tmp_path, fast_conf,
+                                                                                         monkeypatch):
+    import dataclasses
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, fast_conf)
+    run_benchmark(config, NullBackend(latency_ms=1.0), Dataset(MemoryQSL(50)))
+    folder = tmp_path / "out/default/ssd-resnet34/Offline"
+    assert "Stale" not in (folder / "report.md").read_text()
+    again = dataclasses.replace(config, run=dataclasses.replace(config.run, mode="performance",
+                                                                offline_expected_qps=1234.0))
+    run_benchmark(again, NullBackend(latency_ms=1.0), Dataset(MemoryQSL(50)))
+    report = (folder / "report.md").read_text()
+    assert report.count("- **Stale**: the performance run is newer than this audit") == 2      # TEST01, TEST04
+    perf = report[report.index("## performance"):report.index("## TEST01")]
+    assert "mode=performance" in perf and "offline_expected_qps=1234.0" in perf   # its own settings
+    assert "_Of the latest run (`performance/run_1/`)" in report
