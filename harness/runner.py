@@ -125,6 +125,13 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
     log.addHandler(handler)
     qsl = dataset.qsl
+    wanted = settings.performance_sample_count_override or qsl.perf_count
+    log.info("%s %s run (%s): %d samples in the data set, performance sample count %d", scenario, mode,
+             getattr(backend, "name", type(backend).__name__), dataset.total_count, wanted)
+    if mode != "accuracy" and dataset.total_count < wanted:
+        log.warning("the data set has %d images, fewer than the performance sample count %d: LoadGen repeats "
+                    "them, so this result is not representative of a full run (use more images)",
+                    dataset.total_count, wanted)
     hint = batch_hint(scenario, config.run.batch_size, config.run.server_max_batch)
     guarded = backend.with_hint(hint) if isinstance(backend, GuardedBackend) else GuardedBackend(backend, hint=hint)
     sut = make_sut(scenario, guarded, qsl, config, settings)

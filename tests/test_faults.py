@@ -368,3 +368,12 @@ def test_a_second_process_writing_the_same_scenario_folder_is_refused(tmp_path, 
         assert not (folder / "performance").exists()                 # refused before writing anything
     assert run_benchmark(config, NullBackend(), Dataset(MemoryQSL(8))).exit_code == 0   # free again
     assert (folder / RUN_LOCK).is_file()
+
+
+def test_fewer_images_than_the_performance_sample_count_is_said(tmp_path, fast_conf, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="harness"):
+        run_benchmark(_config(tmp_path, fast_conf), NullBackend(), Dataset(MemoryQSL(8)))
+    assert "the data set has 8 images, fewer than the performance sample count 64" in caplog.text
+    log_file = tmp_path / "out/default/ssd-resnet34/Offline/performance/run_1/harness.log"
+    assert "fewer than the performance sample count" in log_file.read_text()
