@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,8 +167,9 @@ class Config:
                 "run": dataclasses.asdict(self.run)}
 
     def save(self, path: str | Path) -> None:
-        """Write the fully resolved config as JSON (next to the LoadGen logs)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the fully resolved config as JSON (next to the LoadGen logs), with the working directory
+        the run started in (``cwd``), against which its relative paths resolve."""
+        Path(path).write_text(json.dumps({**self.to_dict(), "cwd": os.getcwd()}, indent=2) + "\n")
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "run": RunConfig}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 from harness.compliance import read_mllog
@@ -66,7 +67,7 @@ def build_report(folder: Path) -> str:
     for mode, run_dir in runs:
         md += _run_section(mode, run_dir, folder)
     md += _pictures(folder)
-    md.append(f"_Rebuild with `python run.py report {folder}`._")
+    md.append(f"_Rebuild with `python run.py report {shlex.quote(str(folder))}`._")
     return "\n".join(md) + "\n"
 
 

@@ -253,3 +253,19 @@ def test_report_marks_audits_older_than_the_performance_run_and_shows_each_runs_
     perf = report[report.index("## performance"):report.index("## TEST01")]
     assert "mode=performance" in perf and "offline_expected_qps=1234.0" in perf   # its own settings
     assert "_Of the latest run (`performance/run_1/`)" in report
+
+
+def test_recorded_paths_can_be_followed_from_anywhere(tmp_path, fast_conf, monkeypatch):
+    import json
+    import shlex
+    spaced = tmp_path / "my results"
+    spaced.mkdir()
+    monkeypatch.chdir(spaced)
+    cfg = load_config(None, {"run": {"scenario": "Offline", "mode": "performance", "user_conf": str(fast_conf),
+                                     "output_dir": "my out", **HINTS}})
+    run_benchmark(cfg, NullBackend(), Dataset(MemoryQSL(50)))
+    folder = spaced / "my out/default/ssd-resnet34/Offline"
+    doc = json.loads((folder / "performance/run_1/config.json").read_text())
+    assert doc["run"]["output_dir"] == "my out" and doc["cwd"] == str(spaced)  # relative, and relative to what
+    rebuild = (folder / "report.md").read_text().rsplit("`python run.py report ", 1)[1].split("`")[0]
+    assert shlex.split(rebuild) == ["my out/default/ssd-resnet34/Offline"]   # pastes as one argument
