@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -70,9 +71,37 @@ def stray_audit_config(cwd: str | Path | None = None) -> Path | None:
     return path if path.exists() or path.is_symlink() else None
 
 
+_PLACED_BY = "placed by process"
+
+
+def _placing_process(path: Path) -> int | None:
+    """The pid that placed ``path`` if it is still running (a live compliance run), else None."""
+    try:
+        with open(path, errors="replace") as f:
+            m = re.match(rf"# {_PLACED_BY} (\d+) ", f.readline())
+    except OSError:
+        return None
+    if m is None:
+        return None
+    pid = int(m.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:   # alive, owned by someone else
+        return pid
+    return pid
+
+
 def check_no_stray_audit_config(cwd: str | Path | None = None) -> None:
     """Raise :class:`AuditConfigError` when an ``audit.config`` would silently change the next run."""
     stray = stray_audit_config(cwd)
+    owner = _placing_process(stray) if stray is not None else None
+    if owner is not None:
+        raise AuditConfigError(
+            f"{stray} belongs to a compliance run (process {owner}) started in this working directory, which "
+            "is running now; LoadGen would apply it to this run too. Wait for that run to end, or start this "
+            "one from another working directory")
     if stray is not None:
         raise AuditConfigError(
             f"found {stray}: LoadGen applies an audit.config in the working directory to every run started "
@@ -97,7 +126,7 @@ def placed_audit_config(test: str, cwd: str | Path | None = None) -> Iterator[Pa
                                "audit settings from the working directory: run from a writable folder") from None
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(audit_config_text(test))
+            f.write(f"# {_PLACED_BY} {os.getpid()} for {test}; removed when that run ends\n" + audit_config_text(test))
         log.info("%s: placed %s for this run only", test, path)
         yield path
     finally:

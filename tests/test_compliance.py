@@ -269,3 +269,18 @@ def test_recorded_paths_can_be_followed_from_anywhere(tmp_path, fast_conf, monke
     assert doc["run"]["output_dir"] == "my out" and doc["cwd"] == str(spaced)  # relative, and relative to what
     rebuild = (folder / "report.md").read_text().rsplit("`python run.py report ", 1)[1].split("`")[0]
     assert shlex.split(rebuild) == ["my out/default/ssd-resnet34/Offline"]   # pastes as one argument
+
+
+def test_an_audit_config_of_a_running_compliance_run_is_named_as_such(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from harness.audit import check_no_stray_audit_config
+    with placed_audit_config("TEST01", tmp_path) as path:
+        assert path.read_text().startswith(f"# placed by process {os.getpid()} for TEST01")
+        with pytest.raises(AuditConfigError, match=rf"belongs to a compliance run \(process {os.getpid()}\)"):
+            check_no_stray_audit_config(tmp_path)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "audit.config").write_text(f"# placed by process {done.stdout.strip()} for TEST04; removed ...\n")
+    with pytest.raises(AuditConfigError, match="left over from an interrupted compliance run"):
+        check_no_stray_audit_config(tmp_path)                  # its process has ended: a leftover
