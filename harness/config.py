@@ -246,6 +246,8 @@ def load_config(path: str | Path | None = None,
                     raw["model"]["checkpoint"] = str(beside)
     overridden = False
     for name, table in (overrides or {}).items():
+        if name == "cwd":   # a saved config.json's record of where its run started: not a setting
+            continue
         if name not in _SECTIONS:
             raise ConfigError(f"override section {name!r} is not one of {', '.join(_SECTIONS)}")
         given = {k: v for k, v in table.items() if v is not None}

@@ -1,5 +1,6 @@
 """Run configuration: file then overrides, and clear errors for every bad value."""
 import json
+import os
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_resolved_config_round_trips_as_json(tmp_path):
     cfg = load_config(None, {"model": {"dboxes_steps": [8, 16, 32, 64, 100, 300]}})
     cfg.save(tmp_path / "resolved.json")
     saved = json.loads((tmp_path / "resolved.json").read_text())
-    assert saved["model"]["dboxes_steps"] == [8, 16, 32, 64, 100, 300]
+    assert saved["model"]["dboxes_steps"] == [8, 16, 32, 64, 100, 300] and saved["cwd"] == os.getcwd()
     assert load_config(None, saved) == cfg
 
 
