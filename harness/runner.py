@@ -189,6 +189,9 @@ def _check_accuracy(run: LoadGenRun, dataset: Dataset, use_pycocotools: bool) ->
                                              use_pycocotools=use_pycocotools)
     except AccuracyError as e:
         run.accuracy_error = str(e)
+        report = getattr(e, "report", None)   # no mAP, but the counts of what was evaluated
+        if report is not None:
+            write_text_atomic(run.out_dir / "accuracy.txt", "\n".join(report.lines()) + "\n")
         return
     write_text_atomic(run.out_dir / "accuracy.txt", "\n".join(run.accuracy.lines()) + "\n")
 

@@ -223,3 +223,18 @@ def test_open_dataset_counts_categories(tmp_path, synthetic_coco):
     shutil.copytree(synthetic_coco, data, ignore=shutil.ignore_patterns("ssd_cache*"))
     dataset = open_dataset(DataConfig(data_dir=str(data)), [32], progress=False)
     assert dataset.num_categories == 6 and dataset.annotation_file == data / ANN
+
+
+def test_an_accuracy_run_without_an_map_still_writes_accuracy_txt(tmp_path, synthetic_coco, fast_conf, monkeypatch):
+    from harness.config import load_config
+    from harness.runner import run_benchmark
+    monkeypatch.chdir(tmp_path)
+    data = _coco_copy(tmp_path, synthetic_coco, lambda doc: doc.__setitem__("annotations", []))
+    backend, dataset = _null_dataset(data, 7)
+    cfg = load_config(None, {"model": {"num_classes": 7}, "run": {
+        "scenario": "Offline", "mode": "accuracy", "user_conf": str(fast_conf), "output_dir": str(tmp_path / "o"),
+        "offline_expected_qps": 1000.0}})
+    result = run_benchmark(cfg, backend, dataset)
+    assert result.exit_code == 1 and "nothing to score" in result.runs[0].accuracy_error
+    text = (tmp_path / "o/default/ssd-resnet34/Offline/accuracy/accuracy.txt").read_text()
+    assert text.startswith("mAP not computed: the annotation file") and "-100" not in text
