@@ -13,12 +13,12 @@ folder is created, and proven writable, before LoadGen starts.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 from pathlib import Path
 
 from harness.settings import LOADGEN_MODEL
+from qsl.cache_lock import open_lock, take
 
 RUN_DIRS = {"accuracy": ("accuracy",), "performance": ("performance", "run_1"),
             "find-peak": ("performance", "find_peak"),
@@ -42,19 +42,15 @@ def exclusive_scenario(folder: Path):
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock(folder / RUN_LOCK)
     except OSError as e:
         raise OutputError(f"cannot write results to {folder} ({e.strerror or e}): pass --output with a "
                           "writable folder") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = take(fd)
+        if holder is not None:
             raise OutputError(f"another run (process {holder}) is writing to {folder}: wait for it to end, or "
-                              "pass another --output or --system-name") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+                              "pass another --output or --system-name")
         yield folder
     finally:
         os.close(fd)

@@ -5,7 +5,8 @@ side by side, or two jobs of a CI matrix) would otherwise both write the same
 ``*.partial`` arrays and delete each other's files. Preparation holds an
 exclusive ``flock`` on ``<cache>/.prepare.lock`` while it writes; a second
 process logs that it waits, for whom (the holder writes its pid into the file),
-and then re-checks the folder, usually finding the cache ready.
+and then re-checks the folder, usually finding the cache ready. ``open_lock``
+and ``take`` are the lock itself, also used for run folders (harness/layout.py).
 
 Assumptions: a POSIX file system with ``flock`` (Linux, macOS; on NFS flock
 may be local to one machine). The kernel drops the lock when its holder
@@ -29,27 +30,34 @@ LOCK_NAME = ".prepare.lock"
 POLL_S = 0.25   # how often a waiting process retries (a sleep, so Ctrl-C stays prompt)
 
 
+def open_lock(path: Path) -> int:
+    """Open (creating it) the lock file ``path``; the caller closes the descriptor, which releases any lock."""
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def take(fd: int) -> str | None:
+    """Try the exclusive lock on ``fd`` once. None when taken (this process's pid is then recorded in the
+    file); else the holder's pid as it recorded it ("unknown" if it has not yet)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return None
+
+
 @contextmanager
 def cache_lock(cache_dir: Path, poll_s: float = POLL_S) -> Iterator[None]:
     """Hold the preparation lock of ``cache_dir`` (an existing, writable folder) for the ``with`` body."""
-    path = Path(cache_dir) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock(Path(cache_dir) / LOCK_NAME)
     try:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                    log.warning("waiting for process %s, which is preparing the cache in %s", holder, cache_dir)
-                    waited = True
+        holder = take(fd)
+        if holder is not None:
+            log.warning("waiting for process %s, which is preparing the cache in %s", holder, cache_dir)
+            while take(fd) is not None:
                 time.sleep(poll_s)
-        if waited:
             log.warning("the other preparation of %s ended; checking the cache again", cache_dir)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)   # closing the descriptor releases the lock
