@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("terminated (SIGTERM)" if _signal_exit["code"] == 143 else "interrupted", file=sys.stderr)
+        from harness.loadgen_thread import INTERRUPTS
+        print(INTERRUPTS[_signal_exit["code"]], file=sys.stderr)
         return _signal_exit["code"]
     finally:
         if previous is not None:

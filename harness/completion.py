@@ -110,8 +110,7 @@ class Completer:
         Used when a worker thread dies and on Ctrl-C. Returns how many samples it failed.
         """
         with self._lock:
-            first_close = self._closed_reason is None
-            if first_close:
+            if self._closed_reason is None:
                 self._closed_reason = (stage, message)
             pending = [Sample(i, idx) for i, (idx, _) in self._outstanding.items()]
             self._outstanding.clear()

@@ -41,15 +41,19 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread where Ctrl-C would be (run.py installs the handler)."""
 
 
+INTERRUPTS = {130: "interrupted (Ctrl-C)", 143: "terminated (SIGTERM)"}   # exit status -> what stopped the run
+
+
 def interrupt_cause(e: BaseException) -> tuple[str, int]:
     """(what stopped the run, the exit status it calls for): SIGTERM 143, Ctrl-C (SIGINT) 130."""
-    return ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted (Ctrl-C)", 130)
+    code = 143 if isinstance(e, Terminated) else 130
+    return INTERRUPTS[code], code
 
 
 class Interrupted(Exception):
     """Ctrl-C (or SIGTERM) during a LoadGen run; ``finished`` says whether LoadGen returned in the grace period."""
 
-    def __init__(self, finished: bool, how: str = "interrupted (Ctrl-C)", exit_code: int = 130) -> None:
+    def __init__(self, finished: bool, how: str = INTERRUPTS[130], exit_code: int = 130) -> None:
         super().__init__(how)
         self.finished = finished
         self.how = how

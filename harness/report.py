@@ -70,7 +70,8 @@ def format_summary(result: "RunResult") -> str:
     if result.error:
         lines.append(f"ERROR: {result.error}")
     if result.interrupted:
-        how = "terminated (SIGTERM)" if result.interrupt_code == 143 else "interrupted (Ctrl-C)"
-        lines.append(f"INTERRUPTED: the run was {how} before LoadGen finished; the logs above are partial")
+        from harness.loadgen_thread import INTERRUPTS
+        lines.append(f"INTERRUPTED: the run was {INTERRUPTS[result.interrupt_code]} before LoadGen finished; "
+                     "the logs above are partial")
     lines.append(f"exit status {result.exit_code}")
     return "\n".join(lines)

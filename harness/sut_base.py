@@ -3,8 +3,9 @@
 A subclass decides only how issued samples become batches (``_enqueue``) and
 what a flush means. ``issue_queries`` runs on LoadGen's thread holding the
 GIL: for Offline and Server it only registers the samples and enqueues them
-(the pipeline's threads do the work); the stream SUTs do the work right there. ``handle`` is the id from ``lg.ConstructSUT`` (exactly
-two callbacks in LoadGen 6.0); ``destroy`` releases it.
+(the pipeline's threads do the work); the stream SUTs do the work right
+there. ``handle`` is the id from ``lg.ConstructSUT`` (exactly two callbacks in
+LoadGen 6.0); ``destroy`` releases it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ class BaseSUT:
     scenario = ""
     threaded = True
 
-    def __init__(self, backend: Any, qsl: QSLLike, source: BatchSource | None, completer: Completer | None = None) -> None:
+    def __init__(self, backend: Any, qsl: QSLLike, source: BatchSource | None,
+                 completer: Completer | None = None) -> None:
         self.completer = completer or Completer()
         self.source = source
         self.pipeline = Pipeline(backend, qsl, self.completer, source, threaded=self.threaded,
