@@ -16,6 +16,7 @@ from harness.completion import Completer, Sample
 from harness.config import ModelConfig
 from harness.memory_qsl import MemoryQSL
 from harness.pipeline import Pipeline
+from tests.test_harness_units import feed
 from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -191,12 +192,7 @@ def test_workers_complete_every_sample_once_with_staged_inputs(threaded):
     pipe.start()
     samples = [Sample(1000 + i, i) for i in range(64)]
     c.register(samples)
-    batches = [samples[i:i + 4] for i in range(0, 64, 4)]
-    if threaded:
-        source.put(batches)
-    else:
-        for batch in batches:
-            pipe.run_inline(batch)
+    feed(pipe, source, [samples[i:i + 4] for i in range(0, 64, 4)])
     pipe.stop()
     ids = [i for i, _ in rec.done]
     assert sorted(ids) == [s.id for s in samples] and len(set(ids)) == 64          # exactly once
