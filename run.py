@@ -10,8 +10,8 @@
 ``--mode submission`` runs accuracy, performance and the compliance audits
 TEST01 and TEST04 for one scenario, and verifies the audits.
 
-The work lives in harness/ (``harness.runner.run_benchmark``,
-``harness.evaluate.evaluate_direct``); this file only parses flags, turns bad
+The work lives in harness/ (``harness.run.benchmark.run_benchmark``,
+``harness.run.evaluate.evaluate_direct``); this file only parses flags, turns bad
 input into one clear line with exit status 2, and prints the summary.
 Exit status: 0 done, 1 failed samples, no accuracy figure or a run ended by a fault, 2 bad input,
 130 interrupted (SIGINT), 143 terminated (SIGTERM).
@@ -25,47 +25,30 @@ import signal
 import sys
 from typing import Callable
 
-from harness.cli import UsageError, add_common_args, benchmark_parser, config_from_args
-from harness.config import Config, ConfigError
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Every error class that means 'the input is wrong' rather than 'the code is wrong'."""
-    from backends.ssd.checkpoint import CheckpointError
-    from backends.ssd.default_boxes import GeometryError
-    from harness.coco_eval import AccuracyError
-    from harness.audit import AuditConfigError
-    from harness.demo import DemoDataError
-    from harness.layout import OutputError
-    from harness.settings import SettingsError
-    from qsl.cache import CacheError
-    return (UsageError, ConfigError, SettingsError, OutputError, CacheError, CheckpointError, GeometryError,
-            AccuracyError, AuditConfigError, DemoDataError)
-
+from harness.settings.cli import (
+    UsageError,
+    add_common_args,
+    benchmark_parser,
+    config_from_args,
+)
+from harness.shared.errors import INTERRUPTS, ExitStatus, InputError
 
 _signal_exit = {"code": 130}   # 143 once SIGTERM arrived
 
 
 def _on_sigterm(signum, frame) -> None:
     """SIGTERM ends a run like Ctrl-C: outstanding samples complete, logs close, exit status 143."""
-    from harness.loadgen_thread import Terminated
+    from harness.run.thread import Terminated
     _signal_exit["code"] = 128 + signum
     raise Terminated
 
 
-def make_backend(config: Config, kind: str):
-    """The backend named by --backend, loaded and warmed up."""
-    if kind == "null":
-        from backends.null import NullBackend
-        return NullBackend(config.model)
-    from harness.runner import build_backend
-    return build_backend(config)
-
-
 def benchmark_main(argv: list[str]) -> int:
-    from harness.layout import OutputError
-    from harness.report import format_summary
-    from harness.runner import Interrupted, WorkerDied, run_benchmark
+    from harness.report.summary import format_summary
+    from harness.run.backend import make_backend
+    from harness.run.benchmark import run_benchmark
+    from harness.run.thread import Interrupted, WorkerDied
+    from harness.shared.errors import OutputError
     args = benchmark_parser().parse_args(argv)
     config = config_from_args(args)
     try:
@@ -89,10 +72,11 @@ def benchmark_main(argv: list[str]) -> int:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from harness.accuracy import check_output_file
-    from harness.coco_eval import MapNotComputed
-    from harness.dataset import open_dataset, pin_memory_for
-    from harness.evaluate import evaluate_direct
+    from harness.accuracy.coco import MapNotComputed
+    from harness.run.backend import make_backend
+    from harness.run.dataset import open_dataset, pin_memory_for
+    from harness.run.evaluate import evaluate_direct
+    from harness.shared.files import check_output_file
     p = argparse.ArgumentParser(prog="run.py evaluate", description="COCO mAP of the model, without LoadGen.")
     p.add_argument("--dump-detections", metavar="FILE", help="write the COCO results list (JSON) here")
     add_common_args(p)
@@ -113,12 +97,12 @@ def evaluate_main(argv: list[str]) -> int:
 
 
 def demo_main(argv: list[str]) -> int:
-    from harness.demo import main
+    from harness.demo.command import main
     return main(argv)
 
 
 def report_main(argv: list[str]) -> int:
-    from harness.markdown_report import scenario_folders, write_report
+    from harness.report.markdown import scenario_folders, write_report
     p = argparse.ArgumentParser(prog="run.py report", description="Rebuild report.md for earlier runs.")
     p.add_argument("dir", help="a results root, a scenario folder or a run folder")
     args = p.parse_args(argv)
@@ -134,7 +118,7 @@ def report_main(argv: list[str]) -> int:
 
 
 def package_main(argv: list[str]) -> int:
-    from harness.submission import package_submission
+    from harness.compliance.package import package_submission
     p = argparse.ArgumentParser(prog="run.py package",
                                 description="Copy a results tree for submission, accuracy logs truncated and hashed.")
     p.add_argument("results", help="results root (the --output of the runs)")
@@ -146,8 +130,8 @@ def package_main(argv: list[str]) -> int:
 
 
 def verify_main(argv: list[str]) -> int:
-    from harness.compliance import verify_audit
-    from harness.markdown_report import scenario_folders, write_report
+    from harness.compliance.verify import verify_audit
+    from harness.report.markdown import scenario_folders, write_report
     p = argparse.ArgumentParser(prog="run.py verify", description="Verify the TEST01/TEST04 audits of earlier runs.")
     p.add_argument("dir", help="a results root or scenario folder holding accuracy/, performance/run_1/, TEST0x/")
     p.add_argument("--annotation-file", help="COCO annotations for TEST01's mAP fallback (default: none)")
@@ -183,11 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_is_main() else None
     try:
         return handler(argv[1:]) if handler else benchmark_main(argv)
-    except _input_errors() as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     except KeyboardInterrupt:
-        from harness.loadgen_thread import INTERRUPTS
         print(INTERRUPTS[_signal_exit["code"]], file=sys.stderr)
         return _signal_exit["code"]
     finally:

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import torch
 
-from harness.config import ModelConfig
+from backends.config import ModelConfig
 
 
 class NullBackend:

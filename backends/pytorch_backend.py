@@ -9,7 +9,7 @@ decode, softmax and NMS always run in fp32 on the device, and only the final
 detections are copied back. fp16 on a CPU works (slowly) and warns: it exists
 so that the half-precision code path can be tested without a GPU.
 
-Performance paths (``model.compile``, ``model.cuda_graphs``, see harness/config.py):
+Performance paths (``model.compile``, ``model.cuda_graphs``, see harness/settings/config.py):
 - ``torch.compile`` of the network, on any device; warm-up pays the compile
   time, kept in ``compile_seconds``.
 - CUDA only (UNTESTED ON A GPU so far; the CPU code paths are tested): each
@@ -35,7 +35,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from harness.config import ModelConfig
+from backends.config import ModelConfig
+
 from .cuda_graphs import GraphedForward
 from .ssd.checkpoint import load_checkpoint
 from .ssd.model import SSDResNet

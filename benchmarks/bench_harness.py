@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backends.null import NullBackend  # noqa: E402
-from harness.config import load_config  # noqa: E402
-from harness.dataset import Dataset  # noqa: E402
-from harness.memory_qsl import MemoryQSL  # noqa: E402
-from harness.runner import run_benchmark  # noqa: E402
+from harness.run.benchmark import run_benchmark  # noqa: E402
+from harness.run.dataset import Dataset  # noqa: E402
+from harness.settings.config import load_config  # noqa: E402
+from qsl.memory_qsl import MemoryQSL  # noqa: E402
 
 GOAL = 20000.0
 SERVER_RATES = (10000, 20000, 30000, 40000, 60000)

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.config import load_config  # noqa: E402
-from harness.guarded_backend import GuardedBackend  # noqa: E402
-from harness.runner import build_backend  # noqa: E402
+from harness.run.backend import build_backend  # noqa: E402
+from harness.settings.config import load_config  # noqa: E402
+from harness.sut.guard import GuardedBackend  # noqa: E402
 
 
 def main() -> None:

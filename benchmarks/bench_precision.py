@@ -78,8 +78,8 @@ def time_predict(backend, batch, reps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from backends.pytorch_backend import resolve_device
-    from harness.accuracy import evaluate_records
-    from harness.evaluate import predict_all
+    from harness.accuracy.evaluate import evaluate_records
+    from harness.run.evaluate import predict_all
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_flags(p, images=48)

@@ -29,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.config import PRECISIONS, Config, load_config  # noqa: E402
+from backends.config import PRECISIONS  # noqa: E402
+from harness.settings.config import Config, load_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
@@ -85,7 +86,7 @@ def build_backend(cfg: Config, batch_sizes: Sequence[int]):
 
 def make_dataset(tmp: Path, num_images: int, sizes: Sequence[int], pin_memory: bool = False):
     """The held-out synthetic set (seed 0) in ``tmp``, cached at ``sizes``, all of it one LoadGen sample set."""
-    from harness.dataset import Dataset
+    from harness.run.dataset import Dataset
     from qsl.coco_qsl import CocoQSL
     from qsl.prepare import ensure_cache
     from qsl.synthetic import make_synthetic_coco
@@ -110,8 +111,8 @@ def write_conf(path: Path, seconds: float, min_queries: int = 1, latency_ms: flo
 
 def loadgen_run(cfg: Config, backend: Any, dataset: Any, out: Path, scenario: str, mode: str = "performance",
                 **run: Any):
-    """One LoadGen run (harness.runner.run_loadgen) of ``scenario``; returns its LoadGenRun."""
-    from harness.runner import run_loadgen
+    """One LoadGen run (harness.run.loadgen_run.run_loadgen) of ``scenario``; returns its LoadGenRun."""
+    from harness.run.loadgen_run import run_loadgen
     cfg = with_run(cfg, scenario=scenario, mode=mode, **run)
     return run_loadgen(cfg, mode, backend, dataset, out / f"{scenario}-{time.monotonic_ns()}")
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from backends.config import ModelConfig
 from backends.ssd.model import SSDResNet
 from backends.ssd.two_scale import build_passes
-from harness.config import ModelConfig
 
 # Dense fp16 tensor-core peak in TFLOPS, matched against torch.cuda.get_device_name() (first match wins).
 PEAK_FP16_TFLOPS = (

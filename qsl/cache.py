@@ -21,20 +21,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from harness.shared.errors import InputError
+from harness.shared.files import replace_atomically
+
 CACHE_VERSION = 1
 META_NAME = "meta.json"
 PREPARE_HINT = "python -m qsl.prepare --data DIR --image-size A B"
 
 
-class CacheError(RuntimeError):
+class CacheError(InputError, RuntimeError):
     """The cache is missing, stale, incomplete or made for other sizes; the message says what to do."""
+
+
+class PrepareError(CacheError):
+    """Preparation cannot proceed; the message names the file and what to do."""
 
 
 def array_name(size: int) -> str:
@@ -171,10 +177,5 @@ def open_cache(cache_dir: str | Path, sizes: Sequence[int], annotation_file: str
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write JSON to a temporary name, fsync, then rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON crash-safely (temporary name, fsync, rename over ``path``)."""
+    replace_atomically(path, json.dumps(doc))

@@ -5,8 +5,8 @@ side by side, or two jobs of a CI matrix) would otherwise both write the same
 ``*.partial`` arrays and delete each other's files. Preparation holds an
 exclusive ``flock`` on ``<cache>/.prepare.lock`` while it writes; a second
 process logs that it waits, for whom (the holder writes its pid into the file),
-and then re-checks the folder, usually finding the cache ready. ``open_lock``
-and ``take`` are the lock itself, also used for run folders (harness/layout.py).
+and then re-checks the folder, usually finding the cache ready. The lock
+itself is ``harness/shared/files.py``'s, also used for run folders.
 
 Assumptions: a POSIX file system with ``flock`` (Linux, macOS; on NFS flock
 may be local to one machine). The kernel drops the lock when its holder
@@ -16,7 +16,6 @@ unlinked and new ones renamed in), so a running benchmark's memory maps stay val
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -24,27 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from harness.shared.files import open_lock, take
+
 log = logging.getLogger("qsl")
 
 LOCK_NAME = ".prepare.lock"
 POLL_S = 0.25   # how often a waiting process retries (a sleep, so Ctrl-C stays prompt)
-
-
-def open_lock(path: Path) -> int:
-    """Open (creating it) the lock file ``path``; the caller closes the descriptor, which releases any lock."""
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-
-def take(fd: int) -> str | None:
-    """Try the exclusive lock on ``fd`` once. None when taken (this process's pid is then recorded in the
-    file); else the holder's pid as it recorded it ("unknown" if it has not yet)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return None
 
 
 @contextmanager

@@ -36,68 +36,27 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .cache import (CACHE_VERSION, META_NAME, CacheError, array_name, file_fingerprint, open_cache,
-                    write_json_atomic)
+from harness.shared.files import prove_writable
+
+from .cache import (
+    CACHE_VERSION,
+    META_NAME,
+    CacheError,
+    PrepareError,
+    array_name,
+    file_fingerprint,
+    open_cache,
+    write_json_atomic,
+)
 from .cache_lock import cache_lock
+from .coco_layout import default_cache_dir, find_inputs, read_image_list
 from .decode import DECODERS, RESIZE_METHOD
 from .prepare_pool import run_tasks
 
 log = logging.getLogger("qsl")
 
 STATE_NAME = "prepare_state.json"
-DEFAULT_CACHE_NAME = "ssd_cache"
 STATE_SAVE_S = 1.0  # seconds between progress-file saves (resume granularity)
-
-
-class PrepareError(CacheError):
-    """Preparation cannot proceed; the message names the file and what to do."""
-
-
-def find_inputs(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> tuple[Path, Path]:
-    """Locate (annotation file, image folder), or raise PrepareError listing what was tried."""
-    if data_dir is None and annotation_file is None:
-        raise PrepareError("give a data folder (--data) or an annotation file (--annotation-file)")
-    if annotation_file is None:
-        ann = Path(data_dir) / "annotations" / "instances_val2017.json"
-    else:
-        ann = Path(annotation_file)
-    if not ann.is_file():
-        raise PrepareError(f"annotation file {ann} not found: expected COCO layout <data>/annotations/"
-                           f"instances_val2017.json, or pass --annotation-file")
-    split = ann.stem[len("instances_"):] if ann.stem.startswith("instances_") else "val2017"
-    roots = [Path(data_dir)] if data_dir is not None else []
-    roots.append(ann.resolve().parent.parent)
-    tried = [r / sub / split for r in roots for sub in ("", "images")]
-    for folder in tried:
-        if folder.is_dir():
-            return ann, folder
-    raise PrepareError(f"image folder for {ann} not found; tried {', '.join(map(str, dict.fromkeys(tried)))}")
-
-
-def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, Any]]:
-    """The annotation file's ``images`` list (first ``max_images``), as [{qsl_idx, id, file_name, width, height}]."""
-    try:
-        doc = json.loads(ann.read_text())
-        images = doc["images"]
-        out = [{"qsl_idx": i, "id": int(im["id"]), "file_name": str(im["file_name"]),
-                "width": int(im["width"]), "height": int(im["height"])} for i, im in enumerate(images)]
-    except (OSError, ValueError) as e:
-        raise PrepareError(f"annotation file {ann} is not readable JSON ({e})") from None
-    except (KeyError, TypeError) as e:
-        raise PrepareError(f"annotation file {ann} is not COCO format: an image entry lacks {e} "
-                           f"(need images[].id, file_name, width, height)") from None
-    if max_images is not None:
-        if max_images < 1:
-            raise PrepareError(f"max_images must be at least 1, got {max_images}")
-        out = out[:max_images]
-    if not out:
-        raise PrepareError(f"annotation file {ann} lists no images")
-    return out
-
-
-def default_cache_dir(data_dir: str | Path | None, ann: Path) -> Path:
-    root = Path(data_dir) if data_dir is not None else ann.resolve().parent.parent
-    return root / DEFAULT_CACHE_NAME
 
 
 def _check_sizes(sizes: Sequence[int]) -> list[int]:
@@ -168,10 +127,7 @@ def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: 
     images = read_image_list(ann, max_images)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        probe = cache_dir / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        prove_writable(cache_dir)
     except OSError as e:
         raise PrepareError(f"cannot write the cache to {cache_dir} ({e.strerror or e}): pass --cache-dir with a "
                            f"writable folder") from None

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from harness.accuracy import evaluate_accuracy_log, main
-from harness.coco_eval import AccuracyError
+from harness.accuracy.cli import main
+from harness.accuracy.coco import AccuracyError
+from harness.accuracy.evaluate import evaluate_accuracy_log
 
 
 def _annotations(root):

@@ -16,14 +16,16 @@ import numpy as np
 import pytest
 
 import run
+from backends.config import ModelConfig
 from backends.null import NullBackend
-from harness.accuracy import evaluate_accuracy_log, evaluate_records, main
-from harness.coco_eval import AccuracyError
-from harness.config import DataConfig, ModelConfig
-from harness.dataset import Dataset, open_dataset
-from harness.evaluate import evaluate_direct
-from harness.layout import OutputError
-from harness.memory_qsl import MemoryQSL
+from harness.accuracy.cli import main
+from harness.accuracy.coco import AccuracyError
+from harness.accuracy.evaluate import evaluate_accuracy_log, evaluate_records
+from harness.run.dataset import Dataset, open_dataset
+from harness.run.evaluate import evaluate_direct
+from harness.settings.config import DataConfig
+from harness.shared.errors import OutputError
+from qsl.memory_qsl import MemoryQSL
 from tests.test_accuracy import _annotations, _records, _write_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +137,7 @@ def test_annotation_entries_are_checked(tmp_path, synthetic_coco, edit, message)
 
 
 def test_empty_annotations_give_no_number(capsys, tmp_path, synthetic_coco):
-    from harness.coco_eval import MapNotComputed
+    from harness.accuracy.coco import MapNotComputed
     data = _coco_copy(tmp_path, synthetic_coco, lambda doc: doc.__setitem__("annotations", []))
     log = _full_log(tmp_path, synthetic_coco)
     with pytest.raises(MapNotComputed, match="has an empty 'annotations' list: there is nothing to score") as info:
@@ -195,7 +197,7 @@ def _coco_like_categories(tmp_path: Path) -> Path:
 
 
 def test_num_classes_must_fit_the_categories(tmp_path, synthetic_coco):
-    from harness.dataset import NumClassesError, check_num_classes
+    from harness.run.dataset import NumClassesError, check_num_classes
     six = Dataset(qsl=MemoryQSL(1), annotation_file=synthetic_coco / ANN)
     check_num_classes(7, six)
     with pytest.raises(NumClassesError, match=r"num_classes=81 \(labels 1..80, 0 = background\) but annotation "
@@ -226,8 +228,8 @@ def test_open_dataset_counts_categories(tmp_path, synthetic_coco):
 
 
 def test_an_accuracy_run_without_an_map_still_writes_accuracy_txt(tmp_path, synthetic_coco, fast_conf, monkeypatch):
-    from harness.config import load_config
-    from harness.runner import run_benchmark
+    from harness.run.benchmark import run_benchmark
+    from harness.settings.config import load_config
     monkeypatch.chdir(tmp_path)
     data = _coco_copy(tmp_path, synthetic_coco, lambda doc: doc.__setitem__("annotations", []))
     backend, dataset = _null_dataset(data, 7)

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from backends.config import ModelConfig
 from backends.pytorch_backend import MEAN_RGB, STD_RGB, PyTorchBackend
 from backends.ssd.model import SSDResNet
-from harness.config import ModelConfig
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import common
-from harness.user_conf import parse_user_conf
+from harness.settings.user_conf import parse_user_conf
 
 
 @pytest.mark.parametrize("latency_ms", [100.0, 5324.7])

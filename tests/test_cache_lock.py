@@ -12,7 +12,8 @@ import pytest
 import qsl.prepare as prep
 from qsl.cache import open_cache
 from qsl.cache_lock import LOCK_NAME, cache_lock
-from qsl.prepare import ensure_cache, read_image_list
+from qsl.coco_layout import read_image_list
+from qsl.prepare import ensure_cache
 from qsl.synthetic import make_synthetic_coco
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")

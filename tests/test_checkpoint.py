@@ -7,7 +7,12 @@ import pytest
 import torch
 import torchvision
 
-from backends.ssd.checkpoint import CheckpointError, infer_architecture, load_checkpoint, read_state_dict
+from backends.ssd.checkpoint import (
+    CheckpointError,
+    infer_architecture,
+    load_checkpoint,
+    read_state_dict,
+)
 from backends.ssd.model import SSDResNet
 
 

@@ -10,16 +10,21 @@ import numpy as np
 import pytest
 
 from backends.null import NullBackend
-from harness.accuracy_log import AccuracyLogReader
-from harness.audit import AuditConfigError, audit_config_text, placed_audit_config
-from harness.coco_eval import AccuracyError
-from harness.compliance import verify_performance, verify_test01_accuracy
-from harness.config import load_config
-from harness.dataset import Dataset
-from harness.memory_qsl import MemoryQSL
-from harness.report import format_summary
-from harness.runner import Interrupted, run_benchmark
-from harness.submission import ELLIPSIS, package_submission
+from harness.accuracy.coco import AccuracyError
+from harness.accuracy.log import AccuracyLogReader
+from harness.compliance.audit import (
+    AuditConfigError,
+    audit_config_text,
+    placed_audit_config,
+)
+from harness.compliance.package import ELLIPSIS, package_submission
+from harness.compliance.verify import verify_performance, verify_test01_accuracy
+from harness.report.summary import format_summary
+from harness.run.benchmark import run_benchmark
+from harness.run.dataset import Dataset
+from harness.run.thread import Interrupted
+from harness.settings.config import load_config
+from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_scenarios import HINTS
 
 
@@ -232,7 +237,7 @@ def test_package_truncates_and_hashes_like_the_checker(tmp_path):
     assert (copy / "TEST01" / "accuracy" / "accuracy.txt").read_text() == f"hash={small_hash}\n"
     assert (copy / "performance" / "run_1" / "mlperf_log_summary.txt").is_file()
     assert (scen / "accuracy" / "mlperf_log_accuracy.json").read_bytes() == original     # original untouched
-    from harness.layout import OutputError
+    from harness.shared.errors import OutputError
     with pytest.raises(OutputError, match="already exists"):
         package_submission(tmp_path / "res", tmp_path / "sub")
 
@@ -275,7 +280,8 @@ def test_an_audit_config_of_a_running_compliance_run_is_named_as_such(tmp_path):
     import os
     import subprocess
     import sys
-    from harness.audit import check_no_stray_audit_config
+
+    from harness.compliance.audit import check_no_stray_audit_config
     with placed_audit_config("TEST01", tmp_path) as path:
         assert path.read_text().startswith(f"# placed by process {os.getpid()} for TEST01")
         with pytest.raises(AuditConfigError, match=rf"belongs to a compliance run \(process {os.getpid()}\)"):

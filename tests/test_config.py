@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-from harness.config import Config, ConfigError, ModelConfig, load_config
+from backends.config import ModelConfig
+from harness.settings.config import Config, load_config
+from harness.shared.errors import ConfigError
 
 
 def write(tmp_path, text, name="c.toml"):

@@ -6,7 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends.ssd.default_boxes import GeometryError, boxes_per_map, default_boxes, fitting_steps, map_sizes
+from backends.ssd.default_boxes import (
+    GeometryError,
+    boxes_per_map,
+    default_boxes,
+    fitting_steps,
+    map_sizes,
+)
 from backends.ssd.model import min_image_size
 
 # Values computed with the MLPerf training reference's own DefaultBoxes (see the file's "about").
@@ -109,8 +115,8 @@ def test_steps_that_do_not_fit_are_a_clear_error_whose_advice_works():
 
 
 def test_one_list_of_steps_for_two_sizes_says_to_drop_the_flag():
+    from backends.config import ModelConfig
     from backends.ssd.two_scale import build_passes
-    from harness.config import ModelConfig
     cfg = ModelConfig(image_size=(300, 600), dboxes_steps=(8, 16, 32, 64, 100, 300))
     with pytest.raises(GeometryError, match="no list fits both 300 and 600: drop --dboxes-steps"):
         build_passes(cfg)

@@ -9,7 +9,7 @@ import torch
 
 from backends.ssd.checkpoint import load_checkpoint
 from backends.ssd.model import SSDResNet
-from harness import demo
+from harness.demo import command as demo
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "demo_ssd18_300.pt"

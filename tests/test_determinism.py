@@ -3,7 +3,7 @@
 The tiny model uses only the last three feature maps (5x5, 3x3, 1x1 at 257 px): there the CPU convolution
 kernels block across the batch, so a batched forward differs from a single one in the last bits, and every
 detection comes from those maps. The per-image execution the harness uses on a CPU
-(harness/guarded_backend.py, on by default in ``build_backend``) is what keeps the bytes identical.
+(harness/sut/guard.py, on by default in ``build_backend``) is what keeps the bytes identical.
 """
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import json
 import pytest
 import torch
 
-from harness.config import load_config
-from harness.dataset import open_dataset
-from harness.guarded_backend import GuardedBackend
-from harness.response import to_record
-from harness.runner import build_backend, run_benchmark
+from harness.run.backend import build_backend
+from harness.run.benchmark import run_benchmark
+from harness.run.dataset import open_dataset
+from harness.settings.config import load_config
+from harness.sut.guard import GuardedBackend
+from harness.sut.response import to_record
 
 TINY_MODEL = {"backbone": "resnet18", "image_size": [257, 257], "num_classes": 7,
               "small_mask": [0, 0, 0, 1, 1, 1], "large_mask": [0, 0, 0, 1, 1, 1]}
@@ -143,6 +144,6 @@ def test_build_backend_warms_up_the_batch_sizes_of_the_run(tiny, scenario, setti
 
 
 def test_warmup_sizes_with_cuda_graphs_cover_every_batch_up_to_the_largest(tiny):
-    from harness.runner import warmup_batch_sizes
+    from harness.run.backend import warmup_batch_sizes
     assert warmup_batch_sizes(_config(tiny, scenario="Server", server_max_batch=4), True) == (4, 3, 2, 1)
     assert warmup_batch_sizes(_config(tiny, scenario="SingleStream"), True) == (1,)

@@ -22,12 +22,13 @@ import torch
 
 import run
 from backends.null import NullBackend
-from harness.config import load_config
-from harness.dataset import Dataset
-from harness.layout import OutputError, write_text_atomic
-from harness.memory_qsl import MemoryQSL
-from harness.report import format_summary
-from harness.runner import run_benchmark
+from harness.report.summary import format_summary
+from harness.run.benchmark import run_benchmark
+from harness.run.dataset import Dataset
+from harness.settings.config import load_config
+from harness.shared.errors import OutputError
+from harness.shared.files import write_text_atomic
+from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_scenarios import HINTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ def _script(tmp_path: Path, backend_src: str) -> Path:
     """A run.py entry point whose backend is ``backend_src`` (a class named B)."""
     path = tmp_path / "entry.py"
     path.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport run\nfrom backends.null import NullBackend\n"
-                    f"{backend_src}\nrun.make_backend = lambda config, kind: B()\nsys.exit(run.main(sys.argv[1:]))\n")
+                    f"{backend_src}\nimport harness.run.backend\nharness.run.backend.make_backend = lambda config, kind: B()\nsys.exit(run.main(sys.argv[1:]))\n")
     return path
 
 
@@ -205,7 +206,7 @@ def test_full_disk_for_loadgen_logs_is_a_clear_error(tmp_path, fast_conf, monkey
     for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
         (perf / name).symlink_to("/dev/full")
     with pytest.raises(OutputError, match=r"LoadGen could not write its logs in .*run_1 \(mlperf_log_summary.txt "
-                                          r"is missing or empty\); \d+ MB free on that disk") as e:
+                                          r"is missing or empty: \d+ MB free on that disk\)") as e:
         run_benchmark(_config(tmp_path, fast_conf, mode="submission"), NullBackend(latency_ms=1.0),
                       Dataset(MemoryQSL(20)))
     acc = e.value.result.runs[0].out_dir
@@ -216,10 +217,10 @@ def test_atomic_write_keeps_the_earlier_file_when_the_disk_is_full(tmp_path, mon
     target = tmp_path / "accuracy.txt"
     target.write_text("mAP=20.000%\n")
 
-    def full(self, *a, **k):
+    def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OutputError, match=r"cannot write .*accuracy.txt \(No space left on device\): \d+ MB free"):
         write_text_atomic(target, "mAP=21.000%\n")
     monkeypatch.undo()
@@ -244,7 +245,7 @@ def test_truncated_cache_is_found_at_load(tmp_path, synthetic_coco, fast_conf, c
 
 def test_guard_covers_every_worker_of_a_multi_worker_backend():
     """A backend with several compute workers (one per GPU): each is guarded, their OOM batches add up."""
-    from harness.guarded_backend import DeviceMemoryError, GuardedBackend
+    from harness.sut.guard import DeviceMemoryError, GuardedBackend
 
     class TwoWorkers(OutOfMemoryAbove):
         def workers(self):
@@ -271,8 +272,8 @@ def test_ctrl_c_while_the_loadgen_thread_starts_is_handled_as_an_interrupt(monke
 
     import mlperf_loadgen as lg
 
-    from harness.completion import Completer, Sample
-    from harness.loadgen_thread import Interrupted, start_test
+    from harness.run.thread import Interrupted, start_test
+    from harness.sut.completion import Completer, Sample
 
     release = threading.Event()
     monkeypatch.setattr(lg, "StartTestWithLogSettings", lambda *args: release.wait(10))
@@ -307,7 +308,7 @@ class SlowAndInterrupted(NullBackend):
 
 def test_ctrl_c_during_a_slow_stream_query_waits_for_it_so_loadgen_ends(tmp_path, monkeypatch):
     """SingleStream computes on LoadGen's thread: LoadGen can only end once the query in flight is done."""
-    from harness.loadgen_thread import INTERRUPT_GRACE_S, Interrupted
+    from harness.run.thread import INTERRUPT_GRACE_S, Interrupted
     monkeypatch.chdir(tmp_path)
     slow_s = INTERRUPT_GRACE_S + 1.5
     t0 = time.monotonic()
@@ -343,7 +344,7 @@ class NeverDone:
 
 
 def test_the_wait_after_ctrl_c_is_bounded_and_a_second_ctrl_c_ends_it():
-    from harness.loadgen_thread import wait_after_interrupt
+    from harness.run.thread import wait_after_interrupt
     t0 = time.monotonic()
     assert not wait_after_interrupt(FakeSUT(busy=False), NeverDone(), grace_s=0.01, inflight_s=60)
     assert time.monotonic() - t0 < 1                                   # nothing in flight: the grace only
@@ -358,7 +359,7 @@ def test_the_wait_after_ctrl_c_is_bounded_and_a_second_ctrl_c_ends_it():
 
 def test_a_second_process_writing_the_same_scenario_folder_is_refused(tmp_path, fast_conf, monkeypatch):
     """Another process holding the scenario folder (flock binds open files, so a lock held here stands in)."""
-    from harness.layout import RUN_LOCK, exclusive_scenario, scenario_dir
+    from harness.results.layout import RUN_LOCK, exclusive_scenario, scenario_dir
     monkeypatch.chdir(tmp_path)
     config = _config(tmp_path, fast_conf)
     folder = scenario_dir(tmp_path / "out", "default", "Offline")

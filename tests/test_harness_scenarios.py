@@ -6,12 +6,12 @@ import json
 import pytest
 
 from backends.null import NullBackend
-from harness.config import load_config
-from harness.dataset import Dataset
-from harness.layout import run_dir
-from harness.memory_qsl import MemoryQSL
-from harness.report import format_summary
-from harness.runner import run_benchmark
+from harness.report.summary import format_summary
+from harness.results.layout import run_dir
+from harness.run.benchmark import run_benchmark
+from harness.run.dataset import Dataset
+from harness.settings.config import load_config
+from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_units import FailOn
 
 # Hints that keep each run near the fast conf's 0.5 s. LoadGen pre-generates queries from them, so they must

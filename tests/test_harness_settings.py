@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import RunConfig
-from harness.settings import SettingsError, make_test_settings
+from harness.settings.config import RunConfig
+from harness.settings.loadgen import SettingsError, make_test_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from backends.null import NullBackend
-from harness.batching import DynamicBatcher
-from harness.completion import Completer, Sample
-from harness.memory_qsl import MemoryQSL
-from harness.pipeline import Pipeline
-from harness.batching import BatchQueue
-from harness.response import pack_records, to_record
-from harness.sut_server import server_max_wait_s
-from harness.sut_stream import StreamSUT
+from harness.sut.batching import BatchQueue, DynamicBatcher
+from harness.sut.completion import Completer, Sample
+from harness.sut.pipeline import Pipeline
+from harness.sut.response import pack_records, to_record
+from harness.sut.server import server_max_wait_s
+from harness.sut.stream import StreamSUT
+from qsl.memory_qsl import MemoryQSL
 
 
 class Recorder:

@@ -1,13 +1,13 @@
-"""Reading LoadGen's result out of mlperf_log_detail.txt (harness/loadgen_log.py) and showing it."""
+"""Reading LoadGen's result out of mlperf_log_detail.txt (harness/results/loadgen_log.py) and showing it."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from harness.loadgen_log import read_detail_log
-from harness.markdown_report import build_report
-from harness.report import format_summary
-from harness.runner import LoadGenRun, RunResult
+from harness.report.markdown import build_report
+from harness.report.summary import format_summary
+from harness.results.loadgen_log import read_detail_log
+from harness.results.outcome import LoadGenRun, RunResult
 
 
 def _log(path: Path, entries: dict) -> Path:

@@ -8,14 +8,14 @@ import threading
 import pytest
 import torch
 
-from backends.null import NullBackend
 from backends import pytorch_backend
+from backends.config import ModelConfig
+from backends.null import NullBackend
 from benchmarks.flops import flops_per_sample, mfu, peak_fp16_tflops
-from harness.batching import BatchQueue
-from harness.completion import Completer, Sample
-from harness.config import ModelConfig
-from harness.memory_qsl import MemoryQSL
-from harness.pipeline import Pipeline
+from harness.sut.batching import BatchQueue
+from harness.sut.completion import Completer, Sample
+from harness.sut.pipeline import Pipeline
+from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_units import feed
 from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
 
@@ -91,7 +91,7 @@ def test_compile_flag_compiles_and_keeps_detections(inputs, reference, compile_b
 
 
 def test_cli_flags_reach_the_model_config(synthetic_coco):
-    from harness.cli import benchmark_parser, config_from_args
+    from harness.settings.cli import benchmark_parser, config_from_args
     base = ["--data", str(synthetic_coco)]
     cfg = config_from_args(benchmark_parser().parse_args(base)).model
     assert (cfg.compile, cfg.channels_last, cfg.cuda_graphs) == (False, True, True)
@@ -241,7 +241,7 @@ def test_cuda_has_workers_on_every_visible_gpu():
 
 
 def test_batch_invariant_and_trust_pickle_flags_reach_the_config(synthetic_coco):
-    from harness.cli import benchmark_parser, config_from_args
+    from harness.settings.cli import benchmark_parser, config_from_args
     base = ["--data", str(synthetic_coco)]
     cfg = config_from_args(benchmark_parser().parse_args(base))
     assert (cfg.run.batch_invariant, cfg.model.trust_pickle) == ("auto", False)
@@ -253,10 +253,11 @@ def test_batch_invariant_and_trust_pickle_flags_reach_the_config(synthetic_coco)
 
 def test_batches_are_pinned_for_a_cuda_backend_only(synthetic_coco, fast_conf, tmp_path, monkeypatch):
     from types import SimpleNamespace
-    from harness import runner
-    from harness.config import load_config
-    from harness.dataset import open_dataset, pin_memory_for
-    from harness.guarded_backend import GuardedBackend
+
+    from harness.run import benchmark as runner
+    from harness.run.dataset import open_dataset, pin_memory_for
+    from harness.settings.config import load_config
+    from harness.sut.guard import GuardedBackend
     cuda = SimpleNamespace(device=torch.device("cuda", 0), sizes=(SIZE,))
     assert pin_memory_for(cuda) and pin_memory_for(GuardedBackend(cuda))
     assert not pin_memory_for(SimpleNamespace(device=torch.device("cpu"))) and not pin_memory_for(object())

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
+from backends.config import ModelConfig
 from backends.pytorch_backend import PyTorchBackend
-from harness.config import ModelConfig
 from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
-
 
 
 def make_backend(precision):

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 import qsl.prepare as prep
-from qsl.cache import CacheError, open_cache
+from qsl.cache import CacheError, PrepareError, open_cache
 from qsl.decode import load_resized
-from qsl.prepare import PrepareError, ensure_cache, main, prepare_cache
+from qsl.prepare import ensure_cache, main, prepare_cache
 from qsl.synthetic import make_synthetic_coco
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 import run
-from harness.coco_eval import STAT_NAMES
+from harness.accuracy.coco import STAT_NAMES
 
 NULL = ["--backend", "null", "--num-classes", "7", "--image-size", "257", "257",
         "--offline-expected-qps", "10000", "--batch-size", "8"]

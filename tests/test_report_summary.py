@@ -1,12 +1,12 @@
-"""The printed run summary (harness/report.py): what a user reads first must not hide anything."""
+"""The printed run summary (harness/report/summary.py): what a user reads first must not hide anything."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.accuracy import AccuracyReport
-from harness.loadgen_log import LoadGenResult
-from harness.report import format_summary
-from harness.runner import LoadGenRun, RunResult
+from harness.accuracy.evaluate import AccuracyReport
+from harness.report.summary import format_summary
+from harness.results.loadgen_log import LoadGenResult
+from harness.results.outcome import LoadGenRun, RunResult
 
 
 def _accuracy_run(skipped: list[str]) -> RunResult:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import run
-from harness.accuracy import decode_entries
+from harness.accuracy.evaluate import decode_entries
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--backbone", "resnet18", "--image-size", "257", "257", "--num-classes", "7", "--threads", "1"]
@@ -96,7 +96,8 @@ def test_failing_sample_exits_nonzero(capsys, synthetic_coco, tmp_path, fast_con
                 raise RuntimeError("cannot process image 3")
             return super().predict(images, image_hw)
 
-    monkeypatch.setattr(run, "make_backend", lambda config, kind: FailOnImage3())
+    import harness.run.backend
+    monkeypatch.setattr(harness.run.backend, "make_backend", lambda config, kind: FailOnImage3())
     rc, out, _ = _main(capsys, ["--scenario", "Offline", "--mode", "performance", "--data", str(synthetic_coco),
                                 "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "o"),
                                 "--user-conf", str(fast_conf), "--image-size", "257", "257"])
@@ -162,7 +163,11 @@ def test_help_lists_every_subcommand(capsys):
 
 def test_default_user_conf_is_the_repositorys_even_where_the_working_directory_has_one(tmp_path, monkeypatch,
                                                                                       synthetic_coco):
-    from harness.cli import DEFAULT_USER_CONF, benchmark_parser, config_from_args
+    from harness.settings.cli import (
+        DEFAULT_USER_CONF,
+        benchmark_parser,
+        config_from_args,
+    )
     monkeypatch.chdir(tmp_path)
     (tmp_path / "user.conf").write_text("ssd-resnet34.*.performance_sample_count_override = 8\n")
     parse = lambda *extra: config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), *extra]))  # noqa: E731

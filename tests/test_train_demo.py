@@ -13,7 +13,13 @@ from backends.ssd.decode import cxcywh_to_xyxy, decode_boxes
 from tools import train_demo
 from tools.demo_data import DemoDataError, augment, load_coco_set
 from tools.eval_demo import coco_map, postprocess
-from tools.ssd_targets import encode, hard_negative_mask, match, multibox_loss, xyxy_to_cxcywh
+from tools.ssd_targets import (
+    encode,
+    hard_negative_mask,
+    match,
+    multibox_loss,
+    xyxy_to_cxcywh,
+)
 
 # Three default boxes (cx, cy, w, h): top-left quarter, bottom-right quarter, a small central box.
 DBOXES = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5], [0.5, 0.5, 0.2, 0.2]])

@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from backends.config import ModelConfig
 from backends.ssd.decode import cxcywh_to_xyxy
 from backends.ssd.default_boxes import GeometryError, boxes_per_map, default_boxes
 from backends.ssd.model import SSDResNet
 from backends.ssd.postprocess import postprocess
 from backends.ssd.two_scale import FILTER_AREA_PX, TwoScaleDetector
-from harness.config import ModelConfig, load_config
+from harness.settings.config import load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 SPEC_BOXES = {300: 8732, 600: 34330, 700: 46742, 1400: 186380, 1200: 15130}

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 import run
-from harness.compliance import read_mllog
-from harness.config import HINT_DEFAULTS, RunConfig
-from harness.settings import make_test_settings, resolve_hints
-from harness.user_conf import SettingsError, parse_user_conf
+from harness.compliance.verify import read_mllog
+from harness.settings.config import HINT_DEFAULTS, RunConfig
+from harness.settings.loadgen import make_test_settings, resolve_hints
+from harness.settings.user_conf import SettingsError, parse_user_conf
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "ssd-resnet34"

@@ -3,7 +3,7 @@
     python tools/demo_accuracy.py [--data demo_data_eval] [--num-images 200] [--precision fp32]
 
 Every variant runs through the product's own path (cache, QSL, PyTorch
-backend, post-processing, accuracy evaluation: ``harness.evaluate``) on the
+backend, post-processing, accuracy evaluation: ``harness.run.evaluate``) on the
 same held-out synthetic images (seed 0; the detector trained on seed 1000).
 Prints a Markdown table of AP, AP50, AP_small, AP_medium and AP_large,
 and writes it with the raw stats to ``benchmarks/results/demo_accuracy.{json,md}``.
@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.config import load_config  # noqa: E402
-from harness.dataset import open_dataset  # noqa: E402
-from harness.demo import DEMO_CONFIG, ensure_demo_data  # noqa: E402
-from harness.evaluate import evaluate_direct  # noqa: E402
-from harness.runner import build_backend  # noqa: E402
+from harness.demo.command import DEMO_CONFIG, ensure_demo_data  # noqa: E402
+from harness.run.backend import build_backend  # noqa: E402
+from harness.run.dataset import open_dataset  # noqa: E402
+from harness.run.evaluate import evaluate_direct  # noqa: E402
+from harness.settings.config import load_config  # noqa: E402
 
 ALL = (1, 1, 1, 1, 1, 1)
 # name -> [model] overrides of configs/demo.toml

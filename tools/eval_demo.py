@@ -21,12 +21,13 @@ import sys
 from pathlib import Path
 
 import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.ssd.decode import class_scores, decode_boxes  # noqa: E402
 from backends.ssd.default_boxes import default_boxes  # noqa: E402
-from backends.ssd.postprocess import postprocess as select_detections  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
+from backends.ssd.postprocess import postprocess as select_detections  # noqa: E402
 from tools.demo_data import DetectionSet, annotation_file, load_coco_set, normalize  # noqa: E402
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")

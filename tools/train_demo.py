@@ -37,7 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.ssd.default_boxes import default_boxes  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
-from tools.demo_data import DemoDataError, DetectionSet, annotation_file, augment, load_coco_set, normalize  # noqa: E402
+from tools.demo_data import (  # noqa: E402
+    DemoDataError,
+    DetectionSet,
+    annotation_file,
+    augment,
+    load_coco_set,
+    normalize,
+)
 from tools.ssd_targets import build_targets, multibox_loss  # noqa: E402
 
 TRAIN_SEED_OFFSET = 1000

@@ -22,13 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.shared.errors import InputError
+
 from .model import BOXES_PER_LOCATION
 
 PREFIXES = ("module.1.", "module.", "1.")   # longest first
 _SUMMARY = 5                                # names listed per error category
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint file cannot be used; the message names the file and the reason."""
 
 

@@ -14,13 +14,15 @@ from typing import Sequence
 
 import torch
 
+from harness.shared.errors import InputError
+
 from .model import BOXES_PER_LOCATION, feature_sizes, min_image_size
 
 BASE_SCALES_PX = (21, 45, 99, 153, 207, 261, 315)
 ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 
 
-class GeometryError(ValueError):
+class GeometryError(InputError, ValueError):
     """The input size, steps or masks do not fit the network; the message says which."""
 
 

@@ -1,0 +1,188 @@
+"""A human summary (Markdown) of a scenario's runs, rebuilt from the files on disk.
+
+    python run.py report DIR     (DIR: a results root, a scenario folder or one run folder)
+
+``report.md`` in ``<output>/<system>/ssd-resnet34/<scenario>/`` covers every
+run found there: the resolved settings (``config.json``) and LoadGen's
+effective ones, VALID/INVALID with LoadGen's reasons, throughput, latency
+percentiles, mAP with the 12 COCO statistics (``accuracy.txt``), failed
+samples (``run_record.json``), the TEST01/TEST04 verdicts (``verify_*.txt``),
+and links to the pictures: a latency histogram per timed run (drawn here
+from ``latencies_s.npy``) and the demo's ``detections.png`` /
+``latency_<scenario>.png`` when the output root holds them. Everything is
+read from disk, so the report of any earlier run can be rebuilt.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+from harness.compliance.verify import read_mllog
+from harness.report.summary import early_stopping_label
+from harness.results.layout import RUN_DIRS
+from harness.results.loadgen_log import read_detail_log
+from harness.results.record import LATENCIES_NAME, read_run_record
+from harness.shared.files import write_text_atomic
+
+REPORT_NAME = "report.md"
+LATENCY_PNG = "latency.png"
+PERCENTILES = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
+EFFECTIVE_KEYS = ("effective_min_duration_ms", "effective_min_query_count", "effective_sample_index_rng_seed",
+                  "effective_target_latency_ns", "effective_target_latency_percentile",
+                  "effective_samples_per_query", "effective_target_qps", "effective_performance_sample_count",
+                  "effective_accuracy_log_sampling_target", "effective_performance_issue_same")
+_STAT = re.compile(r"^(A[PR] @\[.*\]) = ([-\d.]+)$")
+
+
+def scenario_folders(path: str | Path) -> list[Path]:
+    """The scenario folders of every run folder at or under ``path`` (a root, a scenario or a run folder)."""
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder of results")
+    found = set()
+    for detail in path.rglob("mlperf_log_detail.txt"):
+        run = detail.parent
+        for parts in RUN_DIRS.values():
+            if run.parts[-len(parts):] == parts:
+                found.add(run.parents[len(parts) - 1])
+    return sorted(found)
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write ``report.md`` (and missing latency pictures) into the scenario folder ``folder``."""
+    folder = Path(folder)
+    out = folder / REPORT_NAME
+    write_text_atomic(out, build_report(folder))
+    return out
+
+
+def build_report(folder: Path) -> str:
+    runs = [(mode, folder.joinpath(*parts)) for mode, parts in RUN_DIRS.items()
+            if (folder.joinpath(*parts) / "mlperf_log_detail.txt").is_file()]
+    md = [f"# {folder.name}: {folder.parent.parent.name} / {folder.parent.name}", ""]
+    configs = [d / "config.json" for _, d in runs if (d / "config.json").is_file()]
+    config = max(configs, key=lambda c: c.stat().st_mtime_ns, default=None)   # the latest run's
+    md += _settings(config, runs, folder)
+    for mode, run_dir in runs:
+        md += _run_section(mode, run_dir, folder)
+    md += _pictures(folder)
+    md.append(f"_Rebuild with `python run.py report {shlex.quote(str(folder))}`._")
+    return "\n".join(md) + "\n"
+
+
+def _settings(config: Path | None, runs: list[tuple[str, Path]], folder: Path) -> list[str]:
+    md = ["## Settings", ""]
+    if config is not None:
+        doc = json.loads(config.read_text())
+        md.append(f"_Of the latest run (`{config.parent.relative_to(folder)}/`); each run's own are in its section._")
+        md.append("")
+        for section in ("model", "data", "run"):
+            items = ", ".join(f"{k}={v}" for k, v in doc.get(section, {}).items() if v is not None)
+            md.append(f"- **{section}**: {items}")
+    perf = next((d for m, d in runs if m == "performance"), runs[0][1] if runs else None)
+    if perf is not None:
+        values = read_mllog(perf / "mlperf_log_detail.txt")
+        eff = ", ".join(f"{k[len('effective_'):]}={values[k]}" for k in EFFECTIVE_KEYS if k in values)
+        md.append(f"- **LoadGen (effective, {perf.name if perf.name != 'run_1' else 'performance'} run)**: {eff}")
+    return md + [""]
+
+
+def _run_section(mode: str, run_dir: Path, folder: Path) -> list[str]:
+    rel = run_dir.relative_to(folder)
+    md = [f"## {mode} (`{rel}/`)", ""]
+    lg = read_detail_log(run_dir / "mlperf_log_detail.txt")
+    if mode != "accuracy":
+        why = "".join(f"\n  - {r}" for r in lg.reasons)
+        md.append(f"- Result: **{lg.validity}**{why}")
+        if lg.samples_per_s is not None:
+            md.append(f"- Throughput: {lg.samples_per_s:.2f} samples/s")
+        if lg.early_stopping_ns:
+            md.append(f"- Latency {early_stopping_label(folder.name)}: **{lg.early_stopping_ns / 1e6:.3f} ms**")
+        if lg.peak_qps is not None:
+            md.append(f"- Peak Server QPS found: **{lg.peak_qps:.1f}**")
+        lat = [(p, lg.latency_ns[p]) for p in ("min", "mean", *PERCENTILES, "max") if p in lg.latency_ns]
+        if lat:
+            md += ["", "| latency | " + " | ".join(p if p in ("min", "mean", "max") else f"p{p.rstrip('0').rstrip('.')}"
+                                                   for p, _ in lat) + " |",
+                   "|---" * (len(lat) + 1) + "|", "| ms | " + " | ".join(f"{v / 1e6:.3f}" for _, v in lat) + " |", ""]
+    md += _accuracy(run_dir / "accuracy.txt")
+    record = read_run_record(run_dir)
+    if record is not None:
+        md.append(f"- Samples issued: {record['issued']}, failed: {record['failed']}, {record['seconds']:.1f} s")
+        for f in record["failures"][:10]:
+            md.append(f"  - sample {f['index']} ({f['stage']}): {f['error']}")
+        if record.get("worker_error"):
+            md.append(f"- **Run ended early**: {record['worker_error']}")
+        if record.get("oom_batches"):
+            md.append(f"- {record['oom_batches']} batches ran out of device memory and were retried per image")
+        if record.get("accuracy_error"):
+            md.append(f"- Accuracy not computed: {record['accuracy_error']}")
+    for e in lg.errors[:5]:
+        md.append(f"- LoadGen error: {e}")
+    own = run_dir / "config.json"
+    if own.is_file():
+        items = json.loads(own.read_text()).get("run", {})
+        md.append("- Run settings: " + ", ".join(f"{k}={v}" for k, v in items.items() if v is not None))
+    if mode in ("TEST01", "TEST04"):
+        md += _verdicts(folder / mode)
+        perf = folder.joinpath(*RUN_DIRS["performance"], "mlperf_log_detail.txt")
+        if perf.is_file() and perf.stat().st_mtime_ns > (run_dir / "mlperf_log_detail.txt").stat().st_mtime_ns:
+            md.append("- **Stale**: the performance run is newer than this audit, whose verdict compared "
+                      "against an earlier one; run `--mode submission` again to audit the current run")
+    png = _latency_picture(run_dir, f"{folder.name} {mode}")
+    if png is not None:
+        md += ["", f"![latency histogram]({png.relative_to(folder)})"]
+    return md + [""]
+
+
+def _accuracy(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    stats = [m.groups() for m in map(_STAT.match, lines) if m]
+    md = [f"- Accuracy: **{lines[0]}**" if lines else "- Accuracy: (empty accuracy.txt)"]
+    if stats:
+        md += ["", "| COCO statistic | value |", "|---|---|"] + [f"| {_cell(n)} | {v} |" for n, v in stats] + [""]
+    md += [f"- {line}" for line in lines if line and not _STAT.match(line) and line != lines[0]]
+    return md
+
+
+def _cell(text: str) -> str:
+    """Table-cell text: COCO's statistic names contain '|', which would split the cell."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _verdicts(audit: Path) -> list[str]:
+    md = []
+    for name in ("verify_accuracy.txt", "verify_performance.txt"):
+        path = audit / name
+        if path.is_file():
+            text = path.read_text().splitlines()
+            last = next((t for t in reversed(text) if t.startswith(("TEST ", "mAP check"))), text[-1] if text else "")
+            md.append(f"- `{name}`: **{last}**")
+    return md
+
+
+def _latency_picture(run_dir: Path, title: str) -> Path | None:
+    data, png = run_dir / LATENCIES_NAME, run_dir / LATENCY_PNG
+    if not data.is_file():
+        return None
+    if not png.is_file() or png.stat().st_mtime < data.stat().st_mtime:
+        import numpy as np
+
+        from harness.report.plots import latency_histogram
+        latencies = np.load(data)
+        if latencies.size == 0:
+            return None
+        latency_histogram(latencies, png, f"{title}, per-sample latency")
+    return png
+
+
+def _pictures(folder: Path) -> list[str]:
+    root = folder.parent.parent.parent          # <output> of <output>/<system>/<model>/<scenario>
+    found = [p for p in (root / "detections.png", root / f"latency_{folder.name}.png") if p.is_file()]
+    if not found:
+        return []
+    return ["## Pictures", ""] + [f"![{p.stem}](../../../{p.name})" for p in found] + [""]

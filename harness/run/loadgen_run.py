@@ -1,0 +1,127 @@
+"""One LoadGen run into its folder: settings, SUT, QSL, LoadGen, logs checked, result read back.
+
+Per run it creates the run folder of the submission layout, saves the
+resolved config and the user.conf used, starts a fresh SUT, runs LoadGen with
+its logs in that folder (on a watched thread, harness/run/thread.py), and
+reads the result back; an accuracy run also gets ``accuracy.txt``, every run
+``run_record.json`` and, for timed runs, ``latencies_s.npy``. A run folder
+that disappears, or LoadGen logs left incomplete (disk full), is an
+:class:`~harness.shared.errors.OutputError` naming the folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness.accuracy.coco import AccuracyError
+from harness.accuracy.evaluate import evaluate_accuracy_log
+from harness.compliance.audit import (
+    AUDIT_FILE,
+    AUDITS,
+    check_no_stray_audit_config,
+    placed_audit_config,
+)
+from harness.results.layout import prepare_run_dir
+from harness.results.loadgen_log import read_detail_log
+from harness.results.outcome import LoadGenRun
+from harness.results.record import check_run_logs, write_run_record
+from harness.run.dataset import Dataset
+from harness.run.thread import Interrupted, WorkerDied, start_test, worker_death
+from harness.settings.config import Config
+from harness.settings.loadgen import make_test_settings
+from harness.shared.files import write_text_atomic
+from harness.sut.factory import make_sut
+from harness.sut.guard import GuardedBackend, batch_hint
+
+log = logging.getLogger("harness")
+
+
+def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_dir: Path,
+                use_pycocotools: bool = False, progress: bool = False) -> LoadGenRun:
+    """One LoadGen run of ``mode`` (accuracy, performance, find-peak, TEST01, TEST04) with its logs in ``out_dir``.
+
+    An audit mode runs as a performance run with the audit's audit.config placed in the working
+    directory for this run only; any other run refuses to start while an audit.config is there.
+    """
+    import mlperf_loadgen as lg
+    scenario, audit = config.run.scenario, mode if mode in AUDITS else None
+    settings = make_test_settings(config.run.user_conf, scenario, "performance" if audit else mode, config.run)
+    prepare_run_dir(out_dir, config.run.user_conf)
+    config.save(out_dir / "config.json")
+    handler = logging.FileHandler(out_dir / "harness.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
+    log.addHandler(handler)
+    qsl = dataset.qsl
+    wanted = settings.performance_sample_count_override or qsl.perf_count
+    log.info("%s %s run (%s): %d samples in the data set, performance sample count %d", scenario, mode,
+             getattr(backend, "name", type(backend).__name__), dataset.total_count, wanted)
+    if mode != "accuracy" and dataset.total_count < wanted:
+        log.warning("the data set has %d images, fewer than the performance sample count %d: LoadGen repeats "
+                    "them, so this result is not representative of a full run (use more images)",
+                    dataset.total_count, wanted)
+    hint = batch_hint(scenario, config.run.batch_size, config.run.server_max_batch)
+    guarded = backend.with_hint(hint) if isinstance(backend, GuardedBackend) else GuardedBackend(backend, hint=hint)
+    sut = make_sut(scenario, guarded, qsl, config, settings)
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(out_dir)
+    log_settings.log_output.copy_summary_to_stdout = False
+    log_settings.enable_trace = False
+    qsl_handle = lg.ConstructQSL(qsl.total_count, qsl.perf_count, qsl.load, qsl.unload)
+    sut.construct()
+    sut.start()
+    t0 = time.monotonic()
+    finished, death = True, None
+    try:
+        bar = (f"{scenario} {mode}", dataset.total_count if mode == "accuracy" else None) if progress else None
+        with placed_audit_config(audit) if audit else _no_audit_config() as audit_file:
+            start_test(sut, qsl_handle, settings, log_settings, audit_file, bar)
+        death = worker_death(sut)   # before stop(), which closes the completer itself
+    except (Interrupted, WorkerDied) as e:
+        finished = e.finished
+        raise
+    finally:
+        seconds = time.monotonic() - t0
+        if finished:
+            sut.stop()
+            sut.destroy()
+            lg.DestroyQSL(qsl_handle)
+        log.removeHandler(handler)
+        handler.close()
+    check_run_logs(out_dir)
+    spq = settings.multi_stream_samples_per_query if scenario == "MultiStream" else 1
+    run = LoadGenRun(mode=mode, out_dir=out_dir, loadgen=read_detail_log(out_dir / "mlperf_log_detail.txt", spq),
+                     failures=list(sut.completer.failures), issued=sut.issued, seconds=seconds,
+                     latencies_s=list(sut.completer.latencies_s), worker_error=death,
+                     oom_batches=guarded.oom_batches)
+    if mode == "accuracy":
+        _check_accuracy(run, dataset, use_pycocotools)
+    write_run_record(run)
+    return run
+
+
+@contextlib.contextmanager
+def _no_audit_config() -> Iterator[Path]:
+    """The audit.config path LoadGen would read, proven absent."""
+    check_no_stray_audit_config()
+    yield Path(os.getcwd()) / AUDIT_FILE
+
+
+def _check_accuracy(run: LoadGenRun, dataset: Dataset, use_pycocotools: bool) -> None:
+    if dataset.annotation_file is None:
+        run.accuracy_error = "no annotation file for this data set"
+        return
+    try:
+        run.accuracy = evaluate_accuracy_log(run.out_dir / "mlperf_log_accuracy.json", dataset.annotation_file,
+                                             expected=range(dataset.total_count), skipped=dataset.skipped,
+                                             use_pycocotools=use_pycocotools)
+    except AccuracyError as e:
+        run.accuracy_error = str(e)
+        report = getattr(e, "report", None)   # no mAP, but the counts of what was evaluated
+        if report is not None:
+            write_text_atomic(run.out_dir / "accuracy.txt", "\n".join(report.lines()) + "\n")
+        return
+    write_text_atomic(run.out_dir / "accuracy.txt", "\n".join(run.accuracy.lines()) + "\n")

@@ -1,0 +1,197 @@
+"""Command-line flags -> :class:`~harness.config.Config`, shared by run.py's subcommands.
+
+Precedence: dataclass defaults, then ``--config FILE``, then flags. Flags that
+are not given stay ``None`` and do not override. The seed's flags keep their
+names (``--image-size A B``, ``--dboxes-scale``, ``--dboxes-steps``,
+``--small-mask``, ``--large-mask``, ``--use-filter``, ``--use-fp16``). Every
+bad input (flag, file, folder) ends in :class:`UsageError`, which run.py
+prints as one line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from backends.config import BACKBONES, PRECISIONS, VARIANTS
+from harness.settings.config import (
+    BATCH_INVARIANT,
+    DEVICES,
+    MODES,
+    SCENARIOS,
+    Config,
+    load_config,
+)
+from harness.shared.errors import ConfigError, InputError
+from qsl.coco_layout import default_annotation_file
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_USER_CONF = ROOT / "user.conf"
+
+
+class UsageError(InputError, ValueError):
+    """A flag, file or folder the user gave is wrong; printed as one line, exit status 2."""
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (override the config file)")
+    g.add_argument("--model", metavar="CKPT", help="MLPerf training checkpoint (model300.pt, ...); none = random")
+    g.add_argument("--trust-pickle", action="store_true", default=None,
+                   help="allow a checkpoint that is a whole pickled nn.Module (resnet34-ssd1200.pytorch); "
+                        "reading it runs code from the file: only for files you trust")
+    g.add_argument("--image-size", type=int, nargs=2, metavar=("S0", "S1"), help="two-scale input sizes")
+    g.add_argument("--dboxes-scale", type=float, help="multiplies the default-box scales [21, 45, ..., 315]")
+    g.add_argument("--dboxes-steps", type=int, nargs="+", metavar="STEP", help="6 default-box steps in pixels")
+    g.add_argument("--small-mask", type=int, nargs="+", metavar="0/1", help="6 flags: feature maps used at S0")
+    g.add_argument("--large-mask", type=int, nargs="+", metavar="0/1", help="6 flags: feature maps used at S1")
+    g.add_argument("--use-filter", action="store_true", default=None, help="S0 keeps large, S1 small boxes")
+    g.add_argument("--use-fp16", action="store_true", help="same as --precision fp16")
+    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--backbone", choices=BACKBONES)
+    g.add_argument("--variant", choices=VARIANTS)
+    g.add_argument("--num-classes", type=int, help="classes including background (81 for COCO)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network (slow first batches; compile time is logged)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout for the convolutions (default on)")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA only: replay the network as a CUDA graph per batch size (default on)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DIR", help="COCO-layout folder (annotations/, val2017/)")
+    g.add_argument("--annotation-file", metavar="FILE", help="default <data>/annotations/instances_val2017.json")
+    g.add_argument("--cache-dir", metavar="DIR", help="preprocessed image cache (default <data>/ssd_cache)")
+    g.add_argument("--max-images", type=int, metavar="N", help="use only the first N images")
+    g.add_argument("--skip-bad-images", action="store_true", default=None, help="skip unreadable images")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config with [model], [data], [run] tables")
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--threads", type=int, help="CPU threads for torch (0 = its default)")
+    p.add_argument("--batch-invariant", choices=BATCH_INVARIANT,
+                   help="run each image of a batch alone so its bytes do not depend on the batch (TEST01); "
+                        "auto = on for a CPU only (default), off = batched throughput")
+    p.add_argument("--batch-size", type=int, help="Offline batch size (also used by evaluate)")
+    p.add_argument("--backend", choices=("pytorch", "null"), default="pytorch",
+                   help="null = fixed detections, no model (measures the harness itself)")
+    p.add_argument("--use-pycocotools", action="store_true", help="evaluate with pycocotools (slower)")
+    add_model_args(p)
+    add_data_args(p)
+
+
+SUBCOMMANDS_HELP = """other commands (each has its own --help):
+  run.py evaluate ...        COCO mAP of the model without LoadGen
+  run.py demo                the embedded default: demo data and model shipped with the project
+  run.py report DIR          rebuild report.md for earlier runs under DIR
+  run.py verify DIR          re-verify the TEST01/TEST04 audits under DIR
+  run.py package RESULTS OUT submission copy, accuracy logs truncated and hashed"""
+
+
+def benchmark_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description="Two-scale SSD under MLPerf LoadGen.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBCOMMANDS_HELP)
+    p.add_argument("--scenario", choices=SCENARIOS)
+    p.add_argument("--mode", choices=MODES)
+    p.add_argument("--output", metavar="DIR", help="results root (submission layout)")
+    p.add_argument("--user-conf", metavar="FILE", help=f"LoadGen settings (default {DEFAULT_USER_CONF.name} "
+                                                      "at the repository root)")
+    p.add_argument("--system-name", help="<system> folder in the submission layout")
+    p.add_argument("--server-target-qps", type=float, help="Server arrival rate (queries/s)")
+    p.add_argument("--offline-expected-qps", type=float, help="Offline throughput hint (samples/s)")
+    p.add_argument("--server-max-batch", type=int)
+    p.add_argument("--server-max-wait-ms", type=float)
+    add_common_args(p)
+    return p
+
+
+def _positive(name: str, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise UsageError(f"{name} must be positive, got {value}")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Resolve the config and check the files and folders the flags name."""
+    for flag in ("max_images", "batch_size", "num_classes", "dboxes_scale", "server_target_qps",
+                 "offline_expected_qps", "server_max_batch"):
+        _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
+    if args.image_size is not None and any(s <= 0 for s in args.image_size):
+        raise UsageError(f"--image-size must be two positive sizes in pixels, got {args.image_size}")
+    if args.threads is not None and args.threads < 0:
+        raise UsageError(f"--threads must be 0 or more, got {args.threads}")
+    wait = getattr(args, "server_max_wait_ms", None)
+    if wait is not None and not wait >= 0:
+        raise UsageError(f"--server-max-wait-ms must be 0 or more milliseconds (0 = never wait for a batch to "
+                         f"fill), got {wait}")
+    precision = "fp16" if args.use_fp16 else args.precision
+    if args.use_fp16 and args.precision not in (None, "fp16"):
+        raise UsageError(f"--use-fp16 contradicts --precision {args.precision}; give one of them")
+    model = {"checkpoint": args.model, "trust_pickle": args.trust_pickle, "image_size": args.image_size, "dboxes_scale": args.dboxes_scale,
+             "dboxes_steps": args.dboxes_steps, "small_mask": args.small_mask, "large_mask": args.large_mask,
+             "use_filter": args.use_filter, "precision": precision, "backbone": args.backbone,
+             "variant": args.variant, "num_classes": args.num_classes, "compile": args.compile,
+             "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs}
+    data = {"data_dir": args.data, "annotation_file": args.annotation_file, "cache_dir": args.cache_dir,
+            "max_images": args.max_images, "skip_bad_images": args.skip_bad_images}
+    run = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size,
+           "batch_invariant": args.batch_invariant}
+    for key in ("scenario", "mode", "system_name", "server_target_qps", "offline_expected_qps",
+                "server_max_batch", "server_max_wait_ms"):
+        run[key] = getattr(args, key, None)
+    run["output_dir"] = getattr(args, "output", None)
+    run["user_conf"] = getattr(args, "user_conf", None)
+    if args.config is not None and not Path(args.config).is_file():
+        raise UsageError(f"--config {args.config}: file not found")
+    try:
+        config = load_config(args.config, {"model": model, "data": data, "run": run})
+    except ConfigError as e:
+        flags = [f"--{k.replace('_', '-')}" for section in (model, data, run) for k, v in section.items()
+                 if v is not None and re.search(rf"\b(model|data|run)\.{k}\b", str(e))]
+        flagged = {"--checkpoint": "--model", "--data-dir": "--data", "--output-dir": "--output"}
+        raise ConfigError(f"{e}" + (f" (given by {', '.join(flagged.get(f, f) for f in flags)})" if flags else "")) \
+            from None
+    return _check_paths(config, args)
+
+
+def _missing_checkpoint(ckpt: str, args: argparse.Namespace) -> str:
+    """Say where the missing checkpoint's path came from (flag or config key) and which files were tried."""
+    path = Path(ckpt)
+    what = "is a folder, not a checkpoint file" if path.is_dir() else "checkpoint file not found"
+    if args.model is not None:
+        tried = "" if path.is_absolute() else f" (looked in the working directory {Path.cwd()})"
+        return f"--model {ckpt}: {what}{tried}"
+    tried = [path] if path.is_absolute() else [Path.cwd() / path, Path(args.config).parent.resolve() / path]
+    return (f"{args.config}: [model] checkpoint = {ckpt!r}: {what}; tried {' and '.join(map(str, tried))} "
+            "(a relative path is looked up in the working directory, then beside the config file); "
+            "correct it in the config file or pass --model CKPT")
+
+
+def _check_paths(config: Config, args: argparse.Namespace) -> Config:
+    ckpt = config.model.checkpoint
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise UsageError(_missing_checkpoint(ckpt, args))
+    if config.data.data_dir is None and config.data.annotation_file is None:
+        raise UsageError("--data DIR is required (a COCO-layout folder with annotations/instances_val2017.json)")
+    if config.data.data_dir is not None and not Path(config.data.data_dir).is_dir():
+        raise UsageError(f"--data {config.data.data_dir}: folder not found")
+    ann = Path(config.data.annotation_file) if config.data.annotation_file else \
+        default_annotation_file(config.data.data_dir)
+    if not ann.is_file():
+        raise UsageError(f"annotation file {ann} not found: --data must hold annotations/instances_val2017.json, "
+                         "or pass --annotation-file")
+    if config.run.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
+    user_conf = Path(config.run.user_conf)
+    if getattr(args, "user_conf", None) is None and config.run.user_conf == DEFAULT_USER_CONF.name:
+        # Not chosen by flag or config: the repository's official settings, whatever the working directory
+        # holds (an MLPerf inference checkout has a user.conf of its own).
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, user_conf=str(DEFAULT_USER_CONF)))
+    elif getattr(args, "user_conf", None) is None and not user_conf.is_file() and (ROOT / user_conf).is_file():
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, user_conf=str(ROOT / user_conf)))
+    return config

@@ -1,0 +1,194 @@
+"""Run configuration: one frozen dataclass per concern, read from a TOML file.
+
+A config file in ``configs/`` has up to three tables, ``[model]``, ``[data]``
+and ``[run]``, whose keys are the fields below. Precedence: dataclass default,
+then the file, then command-line overrides. Every key is declared once here,
+with its meaning and units; an unknown key or a value of the wrong kind is a
+:class:`ConfigError` that names the file and the key.
+
+The seed's flags map onto ``[model]`` fields one to one:
+``--image-size A B`` -> ``image_size``, ``--dboxes-scale`` -> ``dboxes_scale``,
+``--dboxes-steps`` -> ``dboxes_steps``, ``--small-mask`` / ``--large-mask`` ->
+``small_mask`` / ``large_mask``, ``--use-filter`` -> ``use_filter``,
+``--use-fp16`` -> ``precision = "fp16"``, ``--model`` -> ``checkpoint``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backends.config import (
+    NUM_FEATURE_MAPS,
+    ModelConfig,
+    check_choice,
+)
+from harness.shared.errors import ConfigError
+
+SCENARIOS = ("SingleStream", "MultiStream", "Offline", "Server")
+MODES = ("accuracy", "performance", "submission", "find-peak")
+DEVICES = ("auto", "cpu", "cuda")
+BATCH_INVARIANT = ("auto", "on", "off")
+
+
+# The harness's own expected-QPS / expected-latency hints, used when neither the config nor user.conf gives one.
+HINT_DEFAULTS = {"offline_expected_qps": 10.0, "server_target_qps": 1.0,
+                 "singlestream_expected_latency_ms": 500.0, "multistream_expected_latency_ms": 4000.0}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the COCO-layout images and their preprocessed cache live."""
+
+    data_dir: str | None = None            # folder with annotations/ and val2017/ (or images/val2017/)
+    annotation_file: str | None = None     # explicit annotation JSON; default <data_dir>/annotations/instances_val2017.json
+    cache_dir: str | None = None           # preprocessed uint8 cache; default <data_dir>/ssd_cache
+    max_images: int | None = None          # use only the first N images of the annotation file
+    skip_bad_images: bool = False          # skip unreadable images (recorded in the cache metadata) instead of failing
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How LoadGen drives the system under test."""
+
+    scenario: str = "Offline"              # see SCENARIOS
+    mode: str = "performance"              # see MODES
+    device: str = "auto"                   # "auto" = cuda when available, else cpu
+    threads: int = 0                       # torch intra-op threads on CPU; 0 = torch's default
+    # Run each image of a batch on its own: "auto" = on for a CPU, off for CUDA; "on"; "off". On a CPU the
+    # batched convolution differs from a single-image one in the last bits, so a sample's response bytes
+    # would depend on its batch and TEST01's byte-for-byte comparison of accuracy and performance logs
+    # would fail; per-image execution keeps them identical. "off" trades that for batched throughput.
+    batch_invariant: str = "auto"
+    batch_size: int = 8                    # Offline batch size
+    server_max_batch: int = 8              # Server: most samples per batch
+    server_max_wait_ms: float = 5.0        # Server: longest a sample waits for a batch to fill
+    multistream_samples: int = 8           # samples per MultiStream query
+    # LoadGen's expected-QPS / expected-latency hints. None = user.conf's value for ssd-resnet34 and the
+    # scenario (Offline/Server target_qps, SingleStream/MultiStream target_latency), else HINT_DEFAULTS.
+    offline_expected_qps: float | None = None       # Offline hint, samples/s
+    server_target_qps: float | None = None          # Server arrival rate, queries/s
+    singlestream_expected_latency_ms: float | None = None  # SingleStream hint, ms
+    multistream_expected_latency_ms: float | None = None   # MultiStream hint, ms
+    output_dir: str = "results"            # root of the submission layout
+    system_name: str = "default"           # <system> folder name in the submission layout
+    user_conf: str = "user.conf"           # LoadGen settings file
+
+    def __post_init__(self) -> None:
+        check_choice("run.scenario", self.scenario, SCENARIOS)
+        check_choice("run.mode", self.mode, MODES)
+        check_choice("run.device", self.device, DEVICES)
+        check_choice("run.batch_invariant", self.batch_invariant, BATCH_INVARIANT)
+        for name in ("batch_size", "server_max_batch", "multistream_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"run.{name} must be at least 1, got {getattr(self, name)}")
+        if not _is_number(self.server_max_wait_ms) or self.server_max_wait_ms < 0:
+            raise ConfigError(f"run.server_max_wait_ms must be a number of milliseconds, 0 or more "
+                              f"(0 = never wait for a batch to fill), got {self.server_max_wait_ms!r}")
+        for name in HINT_DEFAULTS:
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise ConfigError(f"run.{name} must be a positive number (or left out to use user.conf's value), "
+                                  f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {"model": dataclasses.asdict(self.model),
+                "data": dataclasses.asdict(self.data),
+                "run": dataclasses.asdict(self.run)}
+
+    def save(self, path: str | Path) -> None:
+        """Write the fully resolved config as JSON (next to the LoadGen logs), with the working directory
+        the run started in (``cwd``), against which its relative paths resolve."""
+        Path(path).write_text(json.dumps({**self.to_dict(), "cwd": os.getcwd()}, indent=2) + "\n")
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "run": RunConfig}
+# List-valued keys, with what each must be for error messages.
+_MASK = f"a list of {NUM_FEATURE_MAPS} values of 0 or 1 such as [1, 1, 1, 1, 1, 1]"
+_TUPLE_FIELDS = {"image_size": "a list of two integers such as [300, 600] (S0, S1 in pixels; equal = single scale)",
+                 "dboxes_steps": f"a list of {NUM_FEATURE_MAPS} integers such as [8, 16, 32, 64, 100, 300]",
+                 "small_mask": _MASK, "large_mask": _MASK}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    for k, v in values.items():
+        if k in _TUPLE_FIELDS and v is not None and (
+                not isinstance(v, (list, tuple)) or not all(_is_number(x) for x in v)):
+            got = f"the string {v!r}" if isinstance(v, str) else repr(v)
+            raise ConfigError(f"{where}: {k} must be {_TUPLE_FIELDS[k]}, got {got}")
+    clean = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in values.items()}
+    try:
+        return cls(**clean)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except TypeError as e:  # e.g. comparing a string with an int
+        raise ConfigError(f"{where}: a value has the wrong type ({e})") from None
+
+
+def load_config(path: str | Path | None = None,
+                overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read ``path`` (TOML) if given, then apply ``overrides`` {section: {key: value}}.
+
+    Override values of ``None`` are ignored, so parsed CLI flags can be passed as they are.
+    """
+    raw: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        extra = sorted(set(data) - set(_SECTIONS))
+        if extra:
+            raise ConfigError(f"{path}: unknown table(s) {', '.join(extra)}; use [model], [data] and [run]")
+        for name, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: '{name}' must be a table like [{name}]")
+            raw[name].update(table)
+        if raw["model"].get("checkpoint") is not None and not isinstance(raw["model"]["checkpoint"], str):
+            raise ConfigError(f"{path} [model]: checkpoint must be a path in quotes, "
+                              f"got {raw['model']['checkpoint']!r}")
+        if raw["model"].get("checkpoint"):
+            ckpt = Path(raw["model"]["checkpoint"]).expanduser()
+            if not ckpt.is_absolute() and not ckpt.exists():
+                # Relative paths in a config file are relative to that file when that is where they exist.
+                beside = path.parent / ckpt
+                if beside.exists():
+                    raw["model"]["checkpoint"] = str(beside)
+    overridden = False
+    for name, table in (overrides or {}).items():
+        if name == "cwd":   # a saved config.json's record of where its run started: not a setting
+            continue
+        if name not in _SECTIONS:
+            raise ConfigError(f"override section {name!r} is not one of {', '.join(_SECTIONS)}")
+        given = {k: v for k, v in table.items() if v is not None}
+        raw[name].update(given)
+        overridden = overridden or bool(given)
+    if overridden:
+        where = f"{where} + command line"
+    return Config(**{name: _build(cls, raw[name], f"{where} [{name}]") for name, cls in _SECTIONS.items()})

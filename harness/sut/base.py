@@ -1,0 +1,62 @@
+"""What every SUT shares: the completer, the pipeline, and LoadGen's two callbacks.
+
+A subclass decides only how issued samples become batches (``_enqueue``) and
+what a flush means. ``issue_queries`` runs on LoadGen's thread holding the
+GIL: for Offline and Server it only registers the samples and enqueues them
+(the pipeline's threads do the work); the stream SUTs do the work right
+there. ``handle`` is the id from ``lg.ConstructSUT`` (exactly two callbacks in
+LoadGen 6.0); ``destroy`` releases it.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from harness.sut.completion import Completer, Sample
+from harness.sut.pipeline import BatchSource, Pipeline, QSLLike
+
+
+class BaseSUT:
+    """A system under test: LoadGen callbacks in front of a :class:`Pipeline`."""
+
+    scenario = ""
+    threaded = True
+
+    def __init__(self, backend: Any, qsl: QSLLike, source: BatchSource | None,
+                 completer: Completer | None = None) -> None:
+        self.completer = completer or Completer()
+        self.source = source
+        self.pipeline = Pipeline(backend, qsl, self.completer, source, threaded=self.threaded,
+                                 name=self.scenario or type(self).__name__)
+        self.handle: int | None = None
+        self.issued = 0
+
+    def start(self) -> None:
+        self.pipeline.start()
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+    def construct(self) -> int:
+        import mlperf_loadgen as lg
+        self.handle = lg.ConstructSUT(self.issue_queries, self.flush_queries)
+        return self.handle
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            import mlperf_loadgen as lg
+            lg.DestroySUT(self.handle)
+            self.handle = None
+
+    # -- LoadGen callbacks -------------------------------------------------------
+    def issue_queries(self, query_samples: Sequence[Any]) -> None:
+        """Register the samples, then hand them on (``_enqueue``)."""
+        samples = [Sample(q.id, q.index) for q in query_samples]
+        self.issued += len(samples)
+        if self.completer.register(samples):
+            self._enqueue(samples)
+
+    def flush_queries(self) -> None:
+        pass
+
+    def _enqueue(self, samples: list[Sample]) -> None:
+        raise NotImplementedError

@@ -1,0 +1,150 @@
+"""Completing LoadGen samples exactly once, also when something fails.
+
+Every sample LoadGen issues is registered here by its response id. It leaves
+the register exactly once: completed with its record, or completed with an
+empty response after a failure (logged with its sample index and counted).
+Completion is idempotent per id, so a worker's normal completion racing a
+failure drain can never complete a sample twice, and a drain after a worker
+thread dies or after Ctrl-C can never miss one: LoadGen never waits forever.
+
+``complete_fn`` defaults to ``mlperf_loadgen.QuerySamplesComplete``; tests
+pass a recorder. It must copy the response bytes during the call (LoadGen
+does), because the buffers are freed right after it returns.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from harness.sut.response import pack_records
+
+log = logging.getLogger("harness")
+
+MAX_LOGGED_FAILURES = 20  # individual failure lines logged; the rest are only counted
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One issued sample: LoadGen's response id and the QSL index it names."""
+
+    id: int
+    index: int
+
+
+@dataclass(frozen=True)
+class SampleFailure:
+    index: int      # QSL sample index
+    stage: str      # "load", "predict", "record", "worker", "interrupted"
+    error: str      # exception type and message
+
+
+def _loadgen_complete(responses: list) -> None:
+    import mlperf_loadgen as lg
+    lg.QuerySamplesComplete(responses)
+
+
+def _loadgen_response(sample_id: int, ptr: int, nbytes: int):
+    import mlperf_loadgen as lg
+    return lg.QuerySampleResponse(sample_id, ptr, nbytes)
+
+
+class Completer:
+    """Registry of outstanding samples; the only place that completes them."""
+
+    def __init__(self, complete_fn: Callable[[list], None] = _loadgen_complete,
+                 response_fn: Callable[[int, int, int], object] = _loadgen_response) -> None:
+        self._complete_fn = complete_fn
+        self._response_fn = response_fn
+        self._lock = threading.Lock()
+        self._outstanding: dict[int, tuple[int, float]] = {}  # response id -> (sample index, issue time)
+        self._closed_reason: tuple[str, str] | None = None  # (stage, message) once closed
+        self.failures: list[SampleFailure] = []
+        self.completed = 0
+        self.latencies_s: list[float] = []  # issue-to-completion time of each sample completed with a result
+
+    # -- issue side --------------------------------------------------------------
+    def register(self, samples: Sequence[Sample]) -> bool:
+        """Record issued samples. If the system already stopped, fail them at once and return False."""
+        now = time.perf_counter()
+        with self._lock:
+            closed = self._closed_reason
+            if closed is None:
+                for s in samples:
+                    self._outstanding[s.id] = (s.index, now)
+                return True
+        self._fail_now(samples, closed[0], closed[1], quiet=True)  # close() already said why, once
+        return False
+
+    # -- worker side -------------------------------------------------------------
+    def complete(self, samples: Sequence[Sample], records: Sequence[np.ndarray]) -> None:
+        """Complete ``samples`` with their float32 records ([K, 7] each), in one LoadGen call."""
+        with self._lock:
+            issued = [(s, r, self._outstanding.pop(s.id, None)) for s, r in zip(samples, records)]
+        keep = [(s, r) for s, r, entry in issued if entry is not None]
+        if not keep:
+            return
+        buf, spans = pack_records([r for _, r in keep])
+        base = buf.ctypes.data
+        responses = [self._response_fn(s.id, base + off if n else 0, n) for (s, _), (off, n) in zip(keep, spans)]
+        self._complete_fn(responses)  # LoadGen copies the bytes here; buf stays alive until it returns
+        now = time.perf_counter()
+        with self._lock:
+            self.completed += len(keep)
+            self.latencies_s.extend(now - entry[1] for _, _, entry in issued if entry is not None)
+
+    def fail(self, samples: Sequence[Sample], stage: str, error: BaseException | str) -> None:
+        """Complete ``samples`` with empty responses and record why."""
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        with self._lock:
+            mine = [s for s in samples if self._outstanding.pop(s.id, None) is not None]
+        self._fail_now(mine, stage, message)
+
+    def close(self, stage: str, message: str) -> int:
+        """Stop accepting work: fail everything outstanding and everything issued later.
+
+        Used when a worker thread dies and on Ctrl-C. Returns how many samples it failed.
+        """
+        with self._lock:
+            if self._closed_reason is None:
+                self._closed_reason = (stage, message)
+            pending = [Sample(i, idx) for i, (idx, _) in self._outstanding.items()]
+            self._outstanding.clear()
+        if pending:   # one line for all of them, not one per sample
+            log.error("%s: %d outstanding sample(s) completed with empty responses; so is every sample "
+                      "issued from now on", message, len(pending))
+        self._fail_now(pending, stage, message, quiet=True)
+        return len(pending)
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def outstanding(self) -> int:
+        with self._lock:
+            return len(self._outstanding)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    @property
+    def closed_reason(self) -> tuple[str, str] | None:
+        """(stage, message) of the first close, e.g. ("worker", "compute thread died: ..."); None while open."""
+        return self._closed_reason
+
+    def _fail_now(self, samples: Sequence[Sample], stage: str, message: str, quiet: bool = False) -> None:
+        """Record and complete ``samples`` empty; log each (up to a cap) unless ``quiet`` (the caller logged)."""
+        if not samples:
+            return
+        with self._lock:
+            first = len(self.failures)
+            self.failures.extend(SampleFailure(s.index, stage, message) for s in samples)
+        for k, s in enumerate(() if quiet else samples):
+            if first + k < MAX_LOGGED_FAILURES:
+                log.error("sample index %d failed in %s: %s", s.index, stage, message)
+            elif first + k == MAX_LOGGED_FAILURES:
+                log.error("more samples failed; further failures are only counted")
+        self._complete_fn([self._response_fn(s.id, 0, 0) for s in samples])

@@ -1,0 +1,68 @@
+"""Where a COCO-layout data set keeps its annotations, its images and its cache.
+
+``<data>/annotations/instances_val2017.json`` with images in ``<data>/val2017/``
+or ``<data>/images/val2017/``, or any annotation file ``instances_<split>.json``
+given by path (images then in ``<split>/`` beside or under ``images/`` of its
+parent's parent, or of ``data_dir``). The cache defaults to ``<data>/ssd_cache``.
+The position of an image in the annotation file's ``images`` list is its
+``qsl_idx``, everywhere.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .cache import PrepareError
+
+ANNOTATION_RELPATH = Path("annotations") / "instances_val2017.json"
+DEFAULT_CACHE_NAME = "ssd_cache"
+
+
+def default_annotation_file(data_dir: str | Path) -> Path:
+    """``<data_dir>/annotations/instances_val2017.json``."""
+    return Path(data_dir) / ANNOTATION_RELPATH
+
+
+def find_inputs(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> tuple[Path, Path]:
+    """Locate (annotation file, image folder), or raise PrepareError listing what was tried."""
+    if data_dir is None and annotation_file is None:
+        raise PrepareError("give a data folder (--data) or an annotation file (--annotation-file)")
+    ann = default_annotation_file(data_dir) if annotation_file is None else Path(annotation_file)
+    if not ann.is_file():
+        raise PrepareError(f"annotation file {ann} not found: expected COCO layout <data>/annotations/"
+                           f"instances_val2017.json, or pass --annotation-file")
+    split = ann.stem[len("instances_"):] if ann.stem.startswith("instances_") else "val2017"
+    roots = [Path(data_dir)] if data_dir is not None else []
+    roots.append(ann.resolve().parent.parent)
+    tried = [r / sub / split for r in roots for sub in ("", "images")]
+    for folder in tried:
+        if folder.is_dir():
+            return ann, folder
+    raise PrepareError(f"image folder for {ann} not found; tried {', '.join(map(str, dict.fromkeys(tried)))}")
+
+
+def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, Any]]:
+    """The annotation file's ``images`` list (first ``max_images``), as [{qsl_idx, id, file_name, width, height}]."""
+    try:
+        doc = json.loads(ann.read_text())
+        images = doc["images"]
+        out = [{"qsl_idx": i, "id": int(im["id"]), "file_name": str(im["file_name"]),
+                "width": int(im["width"]), "height": int(im["height"])} for i, im in enumerate(images)]
+    except (OSError, ValueError) as e:
+        raise PrepareError(f"annotation file {ann} is not readable JSON ({e})") from None
+    except (KeyError, TypeError) as e:
+        raise PrepareError(f"annotation file {ann} is not COCO format: an image entry lacks {e} "
+                           f"(need images[].id, file_name, width, height)") from None
+    if max_images is not None:
+        if max_images < 1:
+            raise PrepareError(f"max_images must be at least 1, got {max_images}")
+        out = out[:max_images]
+    if not out:
+        raise PrepareError(f"annotation file {ann} lists no images")
+    return out
+
+
+def default_cache_dir(data_dir: str | Path | None, ann: Path) -> Path:
+    root = Path(data_dir) if data_dir is not None else ann.resolve().parent.parent
+    return root / DEFAULT_CACHE_NAME
