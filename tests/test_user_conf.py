@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import run
-from harness.compliance.verify import read_mllog
+from harness.results.loadgen_log import read_mllog
 from harness.settings.config import HINT_DEFAULTS, RunConfig
 from harness.settings.loadgen import make_test_settings, resolve_hints
 from harness.settings.user_conf import SettingsError, parse_user_conf

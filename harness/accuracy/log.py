@@ -113,8 +113,3 @@ class AccuracyLogReader:
     def _cut_short(buf: str, pos: int) -> bool:
         """True when the text from ``pos`` is an object the file ended in the middle of."""
         return buf[pos] == "{" and "}" not in buf[pos:]
-
-
-def iter_accuracy_log(path: str | Path) -> Iterator[dict]:
-    """The entries of ``path`` one by one (see :class:`AccuracyLogReader` for truncation details)."""
-    return iter(AccuracyLogReader(path))

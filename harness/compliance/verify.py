@@ -26,14 +26,13 @@ number of distinct images, not with the size of the logs.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.accuracy.coco import AccuracyError, load_ground_truth
 from harness.accuracy.evaluate import AccuracyReport, decode_entries, evaluate_records
 from harness.accuracy.log import AccuracyLogReader
+from harness.results.loadgen_log import read_mllog
 from harness.results.outcome import AuditResult, Verdict
 from harness.shared.files import write_text_atomic
 
@@ -69,26 +68,11 @@ class PerfScore:
         return f"{self.value / 1e6:.3f} ms" if self.is_latency else f"{self.value:.2f} samples/s"
 
 
-def read_mllog(path: str | Path) -> dict[str, Any]:
-    """Last value of every key in a ``mlperf_log_detail.txt``, read line by line; bad lines are skipped."""
-    path = Path(path)
-    values: dict[str, Any] = {}
-    try:
-        with path.open(errors="replace") as f:
-            for line in f:
-                if line.startswith(":::MLLOG "):
-                    try:
-                        entry = json.loads(line[len(":::MLLOG "):])
-                    except json.JSONDecodeError:
-                        continue
-                    values[entry.get("key", "")] = entry.get("value")
-    except OSError as e:
-        raise ComplianceError(f"cannot read {path} ({e.strerror}): the run did not finish or was moved") from None
-    return values
-
-
 def perf_score(detail_log: str | Path) -> PerfScore:
-    values = read_mllog(detail_log)
+    try:
+        values = read_mllog(detail_log)
+    except OSError as e:
+        raise ComplianceError(f"cannot read {detail_log} ({e.strerror}): the run did not finish or was moved") from None
     scenario = values.get("effective_scenario")
     key = SCORE_KEYS.get(str(scenario))
     if key is None or values.get(key) is None:

@@ -19,10 +19,9 @@ import re
 import shlex
 from pathlib import Path
 
-from harness.compliance.verify import read_mllog
 from harness.report.summary import early_stopping_label
 from harness.results.layout import RUN_DIRS
-from harness.results.loadgen_log import read_detail_log
+from harness.results.loadgen_log import read_detail_log, read_mllog
 from harness.results.record import LATENCIES_NAME, read_run_record
 from harness.shared.files import write_text_atomic
 

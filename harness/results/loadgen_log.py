@@ -20,6 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 _CONSTRAINTS = {
     "result_min_duration_met": "min duration not met (the run was shorter than min_duration)",
@@ -49,6 +50,23 @@ class LoadGenResult:
                 "early_stopping_ns": self.early_stopping_ns, "peak_qps": self.peak_qps}
 
 
+def mllog_entries(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Every ``:::MLLOG {json}`` record of a LoadGen detail log, streamed; lines that are not valid
+    JSON (a tail cut short) are skipped. OSError when the file cannot be read."""
+    with Path(path).open(errors="replace") as f:
+        for line in f:
+            if line.startswith(":::MLLOG "):
+                try:
+                    yield json.loads(line[len(":::MLLOG "):])
+                except json.JSONDecodeError:
+                    continue
+
+
+def read_mllog(path: str | Path) -> dict[str, Any]:
+    """The last value of every key in a detail log. OSError when the file cannot be read."""
+    return {entry.get("key", ""): entry.get("value") for entry in mllog_entries(path)}
+
+
 def read_detail_log(path: str | Path, samples_per_query: int | None = None) -> LoadGenResult:
     """Parse a ``mlperf_log_detail.txt``; lines that are not valid MLLOG JSON (a truncated tail) are skipped."""
     res = LoadGenResult()
@@ -56,15 +74,8 @@ def read_detail_log(path: str | Path, samples_per_query: int | None = None) -> L
     if not path.is_file():
         res.reasons.append(f"{path} is missing (the run did not finish)")
         return res
-    with path.open(errors="replace") as f:
-        for line in f:
-            if not line.startswith(":::MLLOG "):
-                continue
-            try:
-                entry = json.loads(line[len(":::MLLOG "):])
-            except json.JSONDecodeError:
-                continue
-            _apply(res, entry)
+    for entry in mllog_entries(path):
+        _apply(res, entry)
     spq = samples_per_query or res.samples_per_query or 1
     if res.qps is not None and res.samples_per_s is None:
         res.samples_per_s = res.qps * spq
@@ -105,12 +116,3 @@ def _apply(res: LoadGenResult, entry: dict) -> None:
         res.latency_ns[key.split("_")[1]] = float(value)
     elif m := _PERCENTILE.fullmatch(key):
         res.latency_ns[m.group(1)] = float(value)
-
-
-def read_summary_validity(path: str | Path) -> str | None:
-    """``Result is : VALID`` from ``mlperf_log_summary.txt``, or None when absent."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    m = re.search(r"^Result is\s*:\s*(\w+)", path.read_text(errors="replace"), re.MULTILINE)
-    return m.group(1) if m else None

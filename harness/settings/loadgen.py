@@ -33,8 +33,7 @@ from pathlib import Path
 from harness.settings.config import HINT_DEFAULTS, RunConfig
 from harness.settings.user_conf import SettingsError, UserConf, parse_user_conf
 
-__all__ = ["LOADGEN_MODEL", "SettingsError", "Hint", "resolve_hints", "loadgen_mode", "make_test_settings",
-           "describe"]
+__all__ = ["LOADGEN_MODEL", "SettingsError", "Hint", "resolve_hints", "loadgen_mode", "make_test_settings"]
 
 log = logging.getLogger("harness")
 LOADGEN_MODEL = "ssd-resnet34"  # the model name keys in user.conf are looked up under
@@ -125,13 +124,3 @@ def make_test_settings(user_conf: str | Path, scenario: str, mode: str, run: Run
     if settings.server_num_issue_query_threads != 0:
         raise SettingsError(f"{path}: server_num_issue_query_threads must stay 0 with a Python SUT")
     return settings
-
-
-def describe(settings) -> dict:
-    """The settings that decide a run's length and validity, for the run record."""
-    keys = ("min_duration_ms", "min_query_count", "performance_sample_count_override",
-            "multi_stream_samples_per_query", "server_target_latency_ns", "server_target_latency_percentile",
-            "single_stream_target_latency_percentile", "multi_stream_target_latency_percentile",
-            "server_target_qps", "offline_expected_qps", "single_stream_expected_latency_ns",
-            "multi_stream_expected_latency_ns")
-    return {k: getattr(settings, k) for k in keys} | {"scenario": settings.scenario.name, "mode": settings.mode.name}

@@ -93,7 +93,6 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._inline_thread: int | None = None  # the thread whose torch thread count run_inline has set
         self.inline_busy = False                 # run_inline is computing a query (on LoadGen's thread)
-        self.batches = 0  # batches computed (for the run summary)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -119,10 +118,6 @@ class Pipeline:
             t.join(timeout)
         self._stopping.set()
         self.completer.close("worker", "the SUT stopped before this sample was processed")
-
-    @property
-    def alive(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
 
     # -- stage work --------------------------------------------------------------
     def _gather(self, backend: Any, indices: list[int]):
@@ -151,7 +146,6 @@ class Pipeline:
                  ) -> list[tuple[list[Sample], list[torch.Tensor]]]:
         """Predict the batch; if it raises, predict each sample alone so only bad samples fail."""
         backend = self.backend if backend is None else backend
-        self.batches += 1
         try:
             dets = backend.predict(*inputs)
             if len(dets) != len(batch):
