@@ -20,9 +20,20 @@ import torch
 Detections = list[torch.Tensor]  # per image: Tensor[K, 6] (x1, y1, x2, y2, score, label), fp32, CPU
 
 
+class WorkerLost(RuntimeError):
+    """This worker (its device, its process or its host) can compute nothing more.
+
+    Raised by a worker's ``predict`` or ``stage``. The harness retires the worker and gives its
+    batch to another one; a sample fails only when no worker is left to run it.
+    """
+
+
 class Backend(Protocol):
     name: str
     sizes: tuple[int, ...]  # the input sizes it needs from the QSL, in pass order
+    # True for a backend that runs no detector (null, simulated): its results measure the harness,
+    # and nothing it leaves on disk may read as a model's result.
+    simulated: bool
 
     def load(self) -> None:
         """Build the model, load weights, move to the device. Raises with a clear message on bad input."""

@@ -19,6 +19,7 @@ from backends.config import ModelConfig
 
 class NullBackend:
     name = "null"
+    simulated = True   # no detector: a measuring instrument for the harness
 
     def __init__(self, model_cfg: ModelConfig | None = None, device: str = "cpu", threads: int = 0,
                  num_detections: int = 2, latency_ms: float = 0.0) -> None:

@@ -81,6 +81,7 @@ class PyTorchBackend:
     """The backend interface of ``backends/base.py`` for the SSD in PyTorch."""
 
     name = "pytorch"
+    simulated = False
 
     def __init__(self, model_cfg: ModelConfig, device: str = "auto", threads: int = 0,
                  trust_pickle: bool = False) -> None:
