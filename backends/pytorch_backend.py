@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from backends.config import ModelConfig
+from backends.ssd.normalize import scale_and_shift
 
 from .cuda_graphs import GraphedForward
 from .ssd.checkpoint import load_checkpoint
@@ -44,8 +45,6 @@ from .ssd.two_scale import TwoScaleDetector
 
 log = logging.getLogger(__name__)
 
-MEAN_RGB = (0.485, 0.456, 0.406)
-STD_RGB = (0.229, 0.224, 0.225)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_RECOMPILE_LIMIT = 64   # compiled shapes kept per network (CUDA graphs: every batch size x input size)
 COMPILE_BACKEND = "inductor"   # torch.compile backend (tests swap in a faster-compiling one)
@@ -128,10 +127,7 @@ class PyTorchBackend:
         self.detector = TwoScaleDetector(model, cfg).to(self.device)
         self._network = self._compiled(model)
         self.detector.model = self._graphed(self._network)
-        std = torch.tensor(STD_RGB, device=self.device).view(1, 3, 1, 1)
-        mean = torch.tensor(MEAN_RGB, device=self.device).view(1, 3, 1, 1)
-        self._scale = 1.0 / (255.0 * std)      # x_norm = x_uint8 * scale + shift
-        self._shift = -mean / std
+        self._scale, self._shift = scale_and_shift(self.device)   # x_norm = x_uint8 * scale + shift
         if self.device.type == "cuda":
             self.stream = torch.cuda.Stream(device=self.device)
             self.copy_stream = torch.cuda.Stream(device=self.device)

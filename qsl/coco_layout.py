@@ -15,13 +15,12 @@ from typing import Any
 
 from .cache import PrepareError
 
-ANNOTATION_RELPATH = Path("annotations") / "instances_val2017.json"
 DEFAULT_CACHE_NAME = "ssd_cache"
 
 
-def default_annotation_file(data_dir: str | Path) -> Path:
-    """``<data_dir>/annotations/instances_val2017.json``."""
-    return Path(data_dir) / ANNOTATION_RELPATH
+def default_annotation_file(data_dir: str | Path, split: str = "val2017") -> Path:
+    """``<data_dir>/annotations/instances_<split>.json`` (val2017: the benchmark's)."""
+    return Path(data_dir) / "annotations" / f"instances_{split}.json"
 
 
 def find_inputs(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> tuple[Path, Path]:

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from backends.config import ModelConfig
-from backends.pytorch_backend import MEAN_RGB, STD_RGB, PyTorchBackend
+from backends.pytorch_backend import PyTorchBackend
 from backends.ssd.model import SSDResNet
+from backends.ssd.normalize import MEAN_RGB, STD_RGB
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

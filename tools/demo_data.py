@@ -4,9 +4,9 @@ Assumptions:
 - Layout ``<root>/annotations/instances_<split>.json`` with images in ``<root>/<split>/``.
 - Labels: label i (1..K) is the i-th category id of ``sorted(category ids)``; 0 is background.
   This is the accuracy script's mapping ``[0] + sorted(getCatIds())``.
-- Pre-processing is the inference one: PIL, ``convert("RGB")``, bilinear resize to S x S
-  (aspect ratio not kept). Images are stored resized as uint8 ``[N, 3, S, S]``; normalization
-  (/255, ImageNet mean/std) happens per batch.
+- Pre-processing is the product's own (qsl/decode.py, its default decoder: the pixels the
+  benchmark's cache holds). Images are stored resized as uint8 ``[N, 3, S, S]``; normalization
+  (backends/ssd/normalize.py) happens per batch.
 - Boxes are ``xyxy`` fp32 normalized to [0, 1] of the image; crowd boxes and boxes under one
   pixel wide or high are dropped.
 """
@@ -16,16 +16,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-class DemoDataError(ValueError):
-    """The data folder or annotation file is missing or malformed; the message says which."""
+from harness.demo.command import DemoDataError
+from qsl.coco_layout import default_annotation_file
+from qsl.decode import BadImageError, load_resized
 
 
 @dataclass
@@ -49,18 +44,12 @@ class DetectionSet:
         return {i + 1: int(c["id"]) for i, c in enumerate(self.categories)}
 
 
-def annotation_file(root: Path, split: str) -> Path:
-    return Path(root) / "annotations" / f"instances_{split}.json"
-
-
 def load_image(path: Path, image_size: int) -> torch.Tensor:
-    """One image as uint8 Tensor[3, S, S] (RGB, bilinear resize, aspect ratio not kept)."""
+    """One image as uint8 Tensor[3, S, S], decoded and resized as the benchmark's cache does."""
     try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-    except (OSError, ValueError) as exc:
+        return load_resized(path, [image_size])[0][image_size]
+    except (OSError, BadImageError) as exc:
         raise DemoDataError(f"cannot read image {path}: {exc}; regenerate or remove the data folder") from exc
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
 def load_coco_set(root: Path, split: str, image_size: int = 300, limit: int | None = None,
@@ -73,7 +62,7 @@ def load_coco_set(root: Path, split: str, image_size: int = 300, limit: int | No
         image_size: side S of the stored square images.
         limit: keep only the first ``limit`` images of the annotation file.
     """
-    ann_path = annotation_file(root, split)
+    ann_path = default_annotation_file(root, split)
     if not ann_path.is_file():
         raise DemoDataError(f"annotation file {ann_path} not found: expected COCO layout "
                             f"<root>/annotations/instances_{split}.json")
@@ -111,13 +100,6 @@ def load_coco_set(root: Path, split: str, image_size: int = 300, limit: int | No
         hw.append([int(im["height"]), int(im["width"])])
     return DetectionSet(stored, boxes, labels, [int(im["id"]) for im in images],
                         torch.tensor(hw, dtype=torch.int64), categories, image_size)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """Tensor[N, 3, S, S] with values in [0, 255] (uint8 or float) -> fp32 (x / 255 - mean) / std."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
 
 
 def augment(images: torch.Tensor, boxes: list[torch.Tensor], gen: torch.Generator,

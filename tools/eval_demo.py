@@ -1,11 +1,11 @@
 """Quick COCO mAP of a demo checkpoint on a COCO-format folder (single scale, CPU).
 
-A progress check for demo training, independent of the LoadGen harness:
-decode with the default boxes, softmax, per class keep score > 0.05 and the 200 best,
-greedy NMS at IoU 0.5, keep the 200 best per image (the product's own decode and
-post-processing, ``backends/ssd``), then pycocotools ``bbox``
-evaluation over the evaluated images. Labels map to category ids as
-``[0] + sorted(category ids)``, the accuracy script's mapping.
+A progress check for demo training, without LoadGen or the image cache: the
+product's own decode and post-processing (``backends/ssd``: default boxes,
+softmax, score > 0.05, 200 best per class, NMS at IoU 0.5, 200 per image) and
+the accuracy script's evaluation (``harness/accuracy``: the 7-float record,
+labels to category ids as ``[0] + sorted(category ids)``, "not computed"
+rather than a number when there is no ground truth).
 
 Usage::
 
@@ -15,8 +15,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 from pathlib import Path
 
@@ -27,8 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backends.ssd.decode import class_scores, decode_boxes  # noqa: E402
 from backends.ssd.default_boxes import default_boxes  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
+from backends.ssd.normalize import normalize  # noqa: E402
 from backends.ssd.postprocess import postprocess as select_detections  # noqa: E402
-from tools.demo_data import DetectionSet, annotation_file, load_coco_set, normalize  # noqa: E402
+from harness.accuracy.evaluate import evaluate_records  # noqa: E402
+from harness.sut.response import to_record  # noqa: E402
+from qsl.coco_layout import default_annotation_file  # noqa: E402
+from tools.demo_data import DetectionSet, load_coco_set  # noqa: E402
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 
@@ -62,26 +64,14 @@ def predict(model: SSDResNet, data: DetectionSet, batch_size: int = 16, bf16: bo
 
 
 def coco_map(dets: list[torch.Tensor], data: DetectionSet, ann_file: Path) -> dict[str, float]:
-    """pycocotools bbox stats over the images in ``data``: {"AP", "AP50", "AP75", "AP_small", ...}."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    """The accuracy script's COCO stats over the images in ``data`` (the first ``len(data)`` of ``ann_file``):
+    {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}.
 
-    label_map = data.label_map
-    results = []
-    for image_id, (h, w), det in zip(data.image_ids, data.image_hw.tolist(), dets):
-        for x1, y1, x2, y2, score, label in det.tolist():
-            results.append({"image_id": image_id, "category_id": label_map[int(label)], "score": score,
-                            "bbox": [x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h]})
-    if not results:
-        return {name: 0.0 for name in STAT_NAMES}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_file))
-        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
-        evaluator.params.imgIds = list(data.image_ids)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    Raises :class:`~harness.accuracy.coco.MapNotComputed` when there is no ground truth to score.
+    """
+    records = {i: to_record(d, i) for i, d in enumerate(dets)}
+    report = evaluate_records(records, ann_file, expected=range(len(data)))
+    return dict(zip(STAT_NAMES, report.stats))
 
 
 def load_demo_model(path: Path) -> SSDResNet:
@@ -102,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if not annotation_file(args.data, args.split).is_file():
+    if not default_annotation_file(args.data, args.split).is_file():
         from qsl.synthetic import make_synthetic_coco
         make_synthetic_coco(args.data, args.num_images, seed=args.seed, split=args.split)
     data = load_coco_set(args.data, args.split, limit=args.num_images, progress=True)
-    stats = coco_map(predict(load_demo_model(args.checkpoint), data), data, annotation_file(args.data, args.split))
+    stats = coco_map(predict(load_demo_model(args.checkpoint), data), data, default_annotation_file(args.data, args.split))
     print(" ".join(f"{k}={v:.4f}" for k, v in stats.items()), f"images={len(data)}")
     return 0
 

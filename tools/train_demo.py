@@ -37,14 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.ssd.default_boxes import default_boxes  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
-from tools.demo_data import (  # noqa: E402
-    DemoDataError,
-    DetectionSet,
-    annotation_file,
-    augment,
-    load_coco_set,
-    normalize,
-)
+from backends.ssd.normalize import normalize  # noqa: E402
+from harness.demo.command import DemoDataError  # noqa: E402
+from qsl.coco_layout import default_annotation_file  # noqa: E402
+from tools.demo_data import DetectionSet, augment, load_coco_set  # noqa: E402
 from tools.ssd_targets import build_targets, multibox_loss  # noqa: E402
 
 TRAIN_SEED_OFFSET = 1000
@@ -115,7 +111,7 @@ def export_checkpoint(model: SSDResNet, data: DetectionSet, path: Path, steps: i
 
 def ensure_data(root: Path, split: str, num_images: int, seed: int) -> None:
     """Generate the synthetic split under ``root`` unless its annotation file exists."""
-    if annotation_file(root, split).is_file():
+    if default_annotation_file(root, split).is_file():
         return
     try:
         from qsl.synthetic import make_synthetic_coco
@@ -224,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         val_root = args.work_dir / "val_data"
         ensure_data(val_root, "val2017", args.val_images, 0)
         val = load_coco_set(val_root, "val2017", limit=args.val_images)
-        stats = coco_map(predict(load_demo_model(args.out), val), val, annotation_file(val_root, "val2017"))
+        stats = coco_map(predict(load_demo_model(args.out), val), val, default_annotation_file(val_root, "val2017"))
         print("held-out " + " ".join(f"{k}={v:.4f}" for k, v in stats.items()), f"images={len(val)}", flush=True)
     return 0
 
