@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from harness.run.backend import build_backend
 from harness.run.benchmark import run_benchmark
@@ -80,20 +79,6 @@ def test_batches_of_8_and_64_give_the_bytes_of_each_image_alone(tiny):
         assert order[0] == 3 and order[-1] == (5 * 63 + 3) % n                 # first and last positions covered
     finally:
         qsl.unload(list(range(n)))
-
-
-def test_plain_batched_cpu_forward_is_not_batch_invariant(tiny):
-    """Why per-image execution is needed: the same images in one batch of 8 give other bytes."""
-    backend, qsl, alone = tiny["backend"].inner, tiny["dataset"].qsl, tiny["alone"]
-    qsl.load(list(range(qsl.total_count)))
-    try:
-        images, hw = qsl.get_batch(list(range(qsl.total_count)))
-        batched = [to_record(d, i).tobytes() for i, d in enumerate(backend.predict(images, hw))]
-    finally:
-        qsl.unload(list(range(qsl.total_count)))
-    if batched == [alone[i] for i in range(len(batched))]:
-        pytest.skip(f"this CPU's kernels ({torch.backends.cpu.get_cpu_capability()}) happen to be batch-invariant")
-    assert batched != [alone[i] for i in range(len(batched))]
 
 
 @pytest.mark.parametrize("scenario", ["SingleStream", "MultiStream", "Offline", "Server"])

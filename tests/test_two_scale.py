@@ -1,5 +1,9 @@
-"""Two-scale method: masks, area filter, one pass for equal sizes, geometry checks, batch invariance."""
+"""Two-scale method: masks, area filter, one pass for equal sizes, one NMS over both scales, geometry checks.
+
+That an image's detections do not depend on its batch is tested through the backend (tests/test_backend.py)
+and byte for byte through LoadGen (tests/test_determinism.py)."""
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +13,6 @@ from backends.config import ModelConfig
 from backends.ssd.decode import cxcywh_to_xyxy
 from backends.ssd.default_boxes import GeometryError, boxes_per_map, default_boxes
 from backends.ssd.model import SSDResNet
-from backends.ssd.postprocess import postprocess
 from backends.ssd.two_scale import FILTER_AREA_PX, TwoScaleDetector
 from harness.settings.config import load_config
 
@@ -97,37 +100,35 @@ def test_equal_sizes_run_once_with_the_union_rule(model):
     assert len(calls) == 1
 
 
-def test_detect_is_decode_merge_then_one_nms(model):
-    cfg = ModelConfig(num_classes=3, backbone="resnet18", image_size=(257, 320), use_filter=True,
-                      small_mask=SMALL, large_mask=LARGE)
-    det = TwoScaleDetector(model, cfg)
-    g = torch.Generator().manual_seed(0)
-    x = {s: torch.randn(2, 3, s, s, generator=g) for s in (257, 320)}
-    hw = torch.tensor([[480, 640], [500, 375]])
-    with torch.no_grad():
-        outs = [model(x[257], SMALL), model(x[320], LARGE)]
-        got = det.detect(x, hw)
-    boxes, scores = det.merge(outs, hw)
-    want = postprocess(boxes, scores)
-    assert any(d.shape[0] > 0 for d in want)
-    for a, b in zip(got, want):
-        assert torch.equal(a, b)
+def test_one_nms_over_both_scales_worked_by_hand(model):
+    """The last map (1x1, scales 261 and 315 px) at S0 = 257 and S1 = 320, with hand-set logits.
 
-
-def test_image_alone_or_in_a_batch_of_three_gives_the_same_detections(model):
-    cfg = ModelConfig(num_classes=3, backbone="resnet18", image_size=(257, 300), use_filter=True)
+    S0 box 0 (261/257 > 1, clamped to the whole image) and S1 box 0 (261/320 wide, centred) overlap with
+    IoU (261/320)^2 = 0.665 > 0.5, both class 1: one class-wise NMS over the union keeps only the higher
+    score, where NMS per pass would keep both. S1 box 1 (sqrt(261 * 315)/320 wide) is class 2 and stays.
+    Every other box is background with certainty.
+    """
+    cfg = ModelConfig(num_classes=3, backbone="resnet18", image_size=(257, 320))
     det = TwoScaleDetector(model, cfg)
-    g = torch.Generator().manual_seed(0)
-    x = {s: torch.randn(3, 3, s, s, generator=g) for s in (257, 300)}
-    hw = torch.tensor([[480, 640], [300, 300], [640, 427]])
-    with torch.no_grad():
-        batch = det.detect(x, hw)
-        for i in range(3):
-            alone = det.detect({s: v[i:i + 1] for s, v in x.items()}, hw[i:i + 1])[0]
-            assert alone.shape == batch[i].shape and alone.shape[0] > 0
-            assert torch.equal(alone[:, 5], batch[i][:, 5])
-            # The convolutions may round differently per batch size (last-bit level); NMS adds nothing.
-            torch.testing.assert_close(alone, batch[i], rtol=0, atol=1e-5)
+    chosen = {257: {0: (1, 5.0)}, 320: {0: (1, 4.0), 1: (2, 3.0)}}    # last-map box -> (class, logit)
+
+    def fake_model(x, mask):
+        b = det.passes[[p.size for p in det.passes].index(x.shape[-1])].dboxes.shape[0]
+        confs = torch.zeros(1, 3, b)
+        confs[:, 0] = 10.0
+        for box, (label, logit) in chosen[x.shape[-1]].items():
+            confs[0, 0, b - 4 + box] = 0.0
+            confs[0, label, b - 4 + box] = logit
+        return torch.zeros(1, 4, b), confs
+
+    det.model = fake_model
+    (got,) = det.detect({257: torch.zeros(1, 3, 257, 257), 320: torch.zeros(1, 3, 320, 320)},
+                        torch.tensor([[480, 640]]))
+    e = torch.exp(torch.tensor([5.0, 3.0]))
+    half = math.sqrt(261 * 315) / 320 / 2
+    want = torch.tensor([[0.0, 0.0, 1.0, 1.0, e[0] / (e[0] + 2), 1.0],
+                         [0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half, e[1] / (e[1] + 2), 2.0]])
+    torch.testing.assert_close(got, want)
 
 
 def test_steps_that_do_not_fit_fail_at_construction(model):
