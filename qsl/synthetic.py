@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from harness.shared.files import replace_atomically
+
 from .shapes import ASPECT, CATEGORIES, FILL, draw_shape
 
 CATEGORY_IDS = tuple(c[0] for c in CATEGORIES)
@@ -177,9 +179,7 @@ def make_synthetic_coco(out_dir: str | Path, num_images: int, seed: int = 0, spl
         "categories": [{"id": cid, "name": name, "supercategory": sup} for cid, name, sup in CATEGORIES],
     }
     ann_file = ann_dir / f"instances_{split}.json"
-    tmp = ann_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(ann_file)
+    replace_atomically(ann_file, json.dumps(doc))
     return ann_file
 
 

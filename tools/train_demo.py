@@ -25,8 +25,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import io
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +39,7 @@ from backends.ssd.default_boxes import default_boxes  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from backends.ssd.normalize import normalize  # noqa: E402
 from harness.demo.command import DemoDataError  # noqa: E402
+from harness.shared.files import replace_atomically  # noqa: E402
 from qsl.coco_layout import default_annotation_file  # noqa: E402
 from tools.demo_data import DetectionSet, augment, load_coco_set  # noqa: E402
 from tools.ssd_targets import build_targets, multibox_loss  # noqa: E402
@@ -94,10 +95,11 @@ def train_step(model: SSDResNet, optimizer: torch.optim.Optimizer, data: Detecti
 
 
 def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save ``obj`` to ``path`` crash-safely (harness/shared/files.py: temporary name, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    replace_atomically(path, buf.getvalue())
 
 
 def export_checkpoint(model: SSDResNet, data: DetectionSet, path: Path, steps: int, data_desc: str) -> None:
