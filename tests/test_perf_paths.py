@@ -202,6 +202,17 @@ def test_workers_complete_every_sample_once_with_staged_inputs(threaded):
         assert backend.samples > 0 and backend.other.samples > 0                   # both workers computed
 
 
+def test_per_image_guard_keeps_the_staged_copy_event():
+    """--batch-invariant on with CUDA: every one-image slice still carries the batch's copy-ready event."""
+    from harness.sut.guard import GuardedBackend
+    worker = StagingWorker("w0")
+    qsl = MemoryQSL(4)
+    qsl.load(range(4))
+    staged = worker.stage(*qsl.get_batch([0, 1, 2, 3]))
+    out = GuardedBackend(worker, per_image=True).predict(*staged)   # StagingWorker.predict checks the event
+    assert len(out) == 4 and worker.samples == 4
+
+
 # -- CUDA (skip without a GPU) ---------------------------------------------------------------------
 
 @CUDA
