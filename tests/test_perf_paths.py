@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from backends import pytorch_backend
+from backends import network
 from backends.config import ModelConfig
 from backends.null import NullBackend
 from benchmarks.flops import flops_per_sample, mfu, peak_fp16_tflops
@@ -78,7 +78,7 @@ INDUCTOR = pytest.mark.skipif(not os.environ.get("SSD_TEST_INDUCTOR"),
 
 @pytest.mark.parametrize("compile_backend", ["aot_eager", pytest.param("inductor", marks=INDUCTOR)])
 def test_compile_flag_compiles_and_keeps_detections(inputs, reference, compile_backend, monkeypatch):
-    monkeypatch.setattr(pytorch_backend, "COMPILE_BACKEND", compile_backend)
+    monkeypatch.setattr(network, "COMPILE_BACKEND", compile_backend)
     backend = make_backend(compile=True, channels_last=True)
     assert backend.detector.model is not backend.model                  # the compiled wrapper runs
     assert backend.compile_seconds is None
