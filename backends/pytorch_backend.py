@@ -269,8 +269,11 @@ class PyTorchBackend:
         if batch_sizes is None:
             batch_sizes = tuple(range(1, 9)) if graphs else (1, 2)
         batch_sizes = tuple(sorted(set(batch_sizes), reverse=True))
-        if graphs:
-            self.check_graph_memory(batch_sizes)
+        if graphs:   # graphs already captured hold their memory: only new ones must fit what is free
+            captured = {shape[0] for shape in self.detector.model.shapes}
+            new = tuple(b for b in batch_sizes if b not in captured)
+            if new:
+                self.check_graph_memory(new)
         if self.cfg.compile:
             allow_compiles(len(batch_sizes) * len(self.sizes) + 2)     # every (batch, size) compiles once
         t0 = time.perf_counter()
