@@ -13,11 +13,26 @@ Output, per image, one fp32 CPU tensor ``[K, 6]``:
 """
 from __future__ import annotations
 
+import copy
 from typing import Mapping, Protocol
 
 import torch
 
 Detections = list[torch.Tensor]  # per image: Tensor[K, 6] (x1, y1, x2, y2, score, label), fp32, CPU
+
+
+def slice_batch(images: Mapping[int, torch.Tensor], image_hw: torch.Tensor, start: int, stop: int
+                ) -> tuple[Mapping[int, torch.Tensor], torch.Tensor]:
+    """Rows ``start:stop`` of a batch: ({S: Tensor[stop - start, 3, S, S]}, Tensor[stop - start, 2]).
+
+    The mapping is a shallow copy of ``images``, so it keeps its type and attributes: a batch a
+    backend staged on its device (``stage``) keeps the event its copy records, which ``predict``
+    waits for before reading the images.
+    """
+    part = copy.copy(images)
+    for s, t in images.items():
+        part[s] = t[start:stop]
+    return part, image_hw[start:stop]
 
 
 class WorkerLost(RuntimeError):

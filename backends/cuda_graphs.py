@@ -1,85 +1,147 @@
-"""The network's forward pass replayed as CUDA graphs, one per (batch size, input size).
+"""The network's forward pass replayed as CUDA graphs, one per input shape, captured only at warm-up.
 
-UNTESTED ON A GPU so far (no GPU was available when this was written; the
-CUDA-only tests in tests/test_perf_paths.py skip without one).
+UNTESTED ON A GPU so far (no GPU was available when this was written). The
+scheduling below (when a shape is captured, on which stream, into which pool,
+what runs eagerly) is tested on the CPU with a stand-in for ``torch.cuda``
+(tests/test_cuda_graphs.py); the CUDA-only tests skip without a GPU.
+
+Rules this follows (PyTorch's CUDA-graph notes and ``torch.cuda.graph``):
+
+- Only one capture may be underway in a process, entering one synchronizes
+  the device and empties the caching allocator, and in the default "global"
+  capture mode no other thread may allocate meanwhile. So shapes are captured
+  only inside :meth:`GraphedForward.capture_window`, which the backend opens
+  during its warm-up, when no other thread uses the device; a lock keeps
+  captures one at a time. After warm-up a shape that was not captured runs
+  eagerly (logged once per shape), never captured mid-run.
+- Graphs share memory only when they share a pool AND are captured on the
+  same stream (the caching allocator reuses a freed block only on the stream
+  it was allocated on). Each runner (one per worker) therefore captures every
+  graph on ONE stream into ONE pool. Its graphs must replay in capture order
+  or one at a time, never concurrently: a worker has one compute thread, and
+  each call's outputs are consumed before the next call (see below).
+- Static inputs: one buffer per (input size, dtype, layout) holding the
+  largest batch; each graph reads a leading slice of it.
 
 Assumptions: the wrapped callable is the SSD network in eval mode,
 ``model(x, mask) -> (locs, confs)``, with fixed parameters and no host syncs
-inside (true for ``SSDResNet``: convolutions, reshapes, cat). Post-processing
-has data-dependent shapes (thresholds, NMS) and stays eager.
+(true for ``SSDResNet``: convolutions, reshapes, cat); post-processing has
+data-dependent shapes and stays eager. A call returns the graph's static
+outputs: they stay valid only until the next call of this runner, so the
+caller must consume them first (the two-scale detector does: decode and
+softmax make new fp32 tensors at once, on the same stream).
 
-A graph is captured the first time a shape is seen (a few eager warm-up runs
-on a side stream first, as CUDA graph capture requires), into a memory pool
-shared by all graphs of this runner. Each call copies the input into the
-graph's static input buffer, replays, and returns the graph's static outputs:
-they stay valid only until the next call with the same shape, so the caller
-must consume them first (the two-scale detector does: decode and softmax make
-new fp32 tensors at once). Shapes beyond ``max_graphs`` run eagerly.
+``eager`` is what runs a shape that has no graph; with torch.compile it is the
+uncompiled network, so no compilation can start in a worker thread mid-run
+(torch.compile is not thread-safe: pytorch/pytorch#118260, #136833).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 log = logging.getLogger(__name__)
 
-WARMUP_RUNS = 3        # eager runs on a side stream before a capture (cuDNN picks its algorithms)
-MAX_GRAPHS = 32        # graphs kept per runner; more shapes than this run eagerly
+WARMUP_RUNS = 3        # eager runs on the capture stream before a capture (cuDNN picks its algorithms)
+_CAPTURE_LOCK = threading.Lock()   # one capture underway per process
 
 
 class GraphedForward:
-    """Callable like the model: ``runner(x, mask)``, with x a CUDA Tensor[N, 3, S, S]."""
+    """Callable like the model: ``runner(x, mask)``, with x a CUDA Tensor[N, 3, S, S].
 
-    def __init__(self, model: Callable, max_graphs: int = MAX_GRAPHS) -> None:
+    ``cuda`` is the ``torch.cuda`` module; tests pass a stand-in to check the scheduling on a CPU.
+    """
+
+    def __init__(self, model: Callable, eager: Callable | None = None, cuda: Any = torch.cuda) -> None:
         self.model = model
-        self.max_graphs = max_graphs
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
-        self._pool = None
+        self.eager = model if eager is None else eager
+        self._cuda = cuda
+        self._graphs: dict[tuple, tuple[Any, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        self._inputs: dict[tuple, torch.Tensor] = {}     # static input buffer per (size, dtype, layout, device)
+        self._pool = None                                # one memory pool for every graph of this runner
+        self._stream = None                              # the one stream every graph of this runner is captured on
+        self._capturing = False
+        self.eager_calls: dict[tuple[int, ...], int] = {}   # uncaptured input shapes met after warm-up -> calls
         self.capture_seconds = 0.0
 
     @staticmethod
     def _key(x: torch.Tensor, mask: Sequence[int]) -> tuple:
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return tuple(x.shape), x.dtype, x.device, channels_last, tuple(mask)
+        return tuple(x.shape), x.dtype, x.device, _channels_last(x), tuple(mask)
+
+    @contextlib.contextmanager
+    def capture_window(self) -> Iterator[None]:
+        """Within this block (warm-up only: no other thread may use the device) new shapes are captured."""
+        self._capturing = True
+        try:
+            yield
+        finally:
+            self._capturing = False
+
+    def _input_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """A static slice for ``x``'s shape, of a buffer shared by every batch size of that input size."""
+        key = (tuple(x.shape[1:]), x.dtype, x.device, _channels_last(x))
+        buf = self._inputs.get(key)
+        if buf is None or buf.shape[0] < x.shape[0]:
+            layout = torch.channels_last if key[3] else torch.contiguous_format
+            buf = torch.empty((x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
+            self._inputs[key] = buf
+        return buf[:x.shape[0]]
 
     def _capture(self, key: tuple, x: torch.Tensor, mask: Sequence[int]):
+        cuda = self._cuda
         t0 = time.perf_counter()
-        static_in = torch.empty_like(x)          # keeps x's memory format
-        static_in.copy_(x)
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
-                self.model(static_in, list(mask))
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        # Capture on the side stream of x's device (torch's default capture stream lives on one device only).
-        with torch.cuda.graph(graph, pool=self._pool, stream=side):
-            static_out = self.model(static_in, list(mask))
+        with _CAPTURE_LOCK:
+            if self._stream is None:
+                self._stream = cuda.Stream(device=x.device)
+                self._pool = cuda.graph_pool_handle()
+            static_in = self._input_buffer(x)
+            static_in.copy_(x)
+            stream = self._stream
+            stream.wait_stream(cuda.current_stream(x.device))
+            with cuda.stream(stream):
+                for _ in range(WARMUP_RUNS):
+                    self.model(static_in, list(mask))
+            cuda.current_stream(x.device).wait_stream(stream)
+            graph = cuda.CUDAGraph()
+            with cuda.graph(graph, pool=self._pool, stream=stream):
+                static_out = self.model(static_in, list(mask))
         self._graphs[key] = (graph, static_in, tuple(static_out))
-        self.capture_seconds += time.perf_counter() - t0
-        log.info("captured a CUDA graph for input %s in %.2f s", list(x.shape), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.capture_seconds += seconds
+        log.info("captured a CUDA graph for input %s in %.2f s", list(x.shape), seconds)
         return self._graphs[key]
 
     def __call__(self, x: torch.Tensor, mask: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         key = self._key(x, mask)
         entry = self._graphs.get(key)
         if entry is None:
-            if len(self._graphs) >= self.max_graphs:
-                return self.model(x, list(mask))
-            with torch.cuda.device(x.device):
+            if not self._capturing:
+                return self._run_eagerly(x, mask)
+            with self._cuda.device(x.device):
                 entry = self._capture(key, x, mask)
         graph, static_in, static_out = entry
         static_in.copy_(x, non_blocking=True)
         graph.replay()
         return static_out[0], static_out[1]
 
+    def _run_eagerly(self, x: torch.Tensor, mask: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = tuple(x.shape)
+        if shape not in self.eager_calls:
+            log.warning("no CUDA graph was captured at warm-up for input %s: it runs eagerly (slower); "
+                        "warm this batch size up to capture it", list(shape))
+        self.eager_calls[shape] = self.eager_calls.get(shape, 0) + 1
+        return self.eager(x, list(mask))
+
     @property
     def shapes(self) -> list[tuple[int, ...]]:
-        """Input shapes that have a captured graph."""
+        """Input shapes that have a captured graph, in capture order."""
         return [k[0] for k in self._graphs]
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

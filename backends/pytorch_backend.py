@@ -4,28 +4,34 @@ Assumptions: the QSL hands over resized uint8 images ``{S: [B, 3, S, S]}``
 (RGB) and the original sizes ``[B, 2]`` (height, width); normalization
 (/255, ImageNet mean and std) happens here, on the device, so only uint8
 crosses the host-device link (asynchronously when the QSL pins its memory).
-The network runs in the configured precision with BatchNorm kept in fp32;
-decode, softmax and NMS always run in fp32 on the device, and only the final
+The network runs in the configured precision (BatchNorm folded away, so
+every layer is in that precision); decode, softmax and NMS always run in fp32 on the device, and only the final
 detections are copied back. fp16 on a CPU works (slowly) and warns: it exists
 so that the half-precision code path can be tested without a GPU.
 
-Performance paths (``model.compile``, ``model.cuda_graphs``, see harness/settings/config.py):
-- ``torch.compile`` of the network, on any device; warm-up pays the compile
-  time, kept in ``compile_seconds``.
-- CUDA only (UNTESTED ON A GPU so far; the CPU code paths are tested): each
-  backend owns a compute stream and a copy stream. ``stage`` copies a batch to
-  the device on the copy stream (the pipeline's loader calls it, so the copy of
-  batch n+1 overlaps the compute of batch n) and ``predict`` waits for that
-  copy on the compute stream. The network replays as a CUDA graph per (batch,
-  size) when ``cuda_graphs`` is on. Each GPU gets ``CUDA_WORKERS_PER_GPU``
-  workers sharing its weights, each with its own streams and graphs, so one
-  worker's post-processing (NMS has host syncs) overlaps another's network.
-  With device "cuda" or "auto" (no index) and several visible GPUs, ``load``
-  also builds a replica per other GPU; ``workers()`` returns them all and the
-  pipeline runs one compute thread per worker.
+Performance paths (``model.compile``, ``model.cuda_graphs``, see harness/settings/config.py;
+backends/network.py builds each worker's network):
+- BatchNorm is folded into the convolutions at load (backends/ssd/fold.py).
+- ``torch.compile``: one compiled module per worker, compiled during warm-up
+  (``compile_seconds``); with several workers only together with CUDA graphs.
+- CUDA only (UNTESTED ON A GPU so far; the CPU code paths are tested):
+  ``cudnn.benchmark`` on, TF32 off (fp32 is IEEE fp32). Each backend owns a
+  compute stream and a copy stream. ``stage`` copies a batch to the device on
+  the copy stream (the pipeline's loader calls it, so the copy of batch n+1
+  overlaps the compute of batch n) and ``predict`` waits for that copy on the
+  compute stream. The network replays as a CUDA graph per (batch, size) when
+  ``cuda_graphs`` is on; graphs are captured only during ``warmup``
+  (backends/cuda_graphs.py), after an up-front check that they fit the device
+  (backends/graph_memory.py). Each GPU gets ``CUDA_WORKERS_PER_GPU`` workers
+  sharing its weights, each with its own streams and graphs, so one worker's
+  post-processing (NMS has host syncs) overlaps another's network. With device
+  "cuda" or "auto" (no index) and several visible GPUs, ``load`` also builds a
+  replica per other GPU; ``workers()`` returns them all and the pipeline runs
+  one compute thread per worker.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -33,12 +39,20 @@ import warnings
 from typing import Any, Mapping
 
 import torch
-from torch import nn
 
 from backends.config import ModelConfig
 from backends.ssd.normalize import scale_and_shift
+from harness.shared.errors import ConfigError
 
 from .cuda_graphs import GraphedForward
+from .graph_memory import GraphMemory, check_fits, estimate, model_passes
+from .network import (
+    allow_compiles,
+    compile_refusal,
+    configure_cuda_math,
+    network_runner,
+    prepare_network,
+)
 from .ssd.checkpoint import load_checkpoint
 from .ssd.model import SSDResNet
 from .ssd.two_scale import TwoScaleDetector
@@ -46,8 +60,6 @@ from .ssd.two_scale import TwoScaleDetector
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-COMPILE_RECOMPILE_LIMIT = 64   # compiled shapes kept per network (CUDA graphs: every batch size x input size)
-COMPILE_BACKEND = "inductor"   # torch.compile backend (tests swap in a faster-compiling one)
 CUDA_WORKERS_PER_GPU = 2       # compute workers (own streams and graphs, shared weights) per GPU
 
 
@@ -65,15 +77,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but no CUDA GPU is available; use device \"cpu\" or \"auto\"")
     return dev
-
-
-def cast_network(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast ``model`` to ``dtype`` except BatchNorm layers, which stay fp32 (mixed BN kernels handle it)."""
-    model.to(dtype)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.float()
-    return model
 
 
 class PyTorchBackend:
@@ -105,11 +108,18 @@ class PyTorchBackend:
     def load(self) -> None:
         """Build the model, load the checkpoint (random weights, seed 0, without one), move it to the device."""
         cfg = self.cfg
+        cuda = self.device.type == "cuda"
+        gpus = (torch.cuda.device_count() if self._all_gpus else 1) if cuda else 1
+        refusal = compile_refusal(cfg, gpus * CUDA_WORKERS_PER_GPU if cuda else 1, cuda and cfg.cuda_graphs)
+        if refusal:
+            raise ConfigError(refusal)
         if self.threads > 0 and self.device.type == "cpu":
             torch.set_num_threads(self.threads)
         if cfg.precision == "fp16" and self.device.type == "cpu":
             warnings.warn("precision fp16 on the CPU is very slow and meant for tests; use bf16 or fp32 on a CPU",
                           RuntimeWarning, stacklevel=2)
+        if cuda:
+            configure_cuda_math()
         torch.manual_seed(0)
         model = SSDResNet(cfg.num_classes, cfg.backbone, cfg.variant).eval()
         if cfg.checkpoint:
@@ -119,16 +129,11 @@ class PyTorchBackend:
             log.warning("no model.checkpoint given: using random weights (seed 0); detections are meaningless")
         for p in model.parameters():
             p.requires_grad_(False)
-        model.to(self.device)
-        cast_network(model, self.dtype)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = prepare_network(model, self.device, self.dtype, cfg.channels_last)
         self.detector = TwoScaleDetector(model, cfg).to(self.device)
-        self._network = self._compiled(model)
-        self.detector.model = self._graphed(self._network)
+        self.detector.model = network_runner(self.model, self.cfg, self.device)
         self._scale, self._shift = scale_and_shift(self.device)   # x_norm = x_uint8 * scale + shift
-        if self.device.type == "cuda":
+        if cuda:
             self.stream = torch.cuda.Stream(device=self.device)
             self.copy_stream = torch.cuda.Stream(device=self.device)
             self._twins = [self._twin() for _ in range(CUDA_WORKERS_PER_GPU - 1)]
@@ -140,32 +145,41 @@ class PyTorchBackend:
                         self.replicas.append(replica)
 
     def _twin(self) -> "PyTorchBackend":
-        """A worker on the same GPU sharing this one's weights, with its own streams, detector and graphs."""
+        """A worker on the same GPU sharing this one's weights, with its own streams, detector, compiled module
+        and graphs."""
         twin = copy.copy(self)
         twin.replicas, twin._twins = [], []
         twin.stream = torch.cuda.Stream(device=self.device)
         twin.copy_stream = torch.cuda.Stream(device=self.device)
         twin.detector = copy.copy(self.detector)
-        twin.detector.model = self._graphed(self._network)
+        twin.detector.model = network_runner(self.model, self.cfg, self.device)
         return twin
 
-    def _compiled(self, model: nn.Module):
-        """The network, through torch.compile when configured."""
-        forward = model
-        if self.cfg.compile:
-            import torch._dynamo.config as dynamo_config
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
-            # With CUDA graphs every (batch, size) is captured, so static shapes cost nothing more; elsewhere
-            # torch's automatic dynamic shapes stop recompiling once a second batch size has been seen.
-            static = self.device.type == "cuda" and self.cfg.cuda_graphs
-            forward = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False if static else None)
-        return forward
+    def graph_runners(self) -> list[GraphedForward]:
+        """The CUDA-graph runner of every worker (none on a CPU or with graphs off)."""
+        return [w.detector.model for w in self.workers() if isinstance(w.detector.model, GraphedForward)]
 
-    def _graphed(self, forward):
-        """``forward`` replayed as CUDA graphs when configured (CUDA only)."""
-        if self.cfg.cuda_graphs and self.device.type == "cuda":
-            return GraphedForward(forward)
-        return forward
+    def graph_memory(self, batch_sizes: tuple[int, ...]) -> tuple[GraphMemory, list]:
+        """Estimated graph memory of one worker for ``batch_sizes``, and the per-image figures it comes from."""
+        passes = model_passes(self.model, self.cfg, self.dtype)
+        return estimate(passes, batch_sizes), passes
+
+    def check_graph_memory(self, batch_sizes: tuple[int, ...], free_bytes: int | None = None) -> GraphMemory:
+        """Refuse (GraphMemoryError, with the figures) graphs for ``batch_sizes`` that cannot fit a GPU.
+
+        Every GPU holds its workers' graphs; ``free_bytes`` (default: what each GPU reports free now,
+        after the weights) is what they must fit in.
+        """
+        mem, passes = self.graph_memory(batch_sizes)
+        per_device: dict[torch.device, int] = {}
+        for w in self.workers():
+            per_device[w.device] = per_device.get(w.device, 0) + 1
+        for device, workers in per_device.items():
+            free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
+            check_fits(mem, workers, free, str(device), passes)
+        log.info("CUDA graphs for batch sizes %s: about %.2f GiB per worker (estimate)",
+                 list(mem.batch_sizes), mem.total / 2 ** 30)
+        return mem
 
     def workers(self) -> list["PyTorchBackend"]:
         """Backends that can compute concurrently: this one; on CUDA its twins and every other GPU's workers."""
@@ -241,20 +255,34 @@ class PyTorchBackend:
     def warmup(self, batch_sizes: tuple[int, ...] | None = None) -> None:
         """Run zero batches of the given sizes so the first timed query pays no one-off costs.
 
-        Default sizes: 1 and 2, and on CUDA with graphs every size up to 8 (the default Offline,
-        Server and MultiStream batches), so no graph is captured during a timed run.
+        This is the only time CUDA graphs are captured and torch.compile compiles: one worker after
+        the other, largest batch first (smaller graphs then reuse its memory), while no other thread
+        uses the device. A batch size not warmed up here later runs eagerly. With graphs, their
+        memory is checked first (:meth:`check_graph_memory`). Default sizes: 1 and 2, and on CUDA
+        with graphs every size up to 8 (the default Offline, Server and MultiStream batches).
         """
+        graphs = self.device.type == "cuda" and self.cfg.cuda_graphs
         if batch_sizes is None:
-            graphs = self.device.type == "cuda" and self.cfg.cuda_graphs
             batch_sizes = tuple(range(1, 9)) if graphs else (1, 2)
+        batch_sizes = tuple(sorted(set(batch_sizes), reverse=True))
+        if graphs:   # graphs already captured hold their memory: only new ones must fit what is free
+            captured = {shape[0] for shape in self.detector.model.shapes}
+            new = tuple(b for b in batch_sizes if b not in captured)
+            if new:
+                self.check_graph_memory(new)
+        if self.cfg.compile:
+            allow_compiles(len(batch_sizes) * len(self.sizes) + 2)     # every (batch, size) compiles once
         t0 = time.perf_counter()
         for worker in self.workers():
-            for b in batch_sizes:
-                images = {s: torch.zeros(b, 3, s, s, dtype=torch.uint8) for s in self.sizes}
-                hw = torch.tensor([[self.sizes[0], self.sizes[0]]] * b)
-                worker.predict(images, hw)
-            if worker.device.type == "cuda":
-                torch.cuda.synchronize(worker.device)
+            runner = worker.detector.model
+            window = runner.capture_window() if isinstance(runner, GraphedForward) else contextlib.nullcontext()
+            with window:
+                for b in batch_sizes:
+                    images = {s: torch.zeros(b, 3, s, s, dtype=torch.uint8) for s in self.sizes}
+                    hw = torch.tensor([[self.sizes[0], self.sizes[0]]] * b)
+                    worker.predict(images, hw)
+                if worker.device.type == "cuda":
+                    torch.cuda.synchronize(worker.device)
         if self.cfg.compile:
             self.compile_seconds = time.perf_counter() - t0
             log.info("torch.compile: warm-up of batch sizes %s took %.1f s", list(batch_sizes), self.compile_seconds)

@@ -84,6 +84,26 @@ def build_backend(cfg: Config, batch_sizes: Sequence[int]):
     return backend
 
 
+def warm_offline_query(cfg: Config, backend: Any, expected_qps: float) -> None:
+    """Before an Offline run at ``expected_qps``: with CUDA graphs, capture the batch shapes of the query
+    LoadGen will issue (its remainder batch included), as the harness's own warm-up does."""
+    runners = getattr(backend, "graph_runners", None)
+    if runners is None or not runners():
+        return
+    from harness.run.backend import offline_query_sizes, warmup_batch_sizes
+    run_cfg = with_run(cfg, scenario="Offline", mode="performance", offline_expected_qps=expected_qps)
+    backend.warmup(warmup_batch_sizes(run_cfg, True, offline_query_sizes(run_cfg)))
+
+
+def eager_calls(backend: Any) -> dict[str, int]:
+    """Calls that found no CUDA graph after warm-up, by input shape, over every worker (empty without graphs)."""
+    out: dict[str, int] = {}
+    for runner in getattr(backend, "graph_runners", lambda: [])():
+        for shape, n in runner.eager_calls.items():
+            out[str(list(shape))] = out.get(str(list(shape)), 0) + n
+    return out
+
+
 def make_dataset(tmp: Path, num_images: int, sizes: Sequence[int], pin_memory: bool = False):
     """The held-out synthetic set (seed 0) in ``tmp``, cached at ``sizes``, all of it one LoadGen sample set."""
     from harness.run.dataset import Dataset
@@ -149,8 +169,11 @@ def in_thread(fn, *args):
 
 
 def sync(backend: Any) -> None:
-    if getattr(backend, "device", None) is not None and backend.device.type == "cuda":
-        torch.cuda.synchronize(backend.device)
+    """Wait for every worker's device (CUDA); nothing on a CPU."""
+    from harness.sut.pipeline import backend_workers
+    for worker in backend_workers(backend):
+        if str(getattr(worker, "device", "cpu")).startswith("cuda"):
+            torch.cuda.synchronize(worker.device)
 
 
 def median(values: Sequence[float]) -> float:

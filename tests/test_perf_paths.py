@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from backends import pytorch_backend
+from backends import network
 from backends.config import ModelConfig
 from backends.null import NullBackend
 from benchmarks.flops import flops_per_sample, mfu, peak_fp16_tflops
@@ -78,7 +78,7 @@ INDUCTOR = pytest.mark.skipif(not os.environ.get("SSD_TEST_INDUCTOR"),
 
 @pytest.mark.parametrize("compile_backend", ["aot_eager", pytest.param("inductor", marks=INDUCTOR)])
 def test_compile_flag_compiles_and_keeps_detections(inputs, reference, compile_backend, monkeypatch):
-    monkeypatch.setattr(pytorch_backend, "COMPILE_BACKEND", compile_backend)
+    monkeypatch.setattr(network, "COMPILE_BACKEND", compile_backend)
     backend = make_backend(compile=True, channels_last=True)
     assert backend.detector.model is not backend.model                  # the compiled wrapper runs
     assert backend.compile_seconds is None
@@ -200,6 +200,17 @@ def test_workers_complete_every_sample_once_with_staged_inputs(threaded):
     assert backend.samples + backend.other.samples == 63
     if threaded:
         assert backend.samples > 0 and backend.other.samples > 0                   # both workers computed
+
+
+def test_per_image_guard_keeps_the_staged_copy_event():
+    """--batch-invariant on with CUDA: every one-image slice still carries the batch's copy-ready event."""
+    from harness.sut.guard import GuardedBackend
+    worker = StagingWorker("w0")
+    qsl = MemoryQSL(4)
+    qsl.load(range(4))
+    staged = worker.stage(*qsl.get_batch([0, 1, 2, 3]))
+    out = GuardedBackend(worker, per_image=True).predict(*staged)   # StagingWorker.predict checks the event
+    assert len(out) == 4 and worker.samples == 4
 
 
 # -- CUDA (skip without a GPU) ---------------------------------------------------------------------

@@ -1,34 +1,98 @@
-"""The backend a run uses, loaded and warmed up before anything is timed."""
+"""The backend a run uses, loaded and warmed up before anything is timed.
+
+Warm-up is where torch.compile compiles and CUDA graphs are captured, so it
+must see every batch shape the run will give the network: a shape first seen
+during a run runs eagerly (backends/cuda_graphs.py). The shapes follow from
+how each SUT forms batches (harness/sut/): Offline cuts its query into full
+``batch_size`` batches and one remainder, Server batches take any size up to
+``server_max_batch``, a MultiStream query is one batch of
+``multistream_samples``, SingleStream one sample; a batch that fails is
+retried one sample at a time, so 1 is always warmed up.
+
+The Offline remainder depends on the query's size, which LoadGen fixes before
+the run (mlcommons/inference loadgen/test_settings_internal.cc, checked
+against LoadGen 6.0.17 in tests/test_warmup_sizes.py):
+
+- performance (and TEST01): ``max(min_query_count, floor(1.1 x min_duration_s x expected_qps))``;
+- TEST04 (``performance_issue_same``): ``performance_sample_count`` samples;
+- accuracy: one query per loaded set of ``performance_sample_count`` samples,
+  the last set holding the rest of the data set.
+
+``performance_sample_count`` is user.conf's override or the QSL's (64 or the
+data set when smaller); without the data set the accuracy run's last set is
+unknown and its remainder, if new, runs eagerly (untimed).
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from harness.settings.config import Config
 from harness.sut.guard import GuardedBackend
 
 
-def warmup_batch_sizes(config: Config, every_size: bool) -> tuple[int, ...]:
+def loadgen_offline_samples(min_duration_ms: int, min_query_count: int, expected_qps: float) -> int:
+    """Samples in LoadGen's Offline performance query: its 1.1 slack on duration x rate, at least the minimum."""
+    return max(int(min_query_count), int(1.1 * (min_duration_ms / 1000.0) * expected_qps))
+
+
+def offline_query_sizes(config: Config, total_count: int | None = None, perf_count: int | None = None
+                        ) -> tuple[int, ...]:
+    """Sizes of the Offline queries LoadGen will issue in the runs of ``config.run.mode``.
+
+    ``total_count`` and ``perf_count`` are the data set's (``perf_count``: the QSL's own, which
+    user.conf's override replaces); without them the accuracy run's sizes are partly unknown.
+    """
+    from harness.settings.loadgen import make_test_settings
+    from qsl.coco_qsl import DEFAULT_PERF_COUNT
+    run = config.run
+    settings = make_test_settings(run.user_conf, "Offline", "performance", run)
+    if perf_count is None and total_count is not None:
+        perf_count = min(total_count, DEFAULT_PERF_COUNT)
+    perf = int(settings.performance_sample_count_override) or perf_count
+    sizes = []
+    if run.mode in ("performance", "submission"):
+        sizes.append(loadgen_offline_samples(settings.min_duration_ms, settings.min_query_count,
+                                             settings.offline_expected_qps))
+    if run.mode == "submission" and perf:
+        sizes.append(perf)                                       # TEST04
+    if run.mode in ("accuracy", "submission") and perf:
+        sizes.append(perf)
+        if total_count is not None and total_count % perf:
+            sizes.append(total_count % perf)
+    return tuple(sorted(set(sizes), reverse=True))
+
+
+def warmup_batch_sizes(config: Config, every_size: bool, offline_queries: Sequence[int] = ()) -> tuple[int, ...]:
     """The batch sizes to warm up for a run of ``config.run.scenario``, largest first.
 
     The largest batch of the run is Offline ``batch_size``, Server ``server_max_batch``, MultiStream
-    ``multistream_samples``, SingleStream 1; smaller ones occur too (a query's tail, a Server batch
-    that did not fill). ``every_size`` (CUDA graphs: one capture per batch size) gives every size
-    from the largest down to 1; otherwise the largest, 2 and 1 (torch.compile specializes 1 and
-    makes one dynamic-shape graph from the second size it sees).
+    ``multistream_samples``, SingleStream 1. ``every_size`` (CUDA graphs: one capture per batch
+    shape) asks for every shape the run can give the network: Offline the full batch and the
+    remainder of each of ``offline_queries`` (every size up to the batch when none are given),
+    Server every size up to its largest, MultiStream its query, always 1. Otherwise the largest, 2
+    and 1 (torch.compile specializes 1 and makes one dynamic-shape graph from the second size it sees).
     """
     run = config.run
     largest = {"Offline": run.batch_size, "Server": run.server_max_batch,
                "MultiStream": run.multistream_samples, "SingleStream": 1}[run.scenario]
-    if every_size:
-        return tuple(range(largest, 0, -1))
-    return tuple(sorted({largest, min(2, largest), 1}, reverse=True))
+    if not every_size:
+        sizes = {largest, min(2, largest), 1}
+    elif run.scenario == "Offline" and offline_queries:
+        sizes = {1} | {q % largest for q in offline_queries if q % largest}
+        sizes |= {largest} if max(offline_queries) >= largest else set()
+    elif run.scenario == "Offline" or run.scenario == "Server":
+        sizes = set(range(1, largest + 1))
+    else:
+        sizes = {largest, 1}
+    return tuple(sorted(sizes, reverse=True))
 
 
-def build_backend(config: Config, per_image: bool | None = None) -> Any:
+def build_backend(config: Config, per_image: bool | None = None, dataset: Any = None) -> Any:
     """The PyTorch backend for ``config``, loaded and warmed up for the run's batch sizes.
 
-    The warm-up runs the batch sizes of the scenario (:func:`warmup_batch_sizes`), so
-    torch.compile and CUDA graph capture happen here, never inside a timed run. ``per_image``
+    The warm-up runs the batch shapes of the scenario (:func:`warmup_batch_sizes`; with CUDA graphs
+    the Offline remainders of :func:`offline_query_sizes`, using ``dataset``'s counts when given),
+    so torch.compile and CUDA graph capture happen here, never inside a timed run. ``per_image``
     runs each image of a batch on its own so that its response bytes do not depend on the batch
     (see harness/sut/guard.py); when not given, ``config.run.batch_invariant`` decides
     ("auto" = on for a CPU).
@@ -40,11 +104,15 @@ def build_backend(config: Config, per_image: bool | None = None) -> Any:
     on_cpu = str(getattr(backend, "device", "cpu")).startswith("cpu")
     if per_image is None:
         per_image = {"on": True, "off": False}.get(config.run.batch_invariant, on_cpu)
-    # Per image, the network only ever sees batches of one.
-    graphs = not on_cpu and config.model.cuda_graphs
-    backend.warmup(batch_sizes=(1,) if per_image else warmup_batch_sizes(config, graphs))
-    if per_image:
+    if per_image:   # the network only ever sees batches of one
+        backend.warmup(batch_sizes=(1,))
         return GuardedBackend(backend, per_image=True)
+    graphs = not on_cpu and config.model.cuda_graphs
+    queries: tuple[int, ...] = ()
+    if graphs and config.run.scenario == "Offline":
+        qsl = getattr(dataset, "qsl", None)
+        queries = offline_query_sizes(config, getattr(qsl, "total_count", None), getattr(qsl, "perf_count", None))
+    backend.warmup(batch_sizes=warmup_batch_sizes(config, graphs, queries))
     return backend
 
 

@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import torch
 
+from backends.base import slice_batch
+
 log = logging.getLogger("harness")
 
 
@@ -84,8 +86,8 @@ class GuardedBackend:
             if not self.per_image or batch == 1:
                 return self.inner.predict(images, image_hw)
             out: list[torch.Tensor] = []
-            for i in range(batch):
-                out.extend(self.inner.predict({s: t[i:i + 1] for s, t in images.items()}, image_hw[i:i + 1]))
+            for i in range(batch):   # each slice keeps a staged batch's copy event (slice_batch)
+                out.extend(self.inner.predict(*slice_batch(images, image_hw, i, i + 1)))
             return out
         except Exception as e:
             if isinstance(e, DeviceMemoryError) or not is_out_of_memory(e):
