@@ -81,6 +81,7 @@ def test_submission_runs_and_verifies_both_audits(tmp_path, fast_conf, monkeypat
         assert last == "TEST PASS" or last.startswith("TEST FAIL: speed")   # timing on a shared machine
     summary = format_summary(result)
     assert "TEST01 accuracy: PASS" in summary and "COMPLIANCE: " in summary
+    assert "[SIMULATED: the runs compared ran no model]" in summary          # the null backend: no model ran
     report = (scen / "report.md").read_text()
     assert "## TEST01" in report and "## TEST04" in report and "`verify_accuracy.txt`: **TEST PASS**" in report
     # Re-verification after one logged response changed: bytes differ, no annotations for the fallback.

@@ -88,7 +88,8 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
         _end(out_dir, status, "failed", [f"a worker died: {e.cause}; LoadGen did not finish"], False)
         raise
     except KeyboardInterrupt as e:     # Ctrl-C or SIGTERM outside LoadGen's run (set-up, evaluation)
-        _end(out_dir, status, "interrupted", [f"{interrupt_cause(e)[0]} after LoadGen's run began"], True)
+        how = interrupt_cause(e)[0]
+        _end(out_dir, status, "interrupted", [f"{how} while the run was set up or evaluated"], True)
         raise
     except OutputError as e:
         _end(out_dir, status, "incomplete", [str(e)], True)
