@@ -13,8 +13,10 @@ TEST01 and TEST04 for one scenario, and verifies the audits.
 The work lives in harness/ (``harness.run.benchmark.run_benchmark``,
 ``harness.run.evaluate.evaluate_direct``); this file only parses flags, turns bad
 input into one clear line with exit status 2, and prints the summary.
-Exit status: 0 done, 1 failed samples, no accuracy figure or a run ended by a fault, 2 bad input,
-130 interrupted (SIGINT), 143 terminated (SIGTERM).
+Exit statuses (the table for every subcommand is in harness/shared/errors.py and the README):
+0 done, 1 not a whole result (failed samples, no or an incomplete mAP, a LoadGen error, a failed
+audit, a run ended by a fault), 2 bad input (also ``package`` refusing a tree), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from harness.settings.cli import (
     benchmark_parser,
     config_from_args,
 )
-from harness.shared.errors import INTERRUPTS, ExitStatus, InputError
+from harness.shared.errors import INTERRUPTS, ExitStatus, InputError, RunStopped
 
 _signal_exit = {"code": 130}   # 143 once SIGTERM arrived
 
@@ -101,18 +103,28 @@ def demo_main(argv: list[str]) -> int:
     return main(argv)
 
 
+def _harness_runs(path: str) -> list:
+    """The scenario folders with runs this harness made at or under ``path``; says on stderr what it skipped."""
+    from harness.results.layout import find_runs
+    try:
+        folders, foreign = find_runs(path)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    for f in foreign:
+        print(f"skipped {f}: LoadGen logs not made by this harness (no run_status.json or run_record.json)",
+              file=sys.stderr)
+    if not folders:
+        raise UsageError(f"no runs made by this harness under {path}" + (f" ({len(foreign)} other LoadGen "
+                                                                          "folder(s) skipped)" if foreign else ""))
+    return folders
+
+
 def report_main(argv: list[str]) -> int:
-    from harness.report.markdown import scenario_folders, write_report
+    from harness.report.markdown import write_report
     p = argparse.ArgumentParser(prog="run.py report", description="Rebuild report.md for earlier runs.")
     p.add_argument("dir", help="a results root, a scenario folder or a run folder")
     args = p.parse_args(argv)
-    try:
-        folders = scenario_folders(args.dir)
-    except FileNotFoundError as e:
-        raise UsageError(str(e)) from None
-    if not folders:
-        raise UsageError(f"no LoadGen runs (mlperf_log_detail.txt) under {args.dir}")
-    for folder in folders:
+    for folder in _harness_runs(args.dir):
         print(write_report(folder))
     return 0
 
@@ -124,22 +136,27 @@ def package_main(argv: list[str]) -> int:
     p.add_argument("results", help="results root (the --output of the runs)")
     p.add_argument("out", help="new folder for the submission copy")
     args = p.parse_args(argv)
-    for t in package_submission(args.results, args.out):
+    done = package_submission(args.results, args.out)
+    for t in done.truncated:
         print(f"{t.target}: truncated from {t.original_bytes} bytes, sha256 {t.sha256}")
+    for path in done.written:
+        print(f"{path}: written from the runs' own files; check it")
+    for what in done.skipped:
+        print(f"not copied: {what}")
+    print("still to add before MLPerf's submission checker passes:")
+    for what in done.todo:
+        print(f"  {what}")
     return 0
 
 
 def verify_main(argv: list[str]) -> int:
     from harness.compliance.verify import verify_audit
-    from harness.report.markdown import scenario_folders, write_report
+    from harness.report.markdown import write_report
     p = argparse.ArgumentParser(prog="run.py verify", description="Verify the TEST01/TEST04 audits of earlier runs.")
     p.add_argument("dir", help="a results root or scenario folder holding accuracy/, performance/run_1/, TEST0x/")
     p.add_argument("--annotation-file", help="COCO annotations for TEST01's mAP fallback (default: none)")
     args = p.parse_args(argv)
-    try:
-        folders = [f for f in scenario_folders(args.dir) if (f / "TEST01").is_dir() or (f / "TEST04").is_dir()]
-    except FileNotFoundError as e:
-        raise UsageError(str(e)) from None
+    folders = [f for f in _harness_runs(args.dir) if (f / "TEST01").is_dir() or (f / "TEST04").is_dir()]
     if not folders:
         raise UsageError(f"no TEST01 or TEST04 folders under {args.dir}")
     passed = True
@@ -173,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(INTERRUPTS[_signal_exit["code"]], file=sys.stderr)
         return _signal_exit["code"]
+    except RunStopped as e:    # a run inside another subcommand (demo) stopped: its own exit status
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if not e.finished:     # LoadGen still holds the SUT: leave without tearing it down
+            os._exit(e.exit_code)
+        return e.exit_code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

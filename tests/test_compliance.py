@@ -81,6 +81,7 @@ def test_submission_runs_and_verifies_both_audits(tmp_path, fast_conf, monkeypat
         assert last == "TEST PASS" or last.startswith("TEST FAIL: speed")   # timing on a shared machine
     summary = format_summary(result)
     assert "TEST01 accuracy: PASS" in summary and "COMPLIANCE: " in summary
+    assert "[SIMULATED: the runs compared ran no model]" in summary          # the null backend: no model ran
     report = (scen / "report.md").read_text()
     assert "## TEST01" in report and "## TEST04" in report and "`verify_accuracy.txt`: **TEST PASS**" in report
     # Re-verification after one logged response changed: bytes differ, no annotations for the fallback.
@@ -214,19 +215,31 @@ def test_reader_streams_across_chunks_and_stops_at_a_cut(tmp_path):
 
 
 # -- the submission copy ----------------------------------------------------------------------------------------
+def finished(run_dir: Path, simulated: bool = False, **env) -> Path:
+    """Mark ``run_dir`` as a run that finished (with a model unless ``simulated``), as the harness would."""
+    from harness.results.status import begin_status, end_status
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = begin_status(run_dir, "x", "Offline", {"backend": "model", "simulated": simulated, **env})
+    end_status(run_dir, doc, "finished", [], True)
+    return run_dir
+
+
 def test_package_truncates_and_hashes_like_the_checker(tmp_path):
     scen = tmp_path / "res" / "sys" / "ssd-resnet34" / "Offline"
     big = _log(tmp_path / "big.json", {i: np.full((30, 7), i, np.float32) for i in range(30)})
-    (scen / "accuracy").mkdir(parents=True)
+    finished(scen / "accuracy", precision="bf16", checkpoint="/models/model700.pt")
     original = big.read_bytes()
     (scen / "accuracy" / "mlperf_log_accuracy.json").write_bytes(original)
     (scen / "accuracy" / "accuracy.txt").write_text("mAP=20.000%\n")
+    finished(scen / "performance" / "run_1")
+    (scen / "performance" / "run_1" / "mlperf_log_summary.txt").write_text("Result is : VALID\n")
+    finished(scen / "TEST01" / "performance" / "run_1")            # audits after the run they audit
     (scen / "TEST01" / "accuracy").mkdir(parents=True)
     (scen / "TEST01" / "accuracy" / "mlperf_log_accuracy.json").write_text("[\n]\n")    # shorter than 4096
-    (scen / "performance" / "run_1").mkdir(parents=True)
-    (scen / "performance" / "run_1" / "mlperf_log_summary.txt").write_text("Result is : VALID\n")
+    for name in ("verify_accuracy.txt", "verify_performance.txt"):
+        (scen / "TEST01" / name).write_text("...\nTEST PASS\n")
     done = package_submission(tmp_path / "res", tmp_path / "sub")
-    assert len(done) == 2
+    assert len(done.truncated) == 2
     copy = tmp_path / "sub" / "sys" / "ssd-resnet34" / "Offline"
     cut = (copy / "accuracy" / "mlperf_log_accuracy.json").read_bytes()
     assert cut == original[:4096] + ELLIPSIS.encode() + original[-4096:] and len(cut) < 10 * 1024

@@ -200,17 +200,27 @@ def test_run_folder_removed_mid_run_is_a_clear_error(tmp_path, fast_conf, monkey
 
 def test_full_disk_for_loadgen_logs_is_a_clear_error(tmp_path, fast_conf, monkeypatch):
     """LoadGen never reports failed writes: its logs pointing at /dev/full (ENOSPC on every write) is caught."""
+    from harness.run import loadgen_run
     monkeypatch.chdir(tmp_path)
-    perf = tmp_path / "out/default/ssd-resnet34/Offline/performance/run_1"
-    perf.mkdir(parents=True)
-    for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
-        (perf / name).symlink_to("/dev/full")
+    clear_run = loadgen_run.clear_run
+
+    def clear_then_fill_the_disk(folder, mode):      # after the rerun's clean-up: it removes earlier logs
+        removed = clear_run(folder, mode)
+        if mode == "performance":
+            for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
+                (folder / name).symlink_to("/dev/full")
+        return removed
+
+    monkeypatch.setattr(loadgen_run, "clear_run", clear_then_fill_the_disk)
     with pytest.raises(OutputError, match=r"LoadGen could not write its logs in .*run_1 \(mlperf_log_summary.txt "
                                           r"is missing or empty: \d+ MB free on that disk\)") as e:
         run_benchmark(_config(tmp_path, fast_conf, mode="submission"), NullBackend(latency_ms=1.0),
                       Dataset(MemoryQSL(20)))
     acc = e.value.result.runs[0].out_dir
     assert (acc / "mlperf_log_summary.txt").stat().st_size > 0
+    from harness.results.status import run_state
+    perf = acc.parent / "performance" / "run_1"
+    assert run_state(perf).label == "INCOMPLETE" and "could not write its logs" in run_state(perf).reason
 
 
 def test_atomic_write_keeps_the_earlier_file_when_the_disk_is_full(tmp_path, monkeypatch):

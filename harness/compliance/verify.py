@@ -20,6 +20,13 @@ Server completed samples/s, SingleStream / MultiStream early-stopping latency
   faster than the performance run (speed as throughput, or 1/latency); a
   system that caches results would be much faster. Slower is not a finding.
 
+An audit is verified only when every run it compares has whole responses
+(``run_status.json``, harness/results/status.py): a run that was interrupted,
+killed, or had failed samples or a dead worker makes the audit FAIL, naming
+the run and why (a run FAILED only for its mAP, say with no annotation file,
+still has whole responses). Runs of a backend with no model (null,
+simulated) are compared, and the verdicts are marked SIMULATED.
+
 Logs are streamed (see ``harness/accuracy/log.py``): memory grows with the
 number of distinct images, not with the size of the logs.
 """
@@ -32,8 +39,11 @@ from pathlib import Path
 from harness.accuracy.coco import AccuracyError, load_ground_truth
 from harness.accuracy.evaluate import AccuracyReport, decode_entries, evaluate_records
 from harness.accuracy.log import AccuracyLogReader
+from harness.results.layout import RUN_DIRS
 from harness.results.loadgen_log import read_mllog
 from harness.results.outcome import AuditResult, Verdict
+from harness.results.record import read_run_record
+from harness.results.status import RunState, run_state
 from harness.shared.files import write_text_atomic
 
 MAP_DELTA_PCT = 1.0
@@ -210,6 +220,14 @@ def _subset_maps(accuracy_log: Path, test01_log: Path, subset: set[int], annotat
     return base.map, comp.map
 
 
+def _whole(state: RunState, run_dir: Path) -> bool:
+    """Whether the run's logged responses are all computed: it finished, or failed only in its evaluation."""
+    if state.complete:
+        return True
+    record = read_run_record(run_dir) if state.label == "FAILED" else None
+    return record is not None and not record.get("failed") and not record.get("worker_error")
+
+
 def verify_audit(test: str, scenario_dir: Path, annotation_file: Path | None = None,
                  use_pycocotools: bool = False) -> AuditResult:
     """Verify ``test`` (TEST01, TEST04) from the logs under ``scenario_dir``; writes its verify files.
@@ -220,6 +238,13 @@ def verify_audit(test: str, scenario_dir: Path, annotation_file: Path | None = N
     audit = scenario_dir / test
     ref_detail = scenario_dir / "performance" / "run_1" / "mlperf_log_detail.txt"
     test_run = audit / "performance" / "run_1"
+    states = {mode: run_state(scenario_dir.joinpath(*RUN_DIRS[mode]))
+              for mode in (("accuracy",) if test == "TEST01" else ()) + ("performance", test)}
+    unfinished = [f"the {mode} run ({'/'.join(RUN_DIRS[mode])}) is {state.line()}"
+                  for mode, state in states.items() if not _whole(state, scenario_dir.joinpath(*RUN_DIRS[mode]))]
+    if unfinished:
+        return AuditResult(test, [], "; ".join(unfinished))
+    simulated = any(state.label == "SIMULATED" for state in states.values())
     try:
         verdicts = [verify_performance(test, ref_detail, test_run / "mlperf_log_detail.txt")]
         write_text_atomic(audit / "verify_performance.txt", "\n".join(verdicts[0].lines) + "\n")
@@ -236,5 +261,5 @@ def verify_audit(test: str, scenario_dir: Path, annotation_file: Path | None = N
             write_text_atomic(audit / "verify_accuracy.txt", "\n".join(acc.lines) + "\n")
             verdicts.insert(0, acc)
     except (ComplianceError, AccuracyError, OSError) as e:
-        return AuditResult(test, [], str(e))
-    return AuditResult(test, verdicts)
+        return AuditResult(test, [], str(e), simulated)
+    return AuditResult(test, verdicts, simulated=simulated)

@@ -3,14 +3,20 @@
     python run.py report DIR     (DIR: a results root, a scenario folder or one run folder)
 
 ``report.md`` in ``<output>/<system>/ssd-resnet34/<scenario>/`` covers every
-run found there: the resolved settings (``config.json``) and LoadGen's
-effective ones, VALID/INVALID with LoadGen's reasons, throughput, latency
+run found there: how it ended and what it ran on (``run_status.json``), the
+resolved settings (``config.json``, with the values actually in force beside
+the requested ones) and LoadGen's effective ones, VALID/INVALID with LoadGen's
+reasons (only for a run that finished with a model: any other run shows its
+label, INTERRUPTED, INCOMPLETE, FAILED, SIMULATED or RUNNING, in their
+place), throughput, latency
 percentiles, mAP with the 12 COCO statistics (``accuracy.txt``), failed
 samples (``run_record.json``), the TEST01/TEST04 verdicts (``verify_*.txt``),
 and links to the pictures: a latency histogram per timed run (drawn here
 from ``latencies_s.npy``) and the demo's ``detections.png`` /
 ``latency_<scenario>.png`` when the output root holds them. Everything is
-read from disk, so the report of any earlier run can be rebuilt.
+read from disk, so the report of any earlier run can be rebuilt. ``run.py
+report DIR`` touches only scenario folders with runs this harness made
+(harness/results/layout.py ``find_runs``).
 """
 from __future__ import annotations
 
@@ -20,33 +26,26 @@ import shlex
 from pathlib import Path
 
 from harness.report.summary import early_stopping_label
-from harness.results.layout import RUN_DIRS
+from harness.results.environment import environment_line
+from harness.results.layout import (
+    DETAIL_LOG,
+    LATENCIES_NAME,
+    LATENCY_PNG,
+    RUN_DIRS,
+    STATUS_NAME,
+)
 from harness.results.loadgen_log import read_detail_log, read_mllog
-from harness.results.record import LATENCIES_NAME, read_run_record
+from harness.results.record import read_run_record
+from harness.results.status import RunState, audit_is_stale, run_state
 from harness.shared.files import write_text_atomic
 
 REPORT_NAME = "report.md"
-LATENCY_PNG = "latency.png"
 PERCENTILES = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
 EFFECTIVE_KEYS = ("effective_min_duration_ms", "effective_min_query_count", "effective_sample_index_rng_seed",
                   "effective_target_latency_ns", "effective_target_latency_percentile",
                   "effective_samples_per_query", "effective_target_qps", "effective_performance_sample_count",
                   "effective_accuracy_log_sampling_target", "effective_performance_issue_same")
 _STAT = re.compile(r"^(A[PR] @\[.*\]) = ([-\d.]+)$")
-
-
-def scenario_folders(path: str | Path) -> list[Path]:
-    """The scenario folders of every run folder at or under ``path`` (a root, a scenario or a run folder)."""
-    path = Path(path).resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a folder of results")
-    found = set()
-    for detail in path.rglob("mlperf_log_detail.txt"):
-        run = detail.parent
-        for parts in RUN_DIRS.values():
-            if run.parts[-len(parts):] == parts:
-                found.add(run.parents[len(parts) - 1])
-    return sorted(found)
 
 
 def write_report(folder: str | Path) -> Path:
@@ -59,28 +58,61 @@ def write_report(folder: str | Path) -> Path:
 
 def build_report(folder: Path) -> str:
     runs = [(mode, folder.joinpath(*parts)) for mode, parts in RUN_DIRS.items()
-            if (folder.joinpath(*parts) / "mlperf_log_detail.txt").is_file()]
+            if any((folder.joinpath(*parts) / name).is_file() for name in (DETAIL_LOG, STATUS_NAME))]
+    states = {mode: run_state(d) for mode, d in runs}
     md = [f"# {folder.name}: {folder.parent.parent.name} / {folder.parent.name}", ""]
     configs = [d / "config.json" for _, d in runs if (d / "config.json").is_file()]
     config = max(configs, key=lambda c: c.stat().st_mtime_ns, default=None)   # the latest run's
+    md += _status_table(runs, states, folder)
     md += _settings(config, runs, folder)
     for mode, run_dir in runs:
-        md += _run_section(mode, run_dir, folder)
+        md += _run_section(mode, run_dir, folder, states[mode])
     md += _pictures(folder)
     md.append(f"_Rebuild with `python run.py report {shlex.quote(str(folder))}`._")
     return "\n".join(md) + "\n"
+
+
+def _status_table(runs: list[tuple[str, Path]], states: dict[str, RunState], folder: Path) -> list[str]:
+    """One row per run: how it ended. Only FINISHED runs are results; the others say why not."""
+    if not runs:
+        return []
+    md = ["## Runs", "", "| run | status | started | why |", "|---|---|---|---|"]
+    for mode, run_dir in runs:
+        state = states[mode]
+        started = (state.status or {}).get("started") or "?"
+        md.append(f"| `{run_dir.relative_to(folder)}/` | **{state.label}** | {started} | {_cell(state.reason)} |")
+    return md + [""]
+
+
+# Settings whose requested value (config.json) may differ from the one in force (run_status.json).
+_EFFECTIVE = {"run": ("device", "threads"), "model": ("precision", "cuda_graphs", "compile")}
+
+
+def _in_force(section: str, key: str, value: object, env: dict) -> str:
+    """``key=value``, with the value actually in force when the run recorded a different one."""
+    if key in _EFFECTIVE.get(section, ()) and env.get(key) is not None and env[key] != value:
+        used = env[key]
+        if key == "threads" and not value:
+            return f"threads={used} (torch's default)"
+        return f"{key}={used} (requested {value})"
+    return f"{key}={value}"
 
 
 def _settings(config: Path | None, runs: list[tuple[str, Path]], folder: Path) -> list[str]:
     md = ["## Settings", ""]
     if config is not None:
         doc = json.loads(config.read_text())
+        env = ((run_state(config.parent).status or {}).get("environment")) or {}
         md.append(f"_Of the latest run (`{config.parent.relative_to(folder)}/`); each run's own are in its section._")
         md.append("")
         for section in ("model", "data", "run"):
-            items = ", ".join(f"{k}={v}" for k, v in doc.get(section, {}).items() if v is not None)
+            items = ", ".join(_in_force(section, k, v, env) for k, v in doc.get(section, {}).items()
+                              if v is not None)
             md.append(f"- **{section}**: {items}")
-    perf = next((d for m, d in runs if m == "performance"), runs[0][1] if runs else None)
+        if env:
+            md.append(f"- **environment**: {environment_line(env)}")
+    logged = [(m, d) for m, d in runs if (d / DETAIL_LOG).is_file()]
+    perf = next((d for m, d in logged if m == "performance"), logged[0][1] if logged else None)
     if perf is not None:
         values = read_mllog(perf / "mlperf_log_detail.txt")
         eff = ", ".join(f"{k[len('effective_'):]}={values[k]}" for k in EFFECTIVE_KEYS if k in values)
@@ -88,13 +120,20 @@ def _settings(config: Path | None, runs: list[tuple[str, Path]], folder: Path) -
     return md + [""]
 
 
-def _run_section(mode: str, run_dir: Path, folder: Path) -> list[str]:
+def _run_section(mode: str, run_dir: Path, folder: Path, state: RunState) -> list[str]:
     rel = run_dir.relative_to(folder)
-    md = [f"## {mode} (`{rel}/`)", ""]
-    lg = read_detail_log(run_dir / "mlperf_log_detail.txt")
+    md = [f"## {mode} (`{rel}/`)", "", f"- Status: **{state.line()}**"]
+    env = (state.status or {}).get("environment")
+    if env:
+        md.append(f"- Ran on: {environment_line(env)}")
+    lg = read_detail_log(run_dir / DETAIL_LOG)
     if mode != "accuracy":
-        why = "".join(f"\n  - {r}" for r in lg.reasons)
-        md.append(f"- Result: **{lg.validity}**{why}")
+        if state.is_result:
+            why = "".join(f"\n  - {r}" for r in lg.reasons)
+            md.append(f"- Result: **{lg.validity}**{why}")
+        else:
+            md.append(f"- Result: **{state.label}**, not a result (LoadGen's own verdict on the logs: "
+                      f"{lg.validity}; the figures below are of this {state.label.lower()} run)")
         if lg.samples_per_s is not None:
             md.append(f"- Throughput: {lg.samples_per_s:.2f} samples/s")
         if lg.early_stopping_ns:
@@ -106,7 +145,7 @@ def _run_section(mode: str, run_dir: Path, folder: Path) -> list[str]:
             md += ["", "| latency | " + " | ".join(p if p in ("min", "mean", "max") else f"p{p.rstrip('0').rstrip('.')}"
                                                    for p, _ in lat) + " |",
                    "|---" * (len(lat) + 1) + "|", "| ms | " + " | ".join(f"{v / 1e6:.3f}" for _, v in lat) + " |", ""]
-    md += _accuracy(run_dir / "accuracy.txt")
+    md += _accuracy(run_dir / "accuracy.txt", state)
     record = read_run_record(run_dir)
     if record is not None:
         md.append(f"- Samples issued: {record['issued']}, failed: {record['failed']}, {record['seconds']:.1f} s")
@@ -123,11 +162,11 @@ def _run_section(mode: str, run_dir: Path, folder: Path) -> list[str]:
     own = run_dir / "config.json"
     if own.is_file():
         items = json.loads(own.read_text()).get("run", {})
-        md.append("- Run settings: " + ", ".join(f"{k}={v}" for k, v in items.items() if v is not None))
+        md.append("- Run settings: " + ", ".join(_in_force("run", k, v, env or {}) for k, v in items.items()
+                                                 if v is not None))
     if mode in ("TEST01", "TEST04"):
         md += _verdicts(folder / mode)
-        perf = folder.joinpath(*RUN_DIRS["performance"], "mlperf_log_detail.txt")
-        if perf.is_file() and perf.stat().st_mtime_ns > (run_dir / "mlperf_log_detail.txt").stat().st_mtime_ns:
+        if audit_is_stale(folder, mode):
             md.append("- **Stale**: the performance run is newer than this audit, whose verdict compared "
                       "against an earlier one; run `--mode submission` again to audit the current run")
     png = _latency_picture(run_dir, f"{folder.name} {mode}")
@@ -136,12 +175,17 @@ def _run_section(mode: str, run_dir: Path, folder: Path) -> list[str]:
     return md + [""]
 
 
-def _accuracy(path: Path) -> list[str]:
+def _accuracy(path: Path, state: RunState) -> list[str]:
     if not path.is_file():
         return []
     lines = path.read_text().splitlines()
     stats = [m.groups() for m in map(_STAT.match, lines) if m]
-    md = [f"- Accuracy: **{lines[0]}**" if lines else "- Accuracy: (empty accuracy.txt)"]
+    if not lines:
+        md = ["- Accuracy: (empty accuracy.txt)"]
+    elif state.is_result:
+        md = [f"- Accuracy: **{lines[0]}**"]
+    else:
+        md = [f"- Accuracy: **{state.label}**, not a result ({lines[0]} of this {state.label.lower()} run)"]
     if stats:
         md += ["", "| COCO statistic | value |", "|---|---|"] + [f"| {_cell(n)} | {v} |" for n, v in stats] + [""]
     md += [f"- {line}" for line in lines if line and not _STAT.match(line) and line != lines[0]]

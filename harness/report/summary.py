@@ -1,6 +1,9 @@
 """The short summary printed at the end of a run, from its :class:`~harness.results.outcome.RunResult`.
 
-The Markdown report written into the run folders is harness/report/markdown.py.
+LoadGen's VALID/INVALID is printed only for a run that finished with a model;
+any other run prints its label in its place (FAILED, SIMULATED), as its
+``run_status.json`` and ``report.md`` do. The Markdown report written into the
+run folders is harness/report/markdown.py.
 """
 from __future__ import annotations
 
@@ -18,12 +21,16 @@ def early_stopping_label(scenario: str) -> str:
 
 
 def format_summary(result: RunResult) -> str:
-    lines = [f"== {result.scenario} {result.mode} (backend {result.backend}) =="]
+    simulated = ", SIMULATED: no model ran, the figures measure the harness" if result.simulated else ""
+    lines = [f"== {result.scenario} {result.mode} (backend {result.backend}{simulated}) =="]
     for r in result.runs + result.audits:
         lines.append(f"[{r.mode}] {r.out_dir}")
+        if r.label != "FINISHED":
+            lines.append(f"  status: {r.label}" + "".join(f"; {p}" for p in r.problems()))
         if r.mode != "accuracy":
             why = f" ({'; '.join(r.loadgen.reasons)})" if r.loadgen.reasons else ""
-            lines.append(f"  result: {r.loadgen.validity}{why}")
+            verdict = r.loadgen.validity if r.label == "FINISHED" else f"{r.label} (LoadGen: {r.loadgen.validity})"
+            lines.append(f"  result: {verdict}{why}")
             if r.loadgen.samples_per_s is not None:
                 lines.append(f"  samples/s: {r.loadgen.samples_per_s:.1f}")
             lat = [f"p{p[:2]} {r.loadgen.latency_ns[p] / 1e6:.3f} ms" for p in SHOWN_PERCENTILES
@@ -61,7 +68,7 @@ def format_summary(result: RunResult) -> str:
         if r.audit is not None:
             lines += [f"  {line}" for line in r.audit.lines()]
     if result.audits:
-        failed = [a.mode for a in result.audits if a.audit is None or not a.audit.passed]
+        failed = result.failed_audits
         lines.append(f"COMPLIANCE: FAIL ({', '.join(failed)})" if failed else
                      f"COMPLIANCE: PASS ({', '.join(a.mode for a in result.audits)})")
     if result.error:

@@ -1,4 +1,4 @@
-"""Where a run writes: the MLPerf submission layout, created and checked up front.
+"""Where a run writes: the MLPerf submission layout, created and checked up front, cleared before a rerun.
 
     <output>/<system>/ssd-resnet34/<scenario>/accuracy/          accuracy run
     <output>/<system>/ssd-resnet34/<scenario>/performance/run_1/ performance run
@@ -9,10 +9,18 @@
 
 LoadGen silently skips its logs when the folder does not exist, so every run
 folder is created, and proven writable, before LoadGen starts.
+
+A rerun of a mode into the same folder first removes every file the earlier
+run of that mode left (:func:`clear_run`: LoadGen's logs and the harness's own
+files, by name; anything else in the folder stays), so a run that is killed
+never leaves the earlier run's mAP or figures beside its own cut logs. Run
+folders this harness made are told apart from anyone else's by its own files
+(:func:`is_harness_run`), never by LoadGen's logs alone.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -25,8 +33,26 @@ RUN_DIRS = {"accuracy": ("accuracy",), "performance": ("performance", "run_1"),
             "find-peak": ("performance", "find_peak"),
             "TEST01": ("TEST01", "performance", "run_1"), "TEST04": ("TEST04", "performance", "run_1")}
 
-
 RUN_LOCK = ".run.lock"
+
+# The files of one run folder, by who writes them.
+DETAIL_LOG = "mlperf_log_detail.txt"
+SUMMARY_LOG = "mlperf_log_summary.txt"
+ACCURACY_LOG = "mlperf_log_accuracy.json"
+LOADGEN_FILES = (SUMMARY_LOG, DETAIL_LOG, ACCURACY_LOG, "mlperf_log_trace.json")
+STATUS_NAME = "run_status.json"        # how the run ended, and on what (harness/results/status.py)
+RECORD_NAME = "run_record.json"        # samples issued and failed (harness/results/record.py)
+LATENCIES_NAME = "latencies_s.npy"     # per-sample latencies of a timed run
+LATENCY_PNG = "latency.png"            # their histogram, drawn by the report
+ACCURACY_TXT = "accuracy.txt"
+WRITER = "ssd-large harness"         # the run_status.json mark of this harness's run folders
+HARNESS_FILES = (STATUS_NAME, RECORD_NAME, LATENCIES_NAME, LATENCY_PNG, ACCURACY_TXT,
+                 "config.json", "user.conf", "harness.log")
+# What an audit's verification writes outside its run folder, relative to <scenario>/<TEST>/.
+AUDIT_FILES = {"TEST01": ("verify_accuracy.txt", "verify_performance.txt", f"accuracy/{ACCURACY_LOG}",
+                          f"accuracy/{ACCURACY_TXT}", "accuracy/baseline_accuracy.txt",
+                          "accuracy/compliance_accuracy.txt"),
+               "TEST04": ("verify_performance.txt",)}
 
 
 @contextlib.contextmanager
@@ -62,12 +88,92 @@ def run_dir(output: str | Path, system: str, scenario: str, mode: str) -> Path:
     return scenario_dir(output, system, scenario).joinpath(*RUN_DIRS[mode])
 
 
-def prepare_run_dir(path: Path, user_conf: str | Path) -> Path:
-    """Create ``path``, prove it writable, and copy the user.conf used beside the logs."""
+def check_run_dir(path: Path) -> Path:
+    """Create ``path`` and prove it writable; OutputError naming it otherwise. Writes nothing that stays."""
     try:
         prove_writable(path)
+    except OSError as e:
+        raise OutputError(f"cannot write results to {path} ({e.strerror or e}): pass --output with a "
+                          "writable folder") from None
+    return path
+
+
+def prepare_run_dir(path: Path, user_conf: str | Path) -> Path:
+    """Create ``path``, prove it writable, and copy the user.conf used beside the logs."""
+    check_run_dir(path)
+    try:
         shutil.copyfile(user_conf, path / "user.conf")
     except OSError as e:
         raise OutputError(f"cannot write results to {path} ({e.strerror or e}): pass --output with a "
                           "writable folder") from None
     return path
+
+
+def clear_run(folder: Path, mode: str) -> list[Path]:
+    """Remove what an earlier run of ``mode`` left in its run folder ``folder``; returns the files removed.
+
+    Only the names in LOADGEN_FILES, HARNESS_FILES and (audits) AUDIT_FILES, and their leftover
+    ``.<name>.tmp`` files, are removed; anything else stays. OutputError when one cannot be removed.
+    """
+    scenario_folder = folder.parents[len(RUN_DIRS[mode]) - 1]
+    names = [folder / n for n in LOADGEN_FILES + HARNESS_FILES]
+    names += [scenario_folder / mode / n for n in AUDIT_FILES.get(mode, ())]
+    removed = []
+    for path in names:
+        for p in (path, path.with_name(f".{path.name}.tmp")):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise OutputError(f"cannot remove {p} of an earlier run ({e.strerror or e}): a rerun must not "
+                                  "leave it beside its own results; make the folder writable") from None
+            removed.append(p)
+    return removed
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def is_harness_run(folder: Path) -> bool:
+    """Whether this harness made the run folder ``folder``: it holds the harness's run_status.json
+    (marked ``"written_by": WRITER``), or (runs from before that file) its run_record.json. LoadGen's
+    logs, or a config.json, prove nothing: other programs write those too."""
+    status = _json(folder / STATUS_NAME)
+    if status is not None and status.get("written_by") == WRITER:
+        return True
+    record = _json(folder / RECORD_NAME)
+    return record is not None and {"mode", "issued", "failed", "failures"} <= record.keys()
+
+
+def scenario_of(run: Path) -> Path | None:
+    """The scenario folder of the run folder ``run`` (the longest RUN_DIRS suffix it ends with), or None."""
+    for parts in sorted(RUN_DIRS.values(), key=len, reverse=True):
+        if len(run.parts) > len(parts) and run.parts[-len(parts):] == parts:
+            return run.parents[len(parts) - 1]
+    return None
+
+
+def find_runs(path: str | Path) -> tuple[list[Path], list[Path]]:
+    """(scenario folders holding runs this harness made, folders with LoadGen logs it did not make)
+    at or under ``path`` (a results root, a scenario folder or one run folder).
+
+    A run folder holds LoadGen's detail log or the harness's status file. FileNotFoundError when
+    ``path`` is not a folder.
+    """
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder of results")
+    runs = {f.parent for marker in (DETAIL_LOG, STATUS_NAME) for f in path.rglob(marker)}
+    found, foreign = set(), set()
+    for run in runs:
+        if not is_harness_run(run):
+            foreign.add(run)
+        elif (scenario := scenario_of(run)) is not None:
+            found.add(scenario)
+    return sorted(found), sorted(foreign)

@@ -13,6 +13,12 @@ caller gives it. SingleStream and MultiStream results are LoadGen's early-stoppi
 latency estimates (``early_stopping_latency_ss`` / ``_ms``, the figure MLPerf's
 submission checker reports), kept in ``early_stopping_ns``. A run cut short has
 no result keys: validity is then "UNKNOWN".
+
+Errors LoadGen logs (``metadata.is_error``) fail MLPerf's submission checker;
+all but one mean the run is not a whole result (a sample completed twice, a
+find-peak search whose lower bound fails). The exception is LoadGen's "Ending
+early" error: the expected-QPS or latency hint was off, LoadGen ran out of
+queries, and the result is INVALID with that reason, which is a result.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ _CONSTRAINTS = {
     "early_stopping_met": "early stopping criterion not met (too few queries for the latency percentile)",
 }
 _PERCENTILE = re.compile(r"result_(\d+\.\d+)_percentile_latency_ns")
+_INVALID_NOT_FAILED = "error_runtime: Ending early"    # comes with INVALID and its reason: a result
 
 
 @dataclass
@@ -43,6 +50,11 @@ class LoadGenResult:
     samples_per_query: int | None = None      # effective_samples_per_query from the log
     peak_qps: float | None = None             # FindPeakPerformance: the peak LoadGen found
     qps: float | None = field(default=None, repr=False)   # result_qps_with_loadgen_overhead (queries/s)
+
+    @property
+    def fatal_errors(self) -> list[str]:
+        """LoadGen's errors that make the run no whole result (all but "Ending early", see the module docstring)."""
+        return [e for e in self.errors if not e.startswith(_INVALID_NOT_FAILED)]
 
     def to_dict(self) -> dict:
         return {"validity": self.validity, "reasons": self.reasons, "samples_per_s": self.samples_per_s,

@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from harness.results.layout import LATENCIES_NAME, RECORD_NAME
 from harness.results.outcome import LoadGenRun
 from harness.shared.errors import OutputError
 from harness.shared.files import space_hint, write_text_atomic
 
 MAX_RECORDED_FAILURES = 50
-RECORD_NAME = "run_record.json"
-LATENCIES_NAME = "latencies_s.npy"
 _TAIL_BYTES = 64 * 1024
 # LoadGen's last detail records: "num_errors" after a performance run's results, "power_end" after an accuracy run.
 _CLOSING_KEYS = (b'"key": "num_errors"', b'"key": "power_end"')

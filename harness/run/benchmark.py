@@ -6,6 +6,10 @@ then the compliance audits TEST01 and TEST04 (each with its own
 ``audit.config``, see harness/compliance/audit.py) and verifies them
 (harness/compliance/verify.py); the scenario folder gets ``report.md``.
 
+Each run folder records how its run ended (``run_status.json``, see
+harness/results/status.py), and report.md is rebuilt as each run starts (it
+then shows that run as RUNNING) and once more when the invocation ends.
+
 A dead worker's run ends with its cause and no later run starts; Ctrl-C,
 a dead worker LoadGen did not return from and a lost run folder raise
 (:class:`~harness.run.thread.Interrupted`, :class:`~harness.run.thread.WorkerDied`,
@@ -21,8 +25,8 @@ from harness.compliance.audit import AUDITS, check_no_stray_audit_config
 from harness.compliance.verify import verify_audit
 from harness.report.markdown import write_report
 from harness.results.layout import (
+    check_run_dir,
     exclusive_scenario,
-    prepare_run_dir,
     run_dir,
     scenario_dir,
 )
@@ -76,22 +80,24 @@ def _run_benchmark(config: Config, backend: Any, dataset: Dataset | None, use_py
         worker, OutputError when a run's folder is lost (each with the partial result as ``.result``).
     """
     run, modes = config.run, MODE_RUNS[config.run.mode]
-    for mode in modes:  # folders are made and checked before any work starts
-        prepare_run_dir(run_dir(run.output_dir, run.system_name, run.scenario, mode), run.user_conf)
+    for mode in modes:  # folders are made and checked before any work starts; each is cleared as its run starts
+        check_run_dir(run_dir(run.output_dir, run.system_name, run.scenario, mode))
     if backend is None:
         backend = build_backend(config)
     if dataset is None:
         dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
     if "accuracy" in modes:   # an mAP needs labels that map onto the categories; speed runs need not
         check_num_classes(config.model.num_classes, dataset)
-    result = RunResult(run.scenario, run.mode, getattr(backend, "name", type(backend).__name__))
+    result = RunResult(run.scenario, run.mode, getattr(backend, "name", type(backend).__name__),
+                       simulated=bool(getattr(backend, "simulated", True)))
     scenario_folder = scenario_dir(run.output_dir, run.system_name, run.scenario)
     try:
         for mode in modes:
             out = run_dir(run.output_dir, run.system_name, run.scenario, mode)
             log.info("%s %s run: logs in %s", run.scenario, mode, out)
             try:
-                one = run_loadgen(config, mode, backend, dataset, out, use_pycocotools, progress)
+                one = run_loadgen(config, mode, backend, dataset, out, use_pycocotools, progress,
+                                  on_start=lambda: _write_report(scenario_folder))
             except Interrupted as e:
                 result.interrupted, result.loadgen_finished = True, e.finished
                 result.interrupt_code = e.exit_code

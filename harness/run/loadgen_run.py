@@ -1,11 +1,16 @@
 """One LoadGen run into its folder: settings, SUT, QSL, LoadGen, logs checked, result read back.
 
-Per run it creates the run folder of the submission layout, saves the
-resolved config and the user.conf used, starts a fresh SUT, runs LoadGen with
-its logs in that folder (on a watched thread, harness/run/thread.py), and
-reads the result back; an accuracy run also gets ``accuracy.txt``, every run
-``run_record.json`` and, for timed runs, ``latencies_s.npy``. A run folder
-that disappears, or LoadGen logs left incomplete (disk full), is an
+Per run it creates the run folder of the submission layout, removes what an
+earlier run of the same mode left there (harness/results/layout.py), writes
+``run_status.json`` as running with the environment (harness/results/status.py),
+saves the resolved config and the user.conf used, starts a fresh SUT, runs
+LoadGen with its logs in that folder (on a watched thread,
+harness/run/thread.py), and reads the result back; an accuracy run also gets
+``accuracy.txt``, every run ``run_record.json`` and, for timed runs,
+``latencies_s.npy``. However the run ends (finished, failed samples, Ctrl-C,
+SIGTERM, a dead worker, an error), ``run_status.json`` is then replaced with
+how; only ``kill -9`` leaves it "running". A run folder that disappears, or
+LoadGen logs left incomplete (disk full), is an
 :class:`~harness.shared.errors.OutputError` naming the folder.
 """
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from harness.accuracy.coco import AccuracyError
 from harness.accuracy.evaluate import evaluate_accuracy_log
@@ -25,14 +30,28 @@ from harness.compliance.audit import (
     check_no_stray_audit_config,
     placed_audit_config,
 )
-from harness.results.layout import prepare_run_dir
+from harness.results.environment import describe_environment
+from harness.results.layout import (
+    ACCURACY_TXT,
+    check_run_dir,
+    clear_run,
+    prepare_run_dir,
+)
 from harness.results.loadgen_log import read_detail_log
 from harness.results.outcome import LoadGenRun
 from harness.results.record import check_run_logs, write_run_record
+from harness.results.status import begin_status, end_status
 from harness.run.dataset import Dataset
-from harness.run.thread import Interrupted, WorkerDied, start_test, worker_death
+from harness.run.thread import (
+    Interrupted,
+    WorkerDied,
+    interrupt_cause,
+    start_test,
+    worker_death,
+)
 from harness.settings.config import Config
 from harness.settings.loadgen import make_test_settings
+from harness.shared.errors import OutputError
 from harness.shared.files import write_text_atomic
 from harness.sut.factory import make_sut
 from harness.sut.guard import GuardedBackend, batch_hint
@@ -41,20 +60,70 @@ log = logging.getLogger("harness")
 
 
 def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_dir: Path,
-                use_pycocotools: bool = False, progress: bool = False) -> LoadGenRun:
+                use_pycocotools: bool = False, progress: bool = False,
+                on_start: Callable[[], None] | None = None) -> LoadGenRun:
     """One LoadGen run of ``mode`` (accuracy, performance, find-peak, TEST01, TEST04) with its logs in ``out_dir``.
 
     An audit mode runs as a performance run with the audit's audit.config placed in the working
     directory for this run only; any other run refuses to start while an audit.config is there.
+    ``on_start`` is called once the folder is cleared and marked running, before LoadGen starts.
     """
+    scenario = config.run.scenario
+    settings = make_test_settings(config.run.user_conf, scenario, "performance" if mode in AUDITS else mode,
+                                  config.run)
+    check_run_dir(out_dir)
+    removed = clear_run(out_dir, mode)
+    env = describe_environment(backend, use_pycocotools)
+    status = begin_status(out_dir, mode, scenario, env)
+    try:
+        if on_start is not None:
+            on_start()
+        run = _run(config, mode, settings, backend, dataset, out_dir, use_pycocotools, progress, removed)
+    except Interrupted as e:
+        cut = "the samples not yet computed were answered with no detections so that LoadGen could end"
+        _end(out_dir, status, "interrupted", [f"{e.how}: " + (cut if e.finished else "LoadGen did not finish")],
+             e.finished)
+        raise
+    except WorkerDied as e:
+        _end(out_dir, status, "failed", [f"a worker died: {e.cause}; LoadGen did not finish"], False)
+        raise
+    except KeyboardInterrupt as e:     # Ctrl-C or SIGTERM outside LoadGen's run (set-up, evaluation)
+        how = interrupt_cause(e)[0]
+        _end(out_dir, status, "interrupted", [f"{how} while the run was set up or evaluated"], True)
+        raise
+    except OutputError as e:
+        _end(out_dir, status, "incomplete", [str(e)], True)
+        raise
+    except BaseException as e:
+        _end(out_dir, status, "failed", [f"{type(e).__name__}: {e}"], True)
+        raise
+    run.simulated = bool(env["simulated"])
+    problems = run.problems()
+    _end(out_dir, status, "failed" if problems else "finished", problems, True)
+    return run
+
+
+def _end(out_dir: Path, status: dict, how: str, reasons: list[str], loadgen_finished: bool) -> None:
+    """Record how the run ended. A status that cannot be written (the folder is gone) is logged, never raised
+    over the run's own outcome: the one left on disk still says "running", which reads as INCOMPLETE."""
+    try:
+        end_status(out_dir, status, how, reasons, loadgen_finished)
+    except OutputError as e:
+        log.error("%s", e)
+
+
+def _run(config: Config, mode: str, settings: Any, backend: Any, dataset: Dataset, out_dir: Path,
+         use_pycocotools: bool, progress: bool, removed: list[Path]) -> LoadGenRun:
+    """:func:`run_loadgen` once the folder is marked running."""
     import mlperf_loadgen as lg
     scenario, audit = config.run.scenario, mode if mode in AUDITS else None
-    settings = make_test_settings(config.run.user_conf, scenario, "performance" if audit else mode, config.run)
     prepare_run_dir(out_dir, config.run.user_conf)
     config.save(out_dir / "config.json")
-    handler = logging.FileHandler(out_dir / "harness.log")
+    handler = logging.FileHandler(out_dir / "harness.log", mode="w")   # this run's log only
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
     log.addHandler(handler)
+    if removed:
+        log.info("removed %d file(s) an earlier %s run left in %s", len(removed), mode, out_dir)
     qsl = dataset.qsl
     wanted = settings.performance_sample_count_override or qsl.perf_count
     log.info("%s %s run (%s): %d samples in the data set, performance sample count %d", scenario, mode,
@@ -110,6 +179,15 @@ def _no_audit_config() -> Iterator[Path]:
     yield Path(os.getcwd()) / AUDIT_FILE
 
 
+def samples_line(run: LoadGenRun, missing: int) -> str:
+    """The accuracy.txt line beside ``mAP=``: failed and missing samples (it never contains ``mAP=``, which
+    MLPerf's checker would read as the accuracy)."""
+    failed = sorted({f.index for f in run.failures})
+    which = (": " + ", ".join(map(str, failed[:20])) + (" ..." if len(failed) > 20 else "")) if failed else ""
+    return (f"failed samples: {len(run.failures)} of {run.issued} issued (answered with no detections, so "
+            f"their objects count as missed){which}; images missing from the log: {missing}")
+
+
 def _check_accuracy(run: LoadGenRun, dataset: Dataset, use_pycocotools: bool) -> None:
     if dataset.annotation_file is None:
         run.accuracy_error = "no annotation file for this data set"
@@ -122,6 +200,13 @@ def _check_accuracy(run: LoadGenRun, dataset: Dataset, use_pycocotools: bool) ->
         run.accuracy_error = str(e)
         report = getattr(e, "report", None)   # no mAP, but the counts of what was evaluated
         if report is not None:
-            write_text_atomic(run.out_dir / "accuracy.txt", "\n".join(report.lines()) + "\n")
+            _write_accuracy_txt(run, report)
         return
-    write_text_atomic(run.out_dir / "accuracy.txt", "\n".join(run.accuracy.lines()) + "\n")
+    _write_accuracy_txt(run, run.accuracy)
+
+
+def _write_accuracy_txt(run: LoadGenRun, report: Any) -> None:
+    """accuracy.txt: the ``mAP=xx.xxx%`` line first (what MLPerf's checker reads), the samples line next."""
+    lines = report.lines()
+    lines.insert(1, samples_line(run, report.missing))
+    write_text_atomic(run.out_dir / ACCURACY_TXT, "\n".join(lines) + "\n")

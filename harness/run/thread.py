@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.shared.errors import INTERRUPTS, ExitStatus
+from harness.shared.errors import INTERRUPTS, ExitStatus, RunStopped
 from harness.sut.base import BaseSUT
 
 log = logging.getLogger("harness")
@@ -48,7 +48,7 @@ def interrupt_cause(e: BaseException) -> tuple[str, int]:
     return INTERRUPTS[code], code
 
 
-class Interrupted(Exception):
+class Interrupted(RunStopped):
     """Ctrl-C (or SIGTERM) during a LoadGen run; ``finished`` says whether LoadGen returned in the grace period."""
 
     def __init__(self, finished: bool, how: str = INTERRUPTS[ExitStatus.INTERRUPTED],
@@ -59,7 +59,7 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
-class WorkerDied(Exception):
+class WorkerDied(RunStopped):
     """A pipeline thread died and LoadGen did not finish within the grace period (a Server run)."""
 
     def __init__(self, cause: str, finished: bool) -> None:

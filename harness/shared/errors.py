@@ -7,12 +7,19 @@ and exit with ``ExitStatus.BAD_INPUT``. Each layer declares its own subclass
 beside the code that raises it (``CheckpointError``, ``CacheError``,
 ``SettingsError``, ...); nobody keeps a list of them.
 
-Exit statuses, for every subcommand of ``run.py`` and ``python -m harness.accuracy``:
+Exit statuses, for every subcommand of ``run.py`` (run, evaluate, demo, report,
+package, verify) and ``python -m harness.accuracy``; the README has the same table:
 
-    0    done (an INVALID LoadGen result is a result, not an error)
-    1    the run happened but is not a whole result: failed samples, no mAP,
-         a compliance audit that failed, a fault that ended the run early
-    2    bad input, before anything was run (or nothing could be written)
+    0    done: every run finished and its result stands (an INVALID LoadGen
+         result is a result, not an error; so is a run of the null or
+         simulated backend, which every file marks SIMULATED)
+    1    it ran, but what it made is not a whole result: failed samples, no
+         mAP or an mAP over fewer images than expected, an error LoadGen
+         logged (a find-peak search that found no lower bound), a compliance
+         audit that failed, a worker that died, logs that could not be written
+    2    bad input, before anything ran (or nothing could be written); also
+         ``package`` refusing a tree that holds a run which is not a finished
+         run of a model
     130  interrupted (Ctrl-C, SIGINT)
     143  terminated (SIGTERM)
 """
@@ -31,6 +38,18 @@ class ExitStatus(IntEnum):
 
 # What stopped a run, by the exit status it calls for.
 INTERRUPTS = {ExitStatus.INTERRUPTED: "interrupted (Ctrl-C)", ExitStatus.TERMINATED: "terminated (SIGTERM)"}
+
+
+class RunStopped(Exception):
+    """A benchmark run that stopped before it finished (interrupted, a worker died).
+
+    ``exit_code`` is the status the process leaves with; ``finished`` says whether LoadGen returned
+    (when it did not, the process must leave without tearing LoadGen down); ``result``, set by the
+    caller that knows it, holds what was done before the stop.
+    """
+
+    exit_code: int = ExitStatus.FAILED
+    finished: bool = True
 
 
 class InputError(Exception):
