@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from .cache import PrepareError
 
@@ -54,6 +54,9 @@ def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, 
     except (KeyError, TypeError) as e:
         raise PrepareError(f"annotation file {ann} is not COCO format: an image entry lacks {e} "
                            f"(need images[].id, file_name, width, height)") from None
+    problem = repeated_ids(ann, out, "image id", "images")
+    if problem:
+        raise PrepareError(problem)
     if max_images is not None:
         if max_images < 1:
             raise PrepareError(f"max_images must be at least 1, got {max_images}")
@@ -61,6 +64,26 @@ def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, 
     if not out:
         raise PrepareError(f"annotation file {ann} lists no images")
     return out
+
+
+def repeated_ids(path: str | Path, items: Sequence[Mapping[str, Any]], what: str, key: str) -> str | None:
+    """None when every ``items[n]["id"]`` is unique, else a message naming the repeated ids and where.
+
+    ``key`` names the list in the file (``images``, ``annotations``), ``what`` one entry ("image id").
+    A repeated image would be scored twice and a repeated annotation id hides one object from COCO's
+    index, so either changes the mAP without a word.
+    """
+    seen: dict[Any, list[int]] = {}
+    for n, item in enumerate(items):
+        seen.setdefault(item["id"], []).append(n)
+    repeats = [(i, at) for i, at in seen.items() if len(at) > 1]
+    if not repeats:
+        return None
+    shown = "; ".join(f"{what} {i} more than once ({' and '.join(f'{key}[{n}]' for n in at)})"
+                      for i, at in repeats[:3])
+    more = f"; and {len(repeats) - 3} more repeated ids" if len(repeats) > 3 else ""
+    return (f"annotation file {path} lists {shown}{more}: each must appear once (a repeated entry changes "
+            "which images and objects are scored); remove the duplicates")
 
 
 def default_cache_dir(data_dir: str | Path | None, ann: Path) -> Path:

@@ -265,3 +265,15 @@ def test_a_file_that_is_no_image_says_so_without_internal_object_names(tmp_path,
     with pytest.raises(BadImageError, match="cannot be decoded") as e:
         decode_rgb(path, decoder)
     assert "BytesIO" not in str(e.value) and " at 0x" not in str(e.value)
+
+
+def test_an_image_listed_twice_is_refused_naming_its_id(dataset, tmp_path):
+    data = _copy(dataset, tmp_path)
+    ann = data / "annotations" / "instances_val2017.json"
+    doc = json.loads(ann.read_text())
+    doc["images"].append(dict(doc["images"][1]))
+    ann.write_text(json.dumps(doc))
+    repeated = doc["images"][1]["id"]
+    with pytest.raises(PrepareError, match=rf"lists image id {repeated} more than once \(images\[1\] and "
+                                           rf"images\[{NUM}\]\)"):
+        prepare_cache(data, [257], workers=1, progress=False)
