@@ -173,3 +173,31 @@ def test_default_user_conf_is_the_repositorys_even_where_the_working_directory_h
     parse = lambda *extra: config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), *extra]))  # noqa: E731
     assert Path(parse().run.user_conf) == DEFAULT_USER_CONF
     assert parse("--user-conf", "user.conf").run.user_conf == "user.conf"       # asked for by name: this one
+
+
+def test_a_folder_given_to_config_is_not_called_missing(capsys, synthetic_coco, tmp_path):
+    rc, _, err = _main(capsys, ["--config", str(tmp_path), "--data", str(synthetic_coco)])
+    assert rc == 2 and f"--config {tmp_path} is a folder; give a TOML file" in err and "not found" not in err
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--small-mask", "0", "1", "1", "1", "1", "1"], "--small-mask and --large-mask are merged"),
+    (["--use-filter"], "--use-filter removes nothing"),
+])
+def test_single_scale_warns_about_two_scale_flags_it_cannot_honour(synthetic_coco, caplog, extra, named):
+    from harness.settings.cli import benchmark_parser, config_from_args
+    config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), "--image-size", "300", "300",
+                                                    *extra]))
+    assert named in caplog.text and "image size 300 300 is one pass" in caplog.text
+    caplog.clear()
+    config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), "--image-size", "300", "600",
+                                                    *extra]))
+    assert named not in caplog.text
+
+
+def test_single_scale_names_the_config_keys_it_cannot_honour(synthetic_coco, caplog, tmp_path):
+    from harness.settings.cli import benchmark_parser, config_from_args
+    toml = tmp_path / "m.toml"
+    toml.write_text("[model]\nimage_size = [300, 300]\nlarge_mask = [1, 1, 0, 0, 0, 0]\n")
+    config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), "--config", str(toml)]))
+    assert f"{toml} small_mask and large_mask are merged" in caplog.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ from harness.settings.config import (
     Config,
     load_config,
 )
+from harness.settings.model_checks import single_scale_warnings
 from harness.shared.errors import ConfigError, InputError
 from qsl.coco_layout import default_annotation_file
+
+log = logging.getLogger("harness")
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_USER_CONF = ROOT / "user.conf"
@@ -144,6 +148,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         run[key] = getattr(args, key, None)
     run["output_dir"] = getattr(args, "output", None)
     run["user_conf"] = getattr(args, "user_conf", None)
+    if args.config is not None and Path(args.config).is_dir():
+        raise UsageError(f"--config {args.config} is a folder; give a TOML file such as configs/demo.toml")
     if args.config is not None and not Path(args.config).is_file():
         raise UsageError(f"--config {args.config}: file not found")
     try:
@@ -154,7 +160,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         flagged = {"--checkpoint": "--model", "--data-dir": "--data", "--output-dir": "--output"}
         raise ConfigError(f"{e}" + (f" (given by {', '.join(flagged.get(f, f) for f in flags)})" if flags else "")) \
             from None
+    for warning in single_scale_warnings(config.model, lambda keys: _named(keys, args)):
+        log.warning("%s", warning)
     return _check_paths(config, args)
+
+
+def _named(keys: tuple[str, ...], args: argparse.Namespace) -> str:
+    """The flags that set ``keys`` ("--small-mask and --large-mask"), else the config file's keys."""
+    if any(getattr(args, k, None) is not None for k in keys) or args.config is None:
+        return " and ".join("--" + k.replace("_", "-") for k in keys)
+    return f"{args.config} " + " and ".join(keys)
 
 
 def _missing_checkpoint(ckpt: str, args: argparse.Namespace) -> str:
