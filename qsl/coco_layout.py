@@ -24,22 +24,36 @@ def default_annotation_file(data_dir: str | Path) -> Path:
     return Path(data_dir) / ANNOTATION_RELPATH
 
 
-def find_inputs(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> tuple[Path, Path]:
-    """Locate (annotation file, image folder), or raise PrepareError listing what was tried."""
+def find_annotation_file(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> Path:
+    """The annotation file of ``data_dir`` (or ``annotation_file``), or PrepareError saying what was expected."""
     if data_dir is None and annotation_file is None:
         raise PrepareError("give a data folder (--data) or an annotation file (--annotation-file)")
     ann = default_annotation_file(data_dir) if annotation_file is None else Path(annotation_file)
     if not ann.is_file():
         raise PrepareError(f"annotation file {ann} not found: expected COCO layout <data>/annotations/"
                            f"instances_val2017.json, or pass --annotation-file")
+    return ann
+
+
+def find_image_dir(data_dir: str | Path | None, ann: Path) -> Path:
+    """The image folder of the annotation file ``ann``, or PrepareError listing what was tried.
+
+    Only preparation reads images: a complete cache serves a run without them.
+    """
     split = ann.stem[len("instances_"):] if ann.stem.startswith("instances_") else "val2017"
     roots = [Path(data_dir)] if data_dir is not None else []
     roots.append(ann.resolve().parent.parent)
     tried = [r / sub / split for r in roots for sub in ("", "images")]
     for folder in tried:
         if folder.is_dir():
-            return ann, folder
+            return folder
     raise PrepareError(f"image folder for {ann} not found; tried {', '.join(map(str, dict.fromkeys(tried)))}")
+
+
+def find_inputs(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> tuple[Path, Path]:
+    """Locate (annotation file, image folder), or raise PrepareError listing what was tried."""
+    ann = find_annotation_file(data_dir, annotation_file)
+    return ann, find_image_dir(data_dir, ann)
 
 
 def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, Any]]:
