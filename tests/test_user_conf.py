@@ -179,3 +179,32 @@ def test_bad_user_conf_via_run_py_is_one_line(capsys, synthetic_coco, tmp_path):
     assert rc == 2 and "line 1" in err and "did you mean 'min_duration'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_file_with_no_line_for_this_model_is_warned_about_naming_the_model(tmp_path, capsys, caplog,
+                                                                               synthetic_coco):
+    """LoadGen ignores every line of another model, so its defaults (600 s) would apply without a word."""
+    path = conf(tmp_path, "# copied from the resnet50 submission", "resnet50.Offline.min_duration = 2000",
+                "resnet50.*.performance_sample_count_override = 64")
+    rc = run.main(["--scenario", "Offline", "--mode", "accuracy", "--backend", "null", "--data", str(synthetic_coco),
+                   "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "o"), "--user-conf", str(path),
+                   "--image-size", "257", "257", "--num-classes", "7"])
+    assert rc == 0, capsys.readouterr().err
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and str(path) in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert "none of its 2 settings applies to ssd-resnet34, the model this run uses (its lines name resnet50)" \
+        in warned[0] and "LoadGen's defaults apply" in warned[0]
+
+
+@pytest.mark.parametrize("lines, warned", [([f"{MODEL}.Server.target_qps = 5"], False),
+                                           (["*.Offline.min_duration = 10"], False), ([], True)])
+def test_only_a_file_with_no_line_for_this_model_or_for_any_is_warned_about(tmp_path, lines, warned):
+    from harness.settings.user_conf import unused_file_warning
+    text = unused_file_warning(parse_user_conf(conf(tmp_path, "resnet50.Server.target_qps = 9", *lines)), MODEL)
+    assert (text is not None) == warned
+
+
+def test_a_misspelt_model_name_gets_a_suggestion(tmp_path):
+    from harness.settings.user_conf import unused_file_warning
+    text = unused_file_warning(parse_user_conf(conf(tmp_path, "ssd-resnet-34.Offline.min_duration = 10")), MODEL)
+    assert "did you mean ssd-resnet34?" in text

@@ -27,56 +27,22 @@ from typing import Sequence
 
 import torch
 
-from harness.shared.errors import InputError
-
-from .model import BOXES_PER_LOCATION, feature_sizes, min_image_size
+from .geometry import (  # noqa: F401 - the geometry checks are part of this module's interface
+    CELLS_PER_SIDE,
+    GeometryError,
+    check_steps,
+    fitting_steps,
+    map_sizes,
+)
+from .model import BOXES_PER_LOCATION
 
 BASE_SCALES_PX = (21, 45, 99, 153, 207, 261, 315)
 ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 
 
-# How each variant turns a step into cells per side (see the module docstring).
-CELLS_PER_SIDE = {"training": lambda size, step: size / step, "ssd1200": lambda size, step: size // step}
-
-
-class GeometryError(InputError, ValueError):
-    """The input size, steps or masks do not fit the network; the message says which."""
-
-
 def box_scales_px(dboxes_scale: float) -> list[int]:
     """ceil(dboxes_scale * base scale) for the 7 base scales, in pixels."""
     return [math.ceil(dboxes_scale * s - 1e-9) for s in BASE_SCALES_PX]
-
-
-def map_sizes(image_size: int, variant: str = "training") -> list[int]:
-    """Feature-map sizes, with a clear error when the input is too small for the network."""
-    sizes = feature_sizes(image_size, variant)
-    if min(sizes) < 1:
-        raise GeometryError(
-            f"image size {image_size} is too small for this SSD ({variant}): its last feature map would be "
-            f"empty; use at least {min_image_size(variant)} pixels")
-    return sizes
-
-
-def fitting_steps(image_size: int, variant: str = "training") -> list[int]:
-    """Whole-pixel steps that fit ``image_size`` (|S / step - f| < 1 on every map)."""
-    return [max(1, round(image_size / f)) for f in map_sizes(image_size, variant)]
-
-
-def check_steps(image_size: int, steps: Sequence[float], variant: str = "training",
-                other_size: int | None = None) -> None:
-    """Raise GeometryError unless ``steps`` fit ``image_size``; ``other_size``: the run's other input size."""
-    cells = CELLS_PER_SIDE[variant]
-    for k, (f, step) in enumerate(zip(map_sizes(image_size, variant), steps)):
-        if abs(cells(image_size, step) - f) >= 1:
-            if other_size is not None and other_size != image_size:
-                advice = (f"steps are in pixels of one input size, so no list fits both {other_size} and "
-                          f"{image_size}: drop --dboxes-steps (the default places boxes by feature-map size, "
-                          "which fits every size)")
-            else:
-                advice = f"drop --dboxes-steps or give {' '.join(map(str, fitting_steps(image_size, variant)))}"
-            raise GeometryError(f"dboxes_steps {list(steps)} do not fit image size {image_size}: map {k} has "
-                                f"{f}x{f} cells but {image_size}/{step} gives {cells(image_size, step):.2f}; {advice}")
 
 
 def default_boxes(image_size: int, dboxes_scale: float = 1.0, steps: Sequence[float] | None = None,

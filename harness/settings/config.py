@@ -181,6 +181,14 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: a value has the wrong type ({e})") from None
 
 
+def config_file_table(path: str | Path | None, section: str) -> dict[str, Any]:
+    """The keys and values a (valid) config file sets in ``section``; empty without a file."""
+    if path is None:
+        return {}
+    table = tomllib.loads(Path(path).read_text()).get(section, {})
+    return dict(table) if isinstance(table, dict) else {}
+
+
 def load_config(path: str | Path | None = None,
                 overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read ``path`` (TOML) if given, then apply ``overrides`` {section: {key: value}}.
