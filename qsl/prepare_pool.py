@@ -118,7 +118,8 @@ def run_tasks(tasks: Sequence[Task], array_paths: dict[int, Path], decoder: str,
     received = 0
     try:
         results = pool.map(_work, tasks, chunksize=2)
-        processes = list(getattr(pool, "_processes", {}).values())
+        # The executor's own process table: before Python 3.14 it has no public way to end its workers.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         for result in results:
             received += 1
             yield result
@@ -134,10 +135,13 @@ def run_tasks(tasks: Sequence[Task], array_paths: dict[int, Path], decoder: str,
                          f"({task[1]}) on were being prepared: check that image, or prepare with --workers 1 to "
                          "see the error; the images done so far are kept and a re-run resumes") from None
     finally:
-        processes = processes or list(getattr(pool, "_processes", {}).values())
+        processes = processes or list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for p in processes:
             if p.is_alive():
                 p.terminate()
-        for p in processes:
-            p.join(5)
+        for p in processes:   # until each has exited: a worker holds the caller's open files (and locks) while alive
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
