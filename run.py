@@ -32,8 +32,12 @@ from harness.settings.cli import (
     add_common_args,
     benchmark_parser,
     config_from_args,
+    model_keys_given,
 )
 from harness.shared.errors import INTERRUPTS, ExitStatus, InputError, RunStopped
+
+NOTHING_TO_RUN = ("nothing to run: try `python run.py demo` (the shipped demo detector on generated data, nothing "
+                  "to download) or `python run.py --help` for a benchmark run on your own data")
 
 _signal_exit = {"code": 130}   # 143 once SIGTERM arrived
 
@@ -46,16 +50,21 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def benchmark_main(argv: list[str]) -> int:
+    if not argv:
+        raise UsageError(NOTHING_TO_RUN)
+    args = benchmark_parser().parse_args(argv)
+    config = config_from_args(args)
+    # Every input is checked before anything slow: torch is imported only once the flags are known to be good.
+    from harness.run.preflight import check_inputs
+    config = check_inputs(config, model_keys_given(args), args.backend)
     from harness.report.summary import format_summary
     from harness.run.backend import make_backend
     from harness.run.benchmark import run_benchmark
     from harness.run.thread import Interrupted, WorkerDied
     from harness.shared.errors import OutputError
-    args = benchmark_parser().parse_args(argv)
-    config = config_from_args(args)
     try:
         result = run_benchmark(config, backend=make_backend(config, args.backend),
-                               use_pycocotools=args.use_pycocotools, progress=sys.stderr.isatty())
+                               use_pycocotools=args.use_pycocotools, progress=True)
     except (Interrupted, WorkerDied, OutputError) as e:
         result = getattr(e, "result", None)
         if result is None:
@@ -74,10 +83,6 @@ def benchmark_main(argv: list[str]) -> int:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from harness.accuracy.coco import MapNotComputed
-    from harness.run.backend import make_backend
-    from harness.run.dataset import open_dataset, pin_memory_for
-    from harness.run.evaluate import evaluate_direct
     from harness.shared.files import check_output_file
     p = argparse.ArgumentParser(prog="run.py evaluate", description="COCO mAP of the model, without LoadGen.")
     p.add_argument("--dump-detections", metavar="FILE", help="write the COCO results list (JSON) here")
@@ -86,6 +91,12 @@ def evaluate_main(argv: list[str]) -> int:
     config = config_from_args(args)
     if args.dump_detections:   # before the model loads and the cache is made
         check_output_file(args.dump_detections, "--dump-detections")
+    from harness.run.preflight import check_inputs
+    config = check_inputs(config, model_keys_given(args), args.backend, loadgen=False)
+    from harness.accuracy.coco import MapNotComputed
+    from harness.run.backend import make_backend
+    from harness.run.dataset import open_dataset, pin_memory_for
+    from harness.run.evaluate import evaluate_direct
     backend = make_backend(config, args.backend)
     dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
     try:

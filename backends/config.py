@@ -29,7 +29,10 @@ def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 class ModelConfig:
     """What network runs and how its output becomes detections."""
 
-    checkpoint: str | None = None          # path to an MLPerf training checkpoint; None = random weights
+    checkpoint: str | None = None          # path to an MLPerf training checkpoint (None needs random_weights)
+    # Run without a checkpoint, on seeded random weights: for speed measurements only (the detections mean
+    # nothing). Must be asked for, so a forgotten --model is an error rather than a meaningless mAP.
+    random_weights: bool = False
     # Allow a checkpoint that is a whole pickled nn.Module (the zenodo resnet34-ssd1200.pytorch): reading
     # it runs code from the file, so turn this on only for files from a source you trust.
     trust_pickle: bool = False
@@ -52,6 +55,9 @@ class ModelConfig:
     max_detections: int = 200              # best detections kept per image after NMS
 
     def __post_init__(self) -> None:
+        if self.checkpoint and self.random_weights:
+            raise ConfigError(f"model.checkpoint ({self.checkpoint}) and model.random_weights contradict each "
+                              "other: give one of them")
         check_choice("model.backbone", self.backbone, BACKBONES)
         check_choice("model.variant", self.variant, VARIANTS)
         check_choice("model.precision", self.precision, PRECISIONS)

@@ -53,6 +53,7 @@ from .network import (
     network_runner,
     prepare_network,
 )
+from .ssd.checkpoint import describe as describe_checkpoint
 from .ssd.checkpoint import load_checkpoint
 from .ssd.model import SSDResNet
 from .ssd.two_scale import TwoScaleDetector
@@ -124,7 +125,7 @@ class PyTorchBackend:
         model = SSDResNet(cfg.num_classes, cfg.backbone, cfg.variant).eval()
         if cfg.checkpoint:
             self.checkpoint_info = load_checkpoint(cfg.checkpoint, model, trust_pickle=self.trust_pickle)
-            log.info("loaded checkpoint %s", self.checkpoint_info)
+            log.info("%s", describe_checkpoint(self.checkpoint_info))
         else:
             log.warning("no model.checkpoint given: using random weights (seed 0); detections are meaningless")
         for p in model.parameters():

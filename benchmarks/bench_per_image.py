@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = p.parse_args()
     config = load_config(None, {"model": {"backbone": args.backbone, "image_size": [args.size, args.size],
-                                          "precision": args.precision},
+                                          "precision": args.precision, "random_weights": True},
                                 "run": {"device": "cpu", "threads": args.threads}})
     inner = build_backend(config, per_image=False)
     ways = {"batched": inner, "per_image": GuardedBackend(inner, per_image=True)}

@@ -6,8 +6,9 @@ alternating the two a few times and quoting medians, because the machines here
 are shared and noisy. The data is a small synthetic COCO-layout set (seed 0,
 the demo detector's held-out images) prepared into a temporary cache, and
 LoadGen runs use a temporary settings file with short durations: figures are
-for comparison, not for submission. The model defaults to configs/demo.toml
-(random weights, with a warning in the results, when its checkpoint is absent).
+for comparison, not for submission. The model defaults to configs/demo.toml;
+``--random-weights`` runs it untrained (said in the results), and a missing
+checkpoint is an error, never a silent switch to random weights.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def add_flags(p: argparse.ArgumentParser, seconds: float = 8.0, images: int = 64
     p.add_argument("--num-classes", type=int)
     p.add_argument("--image-size", type=int, nargs=2, metavar=("S0", "S1"))
     p.add_argument("--dboxes-scale", type=float)
-    p.add_argument("--random-weights", action="store_true", help="ignore the config's checkpoint")
+    p.add_argument("--random-weights", action="store_true",
+                   help="ignore the config's checkpoint and run on seeded random weights")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -63,11 +65,13 @@ def resolve_config(args: argparse.Namespace, out_dir: Path, conf: Path) -> tuple
            "server_max_batch": args.batch_size, "user_conf": str(conf), "output_dir": str(out_dir)}
     cfg = load_config(args.config, {"model": model, "run": run})
     ckpt = cfg.model.checkpoint
-    if args.random_weights or (ckpt and not Path(ckpt).is_file()):
-        why = "--random-weights" if args.random_weights else f"{ckpt} not found"
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=None))
-        return cfg, f"random weights ({why}): many more boxes reach NMS than with a trained model"
-    return cfg, f"weights {Path(ckpt).name}" if ckpt else "random weights"
+    if args.random_weights:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=None, random_weights=True))
+        return cfg, "random weights (--random-weights): many more boxes reach NMS than with a trained model"
+    if not ckpt or not Path(ckpt).is_file():
+        raise SystemExit(f"error: {args.config} names no checkpoint that exists ({ckpt}): fix it, or pass "
+                         "--random-weights to measure on untrained weights")
+    return cfg, f"weights {Path(ckpt).name}"
 
 
 def with_run(cfg: Config, **run: Any) -> Config:

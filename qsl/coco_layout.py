@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from .cache import PrepareError
 
@@ -23,22 +23,36 @@ def default_annotation_file(data_dir: str | Path, split: str = "val2017") -> Pat
     return Path(data_dir) / "annotations" / f"instances_{split}.json"
 
 
-def find_inputs(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> tuple[Path, Path]:
-    """Locate (annotation file, image folder), or raise PrepareError listing what was tried."""
+def find_annotation_file(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> Path:
+    """The annotation file of ``data_dir`` (or ``annotation_file``), or PrepareError saying what was expected."""
     if data_dir is None and annotation_file is None:
         raise PrepareError("give a data folder (--data) or an annotation file (--annotation-file)")
     ann = default_annotation_file(data_dir) if annotation_file is None else Path(annotation_file)
     if not ann.is_file():
         raise PrepareError(f"annotation file {ann} not found: expected COCO layout <data>/annotations/"
                            f"instances_val2017.json, or pass --annotation-file")
+    return ann
+
+
+def find_image_dir(data_dir: str | Path | None, ann: Path) -> Path:
+    """The image folder of the annotation file ``ann``, or PrepareError listing what was tried.
+
+    Only preparation reads images: a complete cache serves a run without them.
+    """
     split = ann.stem[len("instances_"):] if ann.stem.startswith("instances_") else "val2017"
     roots = [Path(data_dir)] if data_dir is not None else []
     roots.append(ann.resolve().parent.parent)
     tried = [r / sub / split for r in roots for sub in ("", "images")]
     for folder in tried:
         if folder.is_dir():
-            return ann, folder
+            return folder
     raise PrepareError(f"image folder for {ann} not found; tried {', '.join(map(str, dict.fromkeys(tried)))}")
+
+
+def find_inputs(data_dir: str | Path | None, annotation_file: str | Path | None = None) -> tuple[Path, Path]:
+    """Locate (annotation file, image folder), or raise PrepareError listing what was tried."""
+    ann = find_annotation_file(data_dir, annotation_file)
+    return ann, find_image_dir(data_dir, ann)
 
 
 def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, Any]]:
@@ -53,6 +67,9 @@ def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, 
     except (KeyError, TypeError) as e:
         raise PrepareError(f"annotation file {ann} is not COCO format: an image entry lacks {e} "
                            f"(need images[].id, file_name, width, height)") from None
+    problem = repeated_ids(ann, out, "image id", "images")
+    if problem:
+        raise PrepareError(problem)
     if max_images is not None:
         if max_images < 1:
             raise PrepareError(f"max_images must be at least 1, got {max_images}")
@@ -60,6 +77,26 @@ def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, 
     if not out:
         raise PrepareError(f"annotation file {ann} lists no images")
     return out
+
+
+def repeated_ids(path: str | Path, items: Sequence[Mapping[str, Any]], what: str, key: str) -> str | None:
+    """None when every ``items[n]["id"]`` is unique, else a message naming the repeated ids and where.
+
+    ``key`` names the list in the file (``images``, ``annotations``), ``what`` one entry ("image id").
+    A repeated image would be scored twice and a repeated annotation id hides one object from COCO's
+    index, so either changes the mAP without a word.
+    """
+    seen: dict[Any, list[int]] = {}
+    for n, item in enumerate(items):
+        seen.setdefault(item["id"], []).append(n)
+    repeats = [(i, at) for i, at in seen.items() if len(at) > 1]
+    if not repeats:
+        return None
+    shown = "; ".join(f"{what} {i} more than once ({' and '.join(f'{key}[{n}]' for n in at)})"
+                      for i, at in repeats[:3])
+    more = f"; and {len(repeats) - 3} more repeated ids" if len(repeats) > 3 else ""
+    return (f"annotation file {path} lists {shown}{more}: each must appear once (a repeated entry changes "
+            "which images and objects are scored); remove the duplicates")
 
 
 def default_cache_dir(data_dir: str | Path | None, ann: Path) -> Path:

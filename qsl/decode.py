@@ -47,6 +47,10 @@ def _pil_rgb(data: bytes) -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return img.convert("RGB")
+    except Image.DecompressionBombError as e:   # PIL refuses images over 2 x MAX_IMAGE_PIXELS outright
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        raise BadImageError(f"is too large to decode: {size.group(1) if size else 'its'} pixels are over PIL's pixel "
+                            f"limit of {2 * Image.MAX_IMAGE_PIXELS} (its guard against decompression bombs)") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL reports corrupt files with these
         why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))  # the in-memory file's repr
         raise BadImageError(f"cannot be decoded ({why})") from None

@@ -1,119 +1,90 @@
-"""Build the preprocessed image cache from a COCO-layout data set.
+"""Prepare the image cache a run needs, adding only what it lacks; ``python -m qsl.prepare`` to do it by hand.
 
-``prepare_cache(data_dir, sizes)`` decodes every image listed in the
-annotation file once, resizes it to each square size (see :mod:`qsl.decode`)
-and streams the rows into one ``.npy`` array per size (layout in
-:mod:`qsl.cache`); the whole set is never held in RAM.
+``ensure_cache(data_dir, sizes, max_images=N)`` opens the cache when it holds
+the first N images (None = all) at every size, and otherwise prepares only the
+missing sizes (:mod:`qsl.build`): each image is decoded once, resized to each
+of them (see :mod:`qsl.decode`) and streamed into one ``.npy`` array per size
+(layout in :mod:`qsl.cache`, bookkeeping in :mod:`qsl.cache_store`); the
+whole set is never held in RAM. Arrays of other sizes are kept, and a larger
+array serves a smaller request, so a 16-image smoke test runs from the
+5000-image cache and never replaces it. An array extended to more images
+copies the rows it already has instead of decoding them again.
 
 Inputs: ``<data>/annotations/instances_val2017.json`` with images in
 ``<data>/val2017/`` or ``<data>/images/val2017/``, or any annotation file
 ``instances_<split>.json`` given by path (images then in ``<split>/`` beside
-or under ``images/`` of its parent's parent, or of ``data_dir``).
+or under ``images/`` of its parent's parent, or of ``data_dir``). Images are
+read only when something must be prepared.
 
-Crash safety: arrays are written under ``*.partial`` names, with a small
-progress file saved every second; ``meta.json`` is written last, by rename,
-and removed before any rebuild starts, so an interrupted preparation never
-looks like a valid cache. Re-running with the same inputs resumes from the
-progress file; anything else rebuilds from scratch. Disk space is reserved
-up front (``posix_fallocate``), so a full disk is an error before decoding,
-not a crash while writing a memory map.
+Command line::
+
+    python -m qsl.prepare --data DIR --image-size 300 600 [--max-images N] [--cache-dir DIR] [--decoder pil]
+    python -m qsl.prepare --data DIR --list                 what the cache holds, per size
+    python -m qsl.prepare --data DIR --prune 600 [700 ...]  remove sizes no longer needed
+
+Exit status: 0 done, 2 bad input (one line naming the file and what to do).
 """
 from __future__ import annotations
 
 import argparse
-import errno
-import json
 import logging
-import os
-import re
-import shutil
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import numpy as np
-from tqdm import tqdm
+from typing import Sequence
 
 from harness.shared.files import prove_writable
 
-from .cache import (
-    CACHE_VERSION,
-    META_NAME,
-    CacheError,
-    PrepareError,
-    array_name,
-    file_fingerprint,
-    open_cache,
-    write_json_atomic,
-)
+from .build import DEFAULT_DECODER, build, check_sizes
+from .cache import CacheError, PrepareError, open_cache, read_meta
 from .cache_lock import cache_lock
-from .coco_layout import default_cache_dir, find_inputs, read_image_list
-from .decode import DECODERS, RESIZE_METHOD
-from .prepare_pool import run_tasks
+from .cache_store import GB, current_meta, listing, missing_sizes, prune, room_problem
+from .coco_layout import (
+    default_cache_dir,
+    find_annotation_file,
+    find_image_dir,
+    read_image_list,
+)
+from .decode import DECODERS
 
 log = logging.getLogger("qsl")
 
-STATE_NAME = "prepare_state.json"
-STATE_SAVE_S = 1.0  # seconds between progress-file saves (resume granularity)
+
+def check_can_prepare(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
+                      annotation_file: str | Path | None = None, max_images: int | None = None,
+                      decoder: str | None = None) -> list[int]:
+    """The sizes a run would have to prepare, after checking it can: images found, folder writable, room on disk.
+
+    Cheap (reads meta.json and the annotation file's image list); the preparation checks again under its lock.
+    """
+    ann = find_annotation_file(data_dir, annotation_file)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
+    count = len(read_image_list(ann, max_images))
+    meta, _ = current_meta(cache_dir, ann)
+    build = sorted(missing_sizes(cache_dir, meta, check_sizes(sizes), count, decoder))
+    if build:
+        find_image_dir(data_dir, ann)
+        _writable(cache_dir)
+        problem = room_problem(cache_dir, meta, build, count)
+        if problem:
+            raise PrepareError(problem)
+    return build
 
 
-def _check_sizes(sizes: Sequence[int]) -> list[int]:
-    out = list(dict.fromkeys(int(s) for s in sizes))
-    if not out or any(s < 1 or s > 4096 for s in out):
-        raise PrepareError(f"image sizes must be 1..4096 pixels, got {list(sizes)}")
-    return out
-
-
-def _write_error(path: Path, e: OSError) -> PrepareError:
-    if e.errno == errno.ENOSPC:
-        return PrepareError(f"no space left on the device writing {path}: free some space or pass --cache-dir "
-                            f"on a larger disk")
-    return PrepareError(f"cannot write {path} ({e.strerror or e}): pass a writable --cache-dir")
-
-
-def _reserve(path: Path, shape: tuple[int, ...]) -> None:
-    """Create a zero-filled uint8 ``.npy`` of ``shape`` and reserve its disk blocks."""
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-    del arr
-    with open(path, "r+b") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-
-
-def _resume_point(cache_dir: Path, fingerprint: dict, partials: dict[int, Path]) -> tuple[int, list]:
-    """(images already done, skipped so far) from a matching progress file, else (0, [])."""
+def _writable(cache_dir: Path) -> None:
     try:
-        state = json.loads((cache_dir / STATE_NAME).read_text())
-    except (OSError, ValueError):
-        return 0, []
-    if state.get("fingerprint") != fingerprint:
-        return 0, []
-    n = fingerprint["num_images"]
-    for size, path in partials.items():
-        try:
-            shape = np.load(path, mmap_mode="r").shape
-        except (OSError, ValueError):
-            return 0, []
-        if shape != (n, 3, size, size):
-            return 0, []
-    return int(state["done"]), list(state["skipped"])
+        prove_writable(cache_dir)
+    except OSError as e:
+        raise PrepareError(f"cannot write the cache to {cache_dir} ({e.strerror or e}): pass --cache-dir with a "
+                           f"writable folder") from None
 
 
 def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
                   annotation_file: str | Path | None = None, max_images: int | None = None, workers: int = 2,
-                  skip_bad: bool = False, progress: bool = True, decoder: str = "torchvision",
-                  keep_if: Callable[[Path], bool] | None = None) -> Path:
-    """Decode, resize and store every listed image at every size; return the cache folder.
+                  skip_bad: bool = False, progress: bool = True, decoder: str = DEFAULT_DECODER) -> Path:
+    """Make the cache hold the first ``max_images`` images (None = all) at every size; return its folder.
 
-    The writing holds the folder's lock (:mod:`qsl.cache_lock`), so processes
-    preparing the same folder take turns. ``keep_if(cache_dir)``, when given,
-    runs once the lock is held; if it returns True the folder is left as it is
-    (another process has just made the cache this caller wants).
+    Sizes that already hold enough images made with ``decoder`` are kept as they are. The writing holds
+    the folder's lock (:mod:`qsl.cache_lock`), so processes preparing the same folder take turns.
 
     Raises:
         PrepareError: missing annotation file or image folder, a missing,
@@ -122,153 +93,81 @@ def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: 
     """
     if decoder not in DECODERS:
         raise PrepareError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
-    sizes = _check_sizes(sizes)
-    ann, image_dir = find_inputs(data_dir, annotation_file)
-    images = read_image_list(ann, max_images)
+    ann = find_annotation_file(data_dir, annotation_file)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
-    try:
-        prove_writable(cache_dir)
-    except OSError as e:
-        raise PrepareError(f"cannot write the cache to {cache_dir} ({e.strerror or e}): pass --cache-dir with a "
-                           f"writable folder") from None
+    _writable(cache_dir)
     with cache_lock(cache_dir):
-        if keep_if is not None and keep_if(cache_dir):
-            log.info("the cache in %s was finished by another process; using it", cache_dir)
-        else:
-            _build(ann, image_dir, images, cache_dir, sizes, max_images, workers, skip_bad, progress, decoder)
+        build(cache_dir, ann, data_dir, check_sizes(sizes), max_images, decoder, decoder, workers, skip_bad,
+               progress)
     return cache_dir
 
 
-def _build(ann: Path, image_dir: Path, images: list[dict], cache_dir: Path, sizes: list[int],
-           max_images: int | None, workers: int, skip_bad: bool, progress: bool, decoder: str) -> None:
-    """Write (or resume writing) the arrays, then ``meta.json``; the caller holds the folder's lock."""
-    n = len(images)
-    ann_fp = file_fingerprint(ann)
-    fingerprint = {"version": CACHE_VERSION, "sizes": sizes, "decoder": decoder, "num_images": n,
-                   "annotation_sha256": ann_fp["sha256"], "image_dir": str(image_dir.resolve())}
-    partials = {s: cache_dir / (array_name(s) + ".partial") for s in sizes}
-    meta_path, state_path = cache_dir / META_NAME, cache_dir / STATE_NAME
-    try:
-        meta_path.unlink(missing_ok=True)  # from here on the folder is not a valid cache until we finish
-        for old in cache_dir.glob("images_*.npy"):
-            old.unlink()
-        done, skipped = _resume_point(cache_dir, fingerprint, partials)
-        if done == 0:
-            state_path.unlink(missing_ok=True)
-            for stale in cache_dir.glob("images_*.npy.partial"):
-                stale.unlink()
-            need = sum(n * 3 * s * s for s in sizes)
-            free = shutil.disk_usage(cache_dir).free
-            if need > free:
-                raise OSError(errno.ENOSPC, f"need {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free")
-            for s, path in partials.items():
-                _reserve(path, (n, 3, s, s))
-    except OSError as e:
-        raise _write_error(cache_dir, e) from None
-
-    tasks = [(im["qsl_idx"], str(image_dir / im["file_name"]), im["height"], im["width"]) for im in images[done:]]
-    bar = tqdm(total=n, initial=done, unit="img", desc=f"prepare {'/'.join(map(str, sizes))}",
-               disable=None if progress else True, smoothing=0.1)
-    last_save = time.monotonic()
-    results = run_tasks(tasks, partials, decoder, max(1, workers))
-    try:
-        for idx, reason in results:
-            if reason is not None:
-                im = images[idx]
-                if not skip_bad:
-                    raise PrepareError(f"image {image_dir / im['file_name']} (qsl_idx {idx}, id {im['id']}) "
-                                       f"{reason}: fix or remove it from {ann}, or pass --skip-bad-images to "
-                                       f"skip it (its pixels are left zero and it is recorded as skipped)")
-                skipped.append({"qsl_idx": idx, "id": im["id"], "file_name": im["file_name"], "reason": reason})
-            done = idx + 1
-            bar.update(1)
-            if time.monotonic() - last_save > STATE_SAVE_S:
-                write_json_atomic(state_path, {"fingerprint": fingerprint, "done": done, "skipped": skipped})
-                last_save = time.monotonic()
-    except OSError as e:
-        raise _write_error(state_path, e) from None
-    finally:
-        results.close()
-        bar.close()
-
-    try:
-        for s, path in partials.items():
-            arr = np.load(path, mmap_mode="r+")
-            for item in skipped:  # a bad image may have been half written before a resume: zero it
-                arr[item["qsl_idx"]] = 0
-            arr.flush()
-            del arr
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        byte_sizes = {}
-        for s, path in partials.items():
-            final = cache_dir / array_name(s)
-            os.replace(path, final)
-            byte_sizes[str(s)] = final.stat().st_size
-        meta = {"version": CACHE_VERSION, "sizes": sizes, "decoder": decoder, "resize": RESIZE_METHOD[decoder],
-                "layout": "uint8 [N, 3, S, S] RGB per size, row = qsl_idx = position in the annotation file",
-                "annotation_file": ann_fp, "image_dir": str(image_dir.resolve()), "max_images": max_images,
-                "num_images": n, "array_bytes": byte_sizes,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "images": images, "skipped": skipped}
-        write_json_atomic(meta_path, meta)
-        state_path.unlink(missing_ok=True)
-    except OSError as e:
-        raise _write_error(cache_dir, e) from None
-
-
-def problem_only(message: str) -> str:
-    """A CacheError's message without its advice to run the preparation (for when it is running already)."""
-    return re.sub(r"[:;] (?:delete it and )?(?:re-)?run python -m qsl\.prepare.*$", "", message, flags=re.S)
-
-
 def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
-                 annotation_file: str | Path | None = None, **prepare_kwargs: Any):
-    """Open the cache if it is valid for ``sizes``, else prepare it first; returns a :class:`qsl.cache.Cache`.
+                 annotation_file: str | Path | None = None, max_images: int | None = None, workers: int = 2,
+                 skip_bad: bool = False, progress: bool = True, decoder: str | None = None):
+    """Open the cache for the first ``max_images`` images at ``sizes``, preparing what it lacks first.
 
-    A cache is reused only when made with the same ``max_images`` (in
-    ``prepare_kwargs``).
+    Returns a :class:`qsl.cache.Cache`. ``decoder`` None accepts arrays made with any decoder (new ones
+    use the default). A complete cache opens without the image folder and without taking the lock.
     """
-    ann, _ = find_inputs(data_dir, annotation_file)
+    ann = find_annotation_file(data_dir, annotation_file)
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
-    wanted = prepare_kwargs.get("max_images")
+    try:
+        return open_cache(where, sizes, ann, max_images, decoder)
+    except (CacheError, OSError, ValueError):   # it cannot serve this run: prepare what it lacks, then open again
+        pass
+    _writable(where)
+    with cache_lock(where):
+        built = build(where, ann, data_dir, check_sizes(sizes), max_images, decoder, decoder or DEFAULT_DECODER,
+                       workers, skip_bad, progress)
+    if not built:
+        log.info("the cache in %s was finished by another process; using it", where)
+    return open_cache(where, sizes, ann, max_images, decoder)
 
-    def usable(folder: Path, say_why: bool = False) -> bool:
-        try:
-            cache = open_cache(folder, sizes, ann)
-        except CacheError as e:
-            if say_why and (folder / META_NAME).exists():  # a cache was there but cannot be used: say why
-                log.warning("rebuilding the cache in %s: %s", folder, problem_only(str(e)))
-            return False
-        if cache.meta.get("max_images") == wanted:
-            return True
-        if say_why:
-            log.warning("rebuilding the cache in %s: it was made for max_images=%s, this run asks for %s",
-                        folder, cache.meta.get("max_images"), wanted)
-        return False
 
-    if not usable(where):   # checked again under the lock: another process may be making it right now
-        prepare_cache(data_dir, sizes, where, annotation_file=ann, keep_if=lambda d: usable(d, say_why=True),
-                      **prepare_kwargs)
-    return open_cache(where, sizes, ann)
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m qsl.prepare",
+                                description="Preprocess COCO images into the SSD input cache, or list/prune it.")
+    p.add_argument("--data", help="COCO folder with annotations/ and val2017/ (or images/val2017/)")
+    p.add_argument("--image-size", type=int, nargs="+", help="square input sizes to prepare, e.g. 300 600")
+    p.add_argument("--cache-dir", help="the cache folder (default <data>/ssd_cache)")
+    p.add_argument("--annotation-file", help="annotation JSON (default <data>/annotations/instances_val2017.json)")
+    p.add_argument("--max-images", type=int, help="prepare only the first N images of the annotation file")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    p.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER, help="image decode/resize path")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--list", action="store_true", help="list the sizes the cache holds, with image counts and bytes")
+    p.add_argument("--prune", type=int, nargs="+", metavar="SIZE", help="remove these sizes from the cache")
+    return p
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    if args.cache_dir:
+        return Path(args.cache_dir)
+    return default_cache_dir(args.data, find_annotation_file(args.data, args.annotation_file))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Preprocess COCO images into the SSD input cache.")
-    parser.add_argument("--data", help="COCO folder with annotations/ and val2017/ (or images/val2017/)")
-    parser.add_argument("--image-size", type=int, nargs="+", required=True, help="square input sizes, e.g. 300 600")
-    parser.add_argument("--cache-dir", help="where to write the cache (default <data>/ssd_cache)")
-    parser.add_argument("--annotation-file", help="annotation JSON (default <data>/annotations/instances_val2017.json)")
-    parser.add_argument("--max-images", type=int, help="use only the first N images of the annotation file")
-    parser.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
-    parser.add_argument("--decoder", choices=DECODERS, default="torchvision", help="image decode/resize path")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
+        if args.list or args.prune:
+            where = _cache_dir(args)
+            read_meta(where)   # a cache is there (else: say so, without creating a lock file)
+            if args.prune:
+                with cache_lock(where):
+                    freed = prune(where, args.prune)
+                print(f"pruned size(s) {', '.join(map(str, args.prune))} from {where}: {freed / GB:.2f} GB freed")
+            if args.list or (where / "meta.json").exists():
+                print(listing(where))
+            return 0
+        if not args.image_size:
+            print("error: give --image-size S [S ...] to prepare, or --list / --prune SIZE", file=sys.stderr)
+            return 2
         out = prepare_cache(args.data, args.image_size, args.cache_dir, args.annotation_file, args.max_images,
                             args.workers, args.skip_bad_images, not args.quiet, args.decoder)
-        cache = open_cache(out, args.image_size)
+        cache = open_cache(out, args.image_size, max_images=args.max_images)
     except CacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

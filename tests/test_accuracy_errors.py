@@ -240,3 +240,30 @@ def test_an_accuracy_run_without_an_map_still_writes_accuracy_txt(tmp_path, synt
     assert result.exit_code == 1 and "nothing to score" in result.runs[0].accuracy_error
     text = (tmp_path / "o/default/ssd-resnet34/Offline/accuracy/accuracy.txt").read_text()
     assert text.startswith("mAP not computed: the annotation file") and "-100" not in text
+
+
+def _repeat_image(doc: dict) -> None:
+    doc["images"].insert(5, dict(doc["images"][2]))     # one image listed twice: it would be scored twice
+
+
+def _repeat_annotation_id(doc: dict) -> None:
+    doc["annotations"][4]["id"] = doc["annotations"][1]["id"]   # COCO's index keeps only one of them
+
+
+@pytest.mark.parametrize("edit, what", [(_repeat_image, "image id"), (_repeat_annotation_id, "annotation id")])
+def test_duplicate_entries_are_refused_with_their_ids(capsys, tmp_path, synthetic_coco, edit, what):
+    data = _coco_copy(tmp_path, synthetic_coco, edit)
+    doc = json.loads((data / ANN).read_text())
+    key = "images" if what == "image id" else "annotations"
+    repeated = doc["images"][2]["id"] if key == "images" else doc["annotations"][1]["id"]
+    first, second = [n for n, item in enumerate(doc[key]) if item["id"] == repeated]
+    message = (f"annotation file {data / ANN} lists {what} {repeated} more than once ({key}[{first}] and "
+               f"{key}[{second}])")
+    log = _full_log(tmp_path, synthetic_coco)
+    with pytest.raises(AccuracyError, match=re.escape(message)):
+        evaluate_accuracy_log(log, data / ANN)
+    rc, out, err = _cli(capsys, "--mlperf-accuracy-file", str(log), "--coco-dir", str(data))
+    assert rc == 2 and out == "" and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+    with pytest.raises(AccuracyError, match=re.escape(message)):   # before the cache is made
+        open_dataset(DataConfig(data_dir=str(data), cache_dir=str(tmp_path / "cache")), (64,), progress=False)
+    assert not (tmp_path / "cache").exists()

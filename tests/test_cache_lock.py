@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import qsl.prepare as prep
+import qsl.build as prep
 from qsl.cache import open_cache
 from qsl.cache_lock import LOCK_NAME, cache_lock
-from qsl.coco_layout import read_image_list
 from qsl.prepare import ensure_cache
 from qsl.synthetic import make_synthetic_coco
 
@@ -61,14 +60,13 @@ def test_a_second_preparation_waits_then_uses_the_cache_the_first_made(data, cap
         assert _wait_for(lambda: "which is preparing the cache" in caplog.text)
         assert waiter.is_alive() and not (cache_dir / "meta.json").exists()   # it waits, writing nothing
         ann = data / "annotations" / "instances_val2017.json"
-        prep._build(ann, data / "val2017", read_image_list(ann, None), cache_dir, SIZES, None, 1, False, False,
-                    "torchvision")                                            # "the other process" finishes
-        made = (cache_dir / "images_257.npy").stat().st_ino
+        prep.build(cache_dir, ann, data, SIZES, None, None, "torchvision", 1, False, False)   # "the other
+        made = (cache_dir / "images_257_3_torchvision.npy").stat().st_ino                      # process" finishes
     waiter.join(30)
     assert not waiter.is_alive() and errors == []
     assert f"waiting for process {os.getpid()}" in caplog.text
     assert "finished by another process" in caplog.text
-    assert (cache_dir / "images_257.npy").stat().st_ino == made           # reused, not rebuilt
+    assert (cache_dir / "images_257_3_torchvision.npy").stat().st_ino == made    # reused, not rebuilt
     assert open_cache(cache_dir, SIZES).num_images == 3
 
 

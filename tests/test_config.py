@@ -67,7 +67,7 @@ def test_checkpoint_relative_to_config_file(tmp_path):
     ('[model]\ncheckpoint = 5\n', ["checkpoint must be a path in quotes, got 5"]),
     ('[run]\nserver_max_wait_ms = -5\n', ["run.server_max_wait_ms must be a number of milliseconds, 0 or more",
                                           "got -5"]),
-    ('[run]\nserver_max_wait_ms = "5"\n', ["run.server_max_wait_ms", "got '5'"]),
+    ('[run]\nserver_max_wait_ms = "5"\n', ["server_max_wait_ms must be a number", "got the string '5'"]),
     ('[run]\nserver_target_qps = -1\n', ["run.server_target_qps must be a positive number", "got -1"]),
     ('[run]\nmultistream_expected_latency_ms = 0\n', ["run.multistream_expected_latency_ms must be a positive"]),
 ])
@@ -117,3 +117,31 @@ def test_hints_default_to_none_and_zero_wait_is_allowed(tmp_path):
             run.multistream_expected_latency_ms) == (None, None, None, None)
     run = load_config(write(tmp_path, '[run]\nserver_max_wait_ms = 0\nserver_target_qps = 20\n')).run
     assert run.server_max_wait_ms == 0 and run.server_target_qps == 20
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[model]\nnum_classes = "7"\n', "[model]: num_classes must be a whole number, got the string '7'"),
+    ('[model]\nnum_classes = 7.5\n', "[model]: num_classes must be a whole number, got 7.5"),
+    ('[model]\ndboxes_scale = "2"\n', "[model]: dboxes_scale must be a number, got the string '2'"),
+    ('[model]\nuse_filter = 1\n', "[model]: use_filter must be true or false, got 1"),
+    ('[model]\nprecision = 16\n', "[model]: precision must be a string in quotes, got 16"),
+    ('[run]\nbatch_size = "8"\n', "[run]: batch_size must be a whole number, got the string '8'"),
+    ('[data]\nmax_images = true\n', "[data]: max_images must be a whole number, got true"),
+])
+def test_a_value_of_the_wrong_type_names_its_key(tmp_path, text, message):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p} {message}"
+
+
+def test_an_unknown_key_gets_a_suggestion(tmp_path):
+    p = write(tmp_path, '[model]\nimage_sizes = [300, 300]\nnum_class = 7\n')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) image_sizes \(did you mean image_size\?\), num_class "
+                                          r"\(did you mean num_classes\?\)"):
+        load_config(p)
+
+
+def test_a_folder_given_as_config_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder; give a TOML file"):
+        load_config(tmp_path)

@@ -125,3 +125,49 @@ def test_one_list_of_steps_for_two_sizes_says_to_drop_the_flag():
     with pytest.raises(GeometryError, match="no list fits both 300 and 600: drop --dboxes-steps"):
         build_passes(cfg)
     assert len(build_passes(ModelConfig(image_size=(300, 300), dboxes_steps=(8, 16, 32, 64, 100, 300)))) == 1
+
+
+# The MLPerf inference SSD-ResNet34 1200 (mlcommons/inference, vision/classification_and_detection/python/
+# models/ssd_r34.py, DefaultBoxes and dboxes_R34_coco): steps are int(1200 / f) = 24, 48, 92, 171, 400, 400
+# for the feature sizes f = 50, 25, 13, 7, 3, 3; a map has fk = 1200 // step cells per side (50, 25, 13, 7,
+# 3, 3: the feature sizes again, not 1200 / 92 = 13.04 or 1200 / 171 = 7.02); box scales int(s * 1200 / 300)
+# = 84, 180, 396, 612, 828, 1044, 1260 pixels; centre of row i, column j ((j + 0.5) / fk, (i + 0.5) / fk).
+SSD1200_MAP_START = {2: 4 * 50 * 50 + 6 * 25 * 25, 3: 4 * 50 * 50 + 6 * 25 * 25 + 6 * 13 * 13}   # 13750, 14764
+SSD1200_BY_HAND = {   # box index -> (cx, cy, w, h)
+    0: (0.5 / 50, 0.5 / 50, 84 / 1200, 84 / 1200),                                 # map 0, row 0, column 0
+    SSD1200_MAP_START[2] + 12: (12.5 / 13, 0.5 / 13, 396 / 1200, 396 / 1200),       # map 2, row 0, column 12
+    SSD1200_MAP_START[2] + 168: (12.5 / 13, 12.5 / 13, 396 / 1200, 396 / 1200),     # map 2, last cell
+    SSD1200_MAP_START[2] + 169 + 13: (0.5 / 13, 1.5 / 13, math.sqrt(396 * 612) / 1200,
+                                      math.sqrt(396 * 612) / 1200),                 # map 2, 2nd shape, row 1
+    SSD1200_MAP_START[3] + 48: (6.5 / 7, 6.5 / 7, 612 / 1200, 612 / 1200),          # map 3, last cell
+    SSD1200_MAP_START[3] + 2 * 49 + 6: (6.5 / 7, 0.5 / 7, 612 * math.sqrt(2) / 1200,
+                                        612 / math.sqrt(2) / 1200),                 # map 3, aspect 2
+    15130 - 1: (2.5 / 3, 2.5 / 3, 1044 / math.sqrt(2) / 1200, min(1.0, 1044 * math.sqrt(2) / 1200)),  # clamped
+}
+
+
+def _ssd1200_boxes(model) -> torch.Tensor:
+    from backends.ssd.two_scale import build_passes
+    (only,) = build_passes(model)
+    return only.dboxes.double()
+
+
+def test_ssd1200_config_gives_the_inference_references_boxes():
+    from harness.settings.config import load_config
+    model = load_config(Path(__file__).resolve().parents[1] / "configs" / "ssd1200.toml").model
+    boxes = _ssd1200_boxes(model)
+    assert boxes.shape == (15130, 4)
+    for index, expected in SSD1200_BY_HAND.items():
+        assert boxes[index].tolist() == pytest.approx(expected, abs=1e-6), index
+
+
+def test_ssd1200_steps_given_as_the_reference_writes_them_place_the_same_boxes():
+    """The seed-style flags --dboxes-steps 24 48 92 171 400 400 mean the reference's cells, 1200 // step."""
+    from backends.config import ModelConfig
+    model = ModelConfig(variant="ssd1200", image_size=(1200, 1200), dboxes_scale=4.0,
+                        dboxes_steps=(24, 48, 92, 171, 400, 400))
+    boxes = _ssd1200_boxes(model)
+    for index, expected in SSD1200_BY_HAND.items():
+        assert boxes[index].tolist() == pytest.approx(expected, abs=1e-6), index
+    assert torch.equal(boxes, _ssd1200_boxes(ModelConfig(variant="ssd1200", image_size=(1200, 1200),
+                                                          dboxes_scale=4.0)))

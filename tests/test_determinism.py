@@ -18,7 +18,7 @@ from harness.settings.config import load_config
 from harness.sut.guard import GuardedBackend
 from harness.sut.response import to_record
 
-TINY_MODEL = {"backbone": "resnet18", "image_size": [257, 257], "num_classes": 7,
+TINY_MODEL = {"backbone": "resnet18", "image_size": [257, 257], "num_classes": 7, "random_weights": True,
               "small_mask": [0, 0, 0, 1, 1, 1], "large_mask": [0, 0, 0, 1, 1, 1]}
 HINTS = {"offline_expected_qps": 2000.0, "server_target_qps": 2000.0, "batch_size": 8, "server_max_batch": 8,
          "singlestream_expected_latency_ms": 0.01, "multistream_expected_latency_ms": 0.01}

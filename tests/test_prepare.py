@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import qsl.prepare as prep
+import qsl.build as prep
 from qsl.cache import CacheError, PrepareError, open_cache
 from qsl.decode import load_resized
 from qsl.prepare import ensure_cache, main, prepare_cache
@@ -145,23 +146,23 @@ def test_unwritable_and_full_output(dataset, tmp_path, monkeypatch):
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(prep.os, "posix_fallocate", full)
-    with pytest.raises(PrepareError, match=r"no space left on the device writing .*full.*--cache-dir"):
+    with pytest.raises(PrepareError, match=r"the disk holding .*full is full: .*--cache-dir"):
         prepare_cache(dataset, SIZES, cache_dir=tmp_path / "full", progress=False)
     monkeypatch.setattr(prep.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 5))
-    with pytest.raises(PrepareError, match="no space left"):
+    with pytest.raises(PrepareError, match="not enough space"):
         prepare_cache(dataset, SIZES, cache_dir=tmp_path / "full2", progress=False)
 
 
 def test_open_cache_detects_bad_caches(dataset, cache_dir, tmp_path):
-    with pytest.raises(CacheError, match=r"made for image sizes \[257, 320\], not \[300\]"):
+    with pytest.raises(CacheError, match=r"cannot serve this run: it has no array for size 300 \(it has 257, 320\)"):
         open_cache(cache_dir, [300])
     open_cache(cache_dir, [320])  # a subset of the cached sizes is fine
     copy = tmp_path / "cache"
     shutil.copytree(cache_dir, copy)
-    arr = copy / "images_320.npy"
+    arr = copy / f"images_320_{NUM}_torchvision.npy"
     with open(arr, "r+b") as f:
         f.truncate(arr.stat().st_size - 1)
-    with pytest.raises(CacheError, match=r"images_320.npy is \d+ bytes, its header implies \d+: .*truncated"):
+    with pytest.raises(CacheError, match=r"images_320_6_torchvision.npy is \d+ bytes, its header implies \d+: .*truncated"):
         open_cache(copy, SIZES)
     data = _copy(dataset, tmp_path)
     ann = data / "annotations" / "instances_val2017.json"
@@ -176,7 +177,6 @@ def test_open_cache_detects_bad_caches(dataset, cache_dir, tmp_path):
 
 def test_interrupt_leaves_no_valid_cache_and_rerun_resumes(dataset, tmp_path, monkeypatch):
     data = _copy(dataset, tmp_path)
-    prepare_cache(data, SIZES, workers=1, progress=False)
     real = prep.run_tasks
     seen: list[list[int]] = []
 
@@ -193,7 +193,7 @@ def test_interrupt_leaves_no_valid_cache_and_rerun_resumes(dataset, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         prepare_cache(data, SIZES, workers=1, progress=False)
     with pytest.raises(CacheError, match="no preprocessed cache"):
-        open_cache(data / "ssd_cache", SIZES)  # the old, valid cache was invalidated before rebuilding
+        open_cache(data / "ssd_cache", SIZES)  # an unfinished preparation never looks like a cache
     monkeypatch.setattr(prep, "run_tasks", lambda tasks, *a: (seen.append([t[0] for t in tasks]), real(tasks, *a))[1])
     prepare_cache(data, SIZES, workers=1, progress=False)
     assert seen == [list(range(NUM)), list(range(4, NUM))]  # resumed after the 4 finished images
@@ -206,25 +206,33 @@ def test_interrupt_leaves_no_valid_cache_and_rerun_resumes(dataset, tmp_path, mo
 def test_ensure_cache_reuses_or_prepares(dataset, tmp_path, caplog):
     data = _copy(dataset, tmp_path)
     first = ensure_cache(data, [257], workers=1, progress=False)
-    assert not caplog.records                       # no cache yet: preparing it is not worth a warning
-    stamp = (data / "ssd_cache" / "images_257.npy").stat().st_mtime_ns
-    again = ensure_cache(data, [257], workers=1, progress=False)
-    assert (data / "ssd_cache" / "images_257.npy").stat().st_mtime_ns == stamp
-    assert again.num_images == first.num_images == NUM
-    small = ensure_cache(data, [257], workers=1, progress=False, max_images=2)  # different request: rebuilt
-    assert small.num_images == 2 and small.image_ids.tolist() == first.image_ids[:2].tolist()
-    assert "max_images=None, this run asks for 2" in caplog.text
+    assert not [r for r in caplog.records if r.levelname != "INFO"]   # no cache yet: not worth a warning
+    stamp = (data / "ssd_cache" / "images_257_6_torchvision.npy").stat().st_mtime_ns
     caplog.clear()
-    with open(data / "ssd_cache" / "images_257.npy", "r+b") as f:   # damage it: a rebuild, with the reason
+    again = ensure_cache(data, [257], workers=1, progress=False)
+    assert (data / "ssd_cache" / "images_257_6_torchvision.npy").stat().st_mtime_ns == stamp
+    assert again.num_images == first.num_images == NUM
+    small = ensure_cache(data, [257], workers=1, progress=False, max_images=2)  # served by the larger array
+    assert small.num_images == 2 and small.image_ids.tolist() == first.image_ids[:2].tolist()
+    assert small.arrays[257].shape == (2, 3, 257, 257) and not caplog.records
+    assert (data / "ssd_cache" / "images_257_6_torchvision.npy").stat().st_mtime_ns == stamp
+    with open(data / "ssd_cache" / "images_257_6_torchvision.npy", "r+b") as f:   # damage it: rebuilt, saying why
         f.truncate(1000)
     assert ensure_cache(data, [257], workers=1, progress=False).num_images == NUM
-    assert "rebuilding the cache" in caplog.text and "images_257.npy" in caplog.text
+    assert "preparing size 257" in caplog.text and "images_257_6_torchvision.npy" in caplog.text
     assert "truncated or damaged" in caplog.text and "re-run" not in caplog.text   # it is rebuilding already
+    assert [r.levelname for r in caplog.records if "preparing size" in r.getMessage()] == ["WARNING"]
 
 
-def test_progress_bars_stay_out_of_logs_that_are_not_a_terminal(dataset, tmp_path, capfd):
+def test_progress_is_logged_in_lines_when_stderr_is_not_a_terminal(dataset, tmp_path, capfd, caplog, monkeypatch):
+    import harness.shared.progress
+    monkeypatch.setattr(harness.shared.progress, "LOG_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="qsl")
     prepare_cache(dataset, [257], tmp_path / "c", workers=1, progress=True)   # stderr is captured: no TTY
-    assert "prepare 257" not in capfd.readouterr().err
+    assert "\r" not in capfd.readouterr().err                                   # no bar written into a log
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("prepare 257: ")]
+    assert lines[0].startswith(f"prepare 257: 1/{NUM} images (17%), ") and "left" in lines[0]
+    assert lines[-1].startswith(f"prepare 257: {NUM} images in ")
 
 
 def test_cli(dataset, tmp_path, capsys):
@@ -265,3 +273,15 @@ def test_a_file_that_is_no_image_says_so_without_internal_object_names(tmp_path,
     with pytest.raises(BadImageError, match="cannot be decoded") as e:
         decode_rgb(path, decoder)
     assert "BytesIO" not in str(e.value) and " at 0x" not in str(e.value)
+
+
+def test_an_image_listed_twice_is_refused_naming_its_id(dataset, tmp_path):
+    data = _copy(dataset, tmp_path)
+    ann = data / "annotations" / "instances_val2017.json"
+    doc = json.loads(ann.read_text())
+    doc["images"].append(dict(doc["images"][1]))
+    ann.write_text(json.dumps(doc))
+    repeated = doc["images"][1]["id"]
+    with pytest.raises(PrepareError, match=rf"lists image id {repeated} more than once \(images\[1\] and "
+                                           rf"images\[{NUM}\]\)"):
+        prepare_cache(data, [257], workers=1, progress=False)

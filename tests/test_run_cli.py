@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ import run
 from harness.accuracy.evaluate import decode_entries
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--backbone", "resnet18", "--image-size", "257", "257", "--num-classes", "7", "--threads", "1"]
+TINY = ["--backbone", "resnet18", "--image-size", "257", "257", "--num-classes", "7", "--threads", "1",
+        "--random-weights"]
 
 
 def _main(capsys, argv):
@@ -52,7 +55,7 @@ def test_bad_paths(capsys, tmp_path, synthetic_coco):
 
 
 def test_steps_that_do_not_fit(capsys, synthetic_coco, tmp_path):
-    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), "--output", str(tmp_path), *TINY[:-4],
+    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), "--output", str(tmp_path), "--backbone", "resnet18", "--random-weights",
                                 "--image-size", "600", "600", "--dboxes-steps", "8", "16", "32", "64", "100", "300"])
     assert rc == 2 and "step" in err and "Traceback" not in err
 
@@ -94,7 +97,8 @@ def test_failing_sample_exits_nonzero(capsys, synthetic_coco, tmp_path, fast_con
 
     import harness.run.backend
     monkeypatch.setattr(harness.run.backend, "make_backend", lambda config, kind: FailOnImage3())
-    rc, out, _ = _main(capsys, ["--scenario", "Offline", "--mode", "performance", "--data", str(synthetic_coco),
+    rc, out, _ = _main(capsys, ["--scenario", "Offline", "--mode", "performance", "--backend", "null",
+                                "--data", str(synthetic_coco),
                                 "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "o"),
                                 "--user-conf", str(fast_conf), "--image-size", "257", "257"])
     assert rc == 1 and "sample 3 (predict)" in out
@@ -146,3 +150,91 @@ def test_default_user_conf_is_the_repositorys_even_where_the_working_directory_h
     parse = lambda *extra: config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), *extra]))  # noqa: E731
     assert Path(parse().run.user_conf) == DEFAULT_USER_CONF
     assert parse("--user-conf", "user.conf").run.user_conf == "user.conf"       # asked for by name: this one
+
+
+def test_a_folder_given_to_config_is_not_called_missing(capsys, synthetic_coco, tmp_path):
+    rc, _, err = _main(capsys, ["--config", str(tmp_path), "--data", str(synthetic_coco)])
+    assert rc == 2 and f"--config {tmp_path} is a folder; give a TOML file" in err and "not found" not in err
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--small-mask", "0", "1", "1", "1", "1", "1"], "--small-mask and --large-mask are merged"),
+    (["--use-filter"], "--use-filter removes nothing"),
+])
+def test_single_scale_warns_about_two_scale_flags_it_cannot_honour(synthetic_coco, caplog, extra, named):
+    from harness.settings.cli import benchmark_parser, config_from_args
+    config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), "--image-size", "300", "300",
+                                                    *extra]))
+    assert named in caplog.text and "image size 300 300 is one pass" in caplog.text
+    caplog.clear()
+    config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), "--image-size", "300", "600",
+                                                    *extra]))
+    assert named not in caplog.text
+
+
+def test_single_scale_names_the_config_keys_it_cannot_honour(synthetic_coco, caplog, tmp_path):
+    from harness.settings.cli import benchmark_parser, config_from_args
+    toml = tmp_path / "m.toml"
+    toml.write_text("[model]\nimage_size = [300, 300]\nlarge_mask = [1, 1, 0, 0, 0, 0]\n")
+    config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), "--config", str(toml)]))
+    assert f"{toml} small_mask and large_mask are merged" in caplog.text
+
+
+# --- every input is checked before anything slow: torch is not even imported for a misspelt flag ----------------
+
+def _torch_imported(*argv: str, cwd: Path = ROOT) -> tuple[bool, str]:
+    """Run run.main(argv) in a fresh interpreter: (whether torch got imported, what it printed to stderr)."""
+    code = ("import sys, run\n"
+            "try:\n    run.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=cwd,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] == "True", "\n".join(lines[:-1])
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--help"], ""),
+    (["evaluate", "--help"], ""),
+    (["demo", "--help"], ""),
+    (["--image-size", "300", "5000", "--data", "DATA", "--random-weights"], "5000"),
+    (["--data", "DATA", "--image-size", "300", "200", "--random-weights"], "at least 257"),
+])
+def test_flags_are_answered_without_importing_torch(synthetic_coco, argv, said):
+    argv = [str(synthetic_coco) if a == "DATA" else a for a in argv]
+    imported, err = _torch_imported(*argv)
+    assert not imported and said in err, err
+
+
+def test_an_input_size_beyond_the_cache_limit_is_refused_with_its_memory_arithmetic(capsys, synthetic_coco):
+    rc, _, err = _main(capsys, ["--data", str(synthetic_coco), "--image-size", "300", "5000", "--random-weights"])
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "--image-size 300 5000: 5000 is larger than 4096 pixels" in err and "75 MB" in err
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a backend is built."""
+    import harness.run.backend
+    built = []
+    monkeypatch.setattr(harness.run.backend, "make_backend", lambda config, kind: built.append(kind))
+    return built
+
+
+def test_user_conf_output_and_audit_config_are_checked_before_the_model_loads(capsys, synthetic_coco, tmp_path,
+                                                                               monkeypatch, no_model):
+    base = ["--data", str(synthetic_coco), *TINY, "--cache-dir", str(tmp_path / "c")]
+    bad = tmp_path / "bad.conf"
+    bad.write_text("ssd-resnet34.Offline.min_duration = -5\n")
+    rc, _, err = _main(capsys, [*base, "--user-conf", str(bad), "--output", str(tmp_path / "o")])
+    assert rc == 2 and "min_duration must be 0 or more" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc, _, err = _main(capsys, [*base, "--output", str(blocker / "out")])
+    assert rc == 2 and "cannot write results to" in err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "audit.config").write_text("*.*.mode = 2\n")
+    rc, _, err = _main(capsys, [*base, "--output", str(tmp_path / "o")])
+    assert rc == 2 and "audit.config" in err
+    assert no_model == []

@@ -58,7 +58,7 @@ def _main(capsys, argv):
 def _args(tmp_path, coco, conf, *extra):
     return ["--data", str(coco), "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "o"),
             "--user-conf", str(conf), "--num-classes", "7", "--image-size", "257", "257", "--scenario", "Offline",
-            "--offline-expected-qps", "10000", *extra]
+            "--offline-expected-qps", "10000", "--random-weights", *extra]
 
 
 def _subprocess_run(tmp_path, args, hook="pass", patch="") -> subprocess.CompletedProcess:

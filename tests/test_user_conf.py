@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,16 @@ def loadgen_reads(path: Path, scenario: str = "Server"):
     import mlperf_loadgen as lg
     settings = lg.TestSettings()
     return settings.FromConfig(str(path), MODEL, scenario, 2), settings
+
+
+def loadgen_reads_apart(path: Path, scenario: str, attr: str) -> tuple[int, float]:
+    """:func:`loadgen_reads` in a separate process, for files LoadGen complains about: LoadGen keeps the errors a
+    FromConfig call logs and writes them into the next run's detail log in the same process."""
+    code = ("import sys, mlperf_loadgen as lg\ns = lg.TestSettings()\n"
+            f"rc = s.FromConfig({str(path)!r}, {MODEL!r}, {scenario!r}, 2)\nprint(rc, float(s.{attr}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    rc, value = out.stdout.split()
+    return int(rc), float(value)
 
 
 # --- hints: explicit run config > user.conf > harness default ---------------------------------------------------
@@ -88,7 +100,8 @@ def test_run_records_user_conf_target_qps(capsys, synthetic_coco, tmp_path, fast
     rc = run.main(["--backend", "null", "--threads", "1", "--data", str(synthetic_coco), "--cache-dir",
                    str(tmp_path / "cache"), "--image-size", "257", "257", "--scenario", "Server",
                    "--mode", "performance", "--output", str(out), "--user-conf", str(user)])
-    assert rc == 0, capsys.readouterr().err
+    cap = capsys.readouterr()
+    assert rc == 0, cap.out + cap.err
     folder = out / "default" / MODEL / "Server"
     assert read_mllog(folder / "performance" / "run_1" / "mlperf_log_detail.txt")["requested_server_target_qps"] == 200
     assert "target_qps=200" in (folder / "report.md").read_text()
@@ -165,8 +178,8 @@ def test_bad_line_is_named_with_its_fix(tmp_path, line, message):
 def test_lines_loadgen_misreads_are_rejected(tmp_path, line, attr, meant):
     """LoadGen alone fails on these lines or silently reads something else than they say; the parser stops them."""
     path = conf(tmp_path, line)
-    rc, s = loadgen_reads(path, "Offline")
-    assert rc != 0 or getattr(s, attr) != meant
+    rc, value = loadgen_reads_apart(path, "Offline", attr)
+    assert rc != 0 or value != meant
     with pytest.raises(SettingsError, match=r"line 1 \("):
         parse_user_conf(path)
 
@@ -179,3 +192,33 @@ def test_bad_user_conf_via_run_py_is_one_line(capsys, synthetic_coco, tmp_path):
     assert rc == 2 and "line 1" in err and "did you mean 'min_duration'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_file_with_no_line_for_this_model_is_warned_about_naming_the_model(tmp_path, capsys, caplog,
+                                                                               synthetic_coco):
+    """LoadGen ignores every line of another model, so its defaults (600 s) would apply without a word."""
+    path = conf(tmp_path, "# copied from the resnet50 submission", "resnet50.Offline.min_duration = 2000",
+                "resnet50.*.performance_sample_count_override = 64")
+    rc = run.main(["--scenario", "Offline", "--mode", "accuracy", "--backend", "null", "--data", str(synthetic_coco),
+                   "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "o"), "--user-conf", str(path),
+                   "--image-size", "257", "257", "--num-classes", "7"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.out + cap.err
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and str(path) in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert "none of its 2 settings applies to ssd-resnet34, the model this run uses (its lines name resnet50)" \
+        in warned[0] and "LoadGen's defaults apply" in warned[0]
+
+
+@pytest.mark.parametrize("lines, warned", [([f"{MODEL}.Server.target_qps = 5"], False),
+                                           (["*.Offline.min_duration = 10"], False), ([], True)])
+def test_only_a_file_with_no_line_for_this_model_or_for_any_is_warned_about(tmp_path, lines, warned):
+    from harness.settings.user_conf import unused_file_warning
+    text = unused_file_warning(parse_user_conf(conf(tmp_path, "resnet50.Server.target_qps = 9", *lines)), MODEL)
+    assert (text is not None) == warned
+
+
+def test_a_misspelt_model_name_gets_a_suggestion(tmp_path):
+    from harness.settings.user_conf import unused_file_warning
+    text = unused_file_warning(parse_user_conf(conf(tmp_path, "ssd-resnet-34.Offline.min_duration = 10")), MODEL)
+    assert "did you mean ssd-resnet34?" in text

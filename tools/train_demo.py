@@ -16,7 +16,8 @@ Assumptions:
   (seed, s); ``--resume`` continues from ``<work-dir>/state.pt``, saved every ``--save-every`` steps.
 
 Checkpoint (MLPerf training container): ``{"model": fp16 state dict, "label_map": {label: category id},
-"categories", "backbone", "num_classes", "image_size", "trained_steps", "data"}``.
+"categories", "backbone", "num_classes", "image_size", "variant", "dboxes_scale", "trained_steps",
+"data"}``.
 
 Usage::
 
@@ -108,6 +109,7 @@ def export_checkpoint(model: SSDResNet, data: DetectionSet, path: Path, steps: i
              for k, v in model.state_dict().items()}
     save_atomic({"model": state, "label_map": data.label_map, "categories": data.categories,
                  "backbone": BACKBONE, "num_classes": len(data.categories) + 1, "image_size": data.image_size,
+                 "variant": "training", "dboxes_scale": 1.0,
                  "trained_steps": steps, "data": data_desc}, path)
 
 

@@ -8,14 +8,24 @@ Accepted files (SPEC.md section 1):
   ``trust_pickle=True``: unpickling runs code from the file. Classes that cannot be imported
   are replaced by empty module shells, which is enough to read their parameters.
 
-Files are first read with ``torch.load(weights_only=True)``. Every failure is a
-:class:`CheckpointError` naming the file and saying what it looks like.
+Files are first read with ``torch.load(weights_only=True)`` (memory-mapped when
+they are zip archives, so reading what a file says about itself costs no copy of
+its weights). Every failure is a :class:`CheckpointError` naming the file and
+saying what it looks like.
+
+What a checkpoint says about the model (:func:`read_facts`): the container may
+record ``backbone``, ``num_classes``, ``variant``, ``image_size`` (the training
+input size, pixels) and ``dboxes_scale`` next to ``model`` (the demo checkpoint
+records the first three and its training size); the backbone and the class count
+are otherwise read off the tensor shapes, and a pickled module's head strides
+give its variant.
 """
 from __future__ import annotations
 
 import pickle
 import re
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +37,7 @@ from harness.shared.errors import InputError
 from .model import BOXES_PER_LOCATION
 
 PREFIXES = ("module.1.", "module.", "1.")   # longest first
+RECORDED = ("backbone", "num_classes", "variant", "image_size", "dboxes_scale")   # container keys read as facts
 _SUMMARY = 5                                # names listed per error category
 
 
@@ -52,9 +63,9 @@ class _ShellUnpickler(pickle.Unpickler):
 _shell_pickle = types.SimpleNamespace(Unpickler=_ShellUnpickler, load=pickle.load, __name__="shell_pickle")
 
 
-def _torch_load(path: Path, trust_pickle: bool) -> Any:
+def _torch_load(path: Path, trust_pickle: bool, zipped: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
         if "weights_only" not in str(e) and "Weights only" not in str(e):
             raise CheckpointError(f"{path}: not a readable PyTorch file ({e})") from None
@@ -87,7 +98,7 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> tuple[dict[
         raise CheckpointError(f"{path} is not a PyTorch file: PyTorch checkpoints are zip archives (starting "
                               f"'PK') or pickles (starting 0x80), this one starts with {head!r}")
     try:
-        obj = _torch_load(path, trust_pickle)
+        obj = _torch_load(path, trust_pickle, zipped=head[:2] == b"PK")
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - zip/pickle/EOF errors of corrupt files
@@ -103,6 +114,7 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> tuple[dict[
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         info["container"] = "dict['model']"
         info["other_entries"] = sorted(str(k) for k in obj if k != "model")
+        info["recorded"] = {k: obj[k] for k in RECORDED if k in obj}
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         info["container"] = "dict['state_dict']"
@@ -199,3 +211,74 @@ def load_checkpoint(path: str | Path, model: nn.Module, trust_pickle: bool = Fal
     info.update(missing_num_batches_tracked=len(tracked), num_classes=arch["num_classes"],
                 backbone=arch["backbone"])
     return info
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a checkpoint file says about the model it holds; None = it does not say."""
+
+    path: str
+    backbone: str | None = None
+    num_classes: int | None = None
+    variant: str | None = None
+    training_size: int | None = None      # square input size the weights were trained at, pixels
+    dboxes_scale: float | None = None
+    recorded: frozenset[str] = field(default_factory=frozenset)   # facts the file records (others: from shapes)
+
+    def source(self, name: str) -> str:
+        """'recorded in the file' or 'read off its tensor shapes' for the fact ``name``."""
+        return "recorded in the file" if name in self.recorded else "read off its tensor shapes"
+
+
+def _recorded_facts(path: Path, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The container's own entries that make sense as facts; anything else is not trusted."""
+    out: dict[str, Any] = {}
+    size = recorded.get("image_size")
+    if isinstance(size, (list, tuple)) and size and all(s == size[0] for s in size):
+        size = size[0]
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        out["training_size"] = size
+    scale = recorded.get("dboxes_scale")
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+        out["dboxes_scale"] = float(scale)
+    for key, kind in (("backbone", str), ("variant", str), ("num_classes", int)):
+        if isinstance(recorded.get(key), kind) and not isinstance(recorded.get(key), bool):
+            out[key] = recorded[key]
+    return out
+
+
+def read_facts(path: str | Path, trust_pickle: bool = False) -> CheckpointFacts:
+    """Read what ``path`` says about its model: recorded entries first, then the tensor shapes.
+
+    Raises CheckpointError as :func:`read_state_dict` does, and when a recorded fact contradicts the
+    tensors (e.g. ``num_classes`` 7 recorded beside heads for 81 classes).
+    """
+    state, info = read_state_dict(path, trust_pickle)
+    facts = _recorded_facts(Path(path), info.get("recorded", {}))
+    recorded = set(facts)
+    arch = infer_architecture(state)
+    if arch["kind"] == "ssd":
+        for key in ("backbone", "num_classes"):
+            if key in facts and facts[key] != arch[key]:
+                raise CheckpointError(f"{path} records {key} = {facts[key]!r} but its tensors are those of a "
+                                      f"{arch[key]} {key.replace('_', ' ')} model: the file is inconsistent")
+            facts[key] = arch[key]
+    if info.get("variant"):
+        if "variant" in facts and facts["variant"] != info["variant"]:
+            raise CheckpointError(f"{path} records variant = {facts['variant']!r} but its heads are those of "
+                                  f"{info['variant']}: the file is inconsistent")
+        facts["variant"] = info["variant"]
+    if "training_size" in recorded:
+        recorded.add("image_size")
+    return CheckpointFacts(path=str(path), recorded=frozenset(recorded), **facts)
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One readable line for the info :func:`load_checkpoint` returns."""
+    parts = [f"{info.get('backbone') or 'unknown'} backbone", f"{info.get('num_classes')} classes"]
+    size = info.get("recorded", {}).get("image_size")
+    if size is not None:
+        parts.append(f"trained at {size}")
+    parts.append("/".join(d for d in info.get("dtypes", []) if d.startswith(("float", "bfloat"))) + " weights")
+    where = info.get("container", "?") + (f", key prefix '{info['prefix']}'" if info.get("prefix") else "")
+    return f"loaded checkpoint {info['path']}: {', '.join(parts)} ({where})"

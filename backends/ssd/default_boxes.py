@@ -6,6 +6,19 @@ All numbers come from the MLPerf training reference (SSD-ResNet34): base scales
 pixel scales are used at every input size S, so at 2S the boxes are relatively
 half as large. Boxes are ``cxcywh`` normalized to [0, 1], clamped element-wise
 as training did, ordered map, box shape, row, column (the model's head order).
+
+Steps (``dboxes_steps``, pixels per cell) place the box centres on a grid of
+fk cells per side. The two MLPerf references differ in how:
+
+- training (SSD300, mlcommons/training ``single_stage_detector``): fk = S / step,
+  so the 300 steps [8, 16, 32, 64, 100, 300] give 37.5, 18.75, ... cells;
+- ssd1200 (the inference SSD-ResNet34, mlcommons/inference
+  ``vision/classification_and_detection/python/models/ssd_r34.py``): steps are
+  int(1200 / f) = [24, 48, 92, 171, 400, 400] and fk = 1200 // step, which is
+  the feature size f again (13 cells, not 1200 / 92 = 13.04).
+
+Without steps fk is the feature size, which is the ssd1200 reference's grid
+at any size.
 """
 from __future__ import annotations
 
@@ -14,51 +27,22 @@ from typing import Sequence
 
 import torch
 
-from harness.shared.errors import InputError
-
-from .model import BOXES_PER_LOCATION, feature_sizes, min_image_size
+from .geometry import (  # noqa: F401 - the geometry checks are part of this module's interface
+    CELLS_PER_SIDE,
+    GeometryError,
+    check_steps,
+    fitting_steps,
+    map_sizes,
+)
+from .model import BOXES_PER_LOCATION
 
 BASE_SCALES_PX = (21, 45, 99, 153, 207, 261, 315)
 ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 
 
-class GeometryError(InputError, ValueError):
-    """The input size, steps or masks do not fit the network; the message says which."""
-
-
 def box_scales_px(dboxes_scale: float) -> list[int]:
     """ceil(dboxes_scale * base scale) for the 7 base scales, in pixels."""
     return [math.ceil(dboxes_scale * s - 1e-9) for s in BASE_SCALES_PX]
-
-
-def map_sizes(image_size: int, variant: str = "training") -> list[int]:
-    """Feature-map sizes, with a clear error when the input is too small for the network."""
-    sizes = feature_sizes(image_size, variant)
-    if min(sizes) < 1:
-        raise GeometryError(
-            f"image size {image_size} is too small for this SSD ({variant}): its last feature map would be "
-            f"empty; use at least {min_image_size(variant)} pixels")
-    return sizes
-
-
-def fitting_steps(image_size: int, variant: str = "training") -> list[int]:
-    """Whole-pixel steps that fit ``image_size`` (|S / step - f| < 1 on every map)."""
-    return [max(1, round(image_size / f)) for f in map_sizes(image_size, variant)]
-
-
-def check_steps(image_size: int, steps: Sequence[float], variant: str = "training",
-                other_size: int | None = None) -> None:
-    """Raise GeometryError unless ``steps`` fit ``image_size``; ``other_size``: the run's other input size."""
-    for k, (f, step) in enumerate(zip(map_sizes(image_size, variant), steps)):
-        if abs(image_size / step - f) >= 1:
-            if other_size is not None and other_size != image_size:
-                advice = (f"steps are in pixels of one input size, so no list fits both {other_size} and "
-                          f"{image_size}: drop --dboxes-steps (the default places boxes by feature-map size, "
-                          "which fits every size)")
-            else:
-                advice = f"drop --dboxes-steps or give {' '.join(map(str, fitting_steps(image_size, variant)))}"
-            raise GeometryError(f"dboxes_steps {list(steps)} do not fit image size {image_size}: map {k} has "
-                                f"{f}x{f} cells but {image_size}/{step} = {image_size / step:.2f}; {advice}")
 
 
 def default_boxes(image_size: int, dboxes_scale: float = 1.0, steps: Sequence[float] | None = None,
@@ -68,7 +52,8 @@ def default_boxes(image_size: int, dboxes_scale: float = 1.0, steps: Sequence[fl
     Args:
         image_size: input side S in pixels.
         dboxes_scale: multiplies the base scales (2 for a model trained at 700).
-        steps: per-map step in pixels (fk = S / step); None uses the feature sizes (fk = f).
+        steps: per-map step in pixels (fk = S / step, or S // step for ssd1200); None uses the feature
+            sizes (fk = f).
         variant: network variant, which sets the feature-map sizes.
         mask: 6 values of 0/1; maps with 0 contribute no boxes.
 
@@ -84,7 +69,7 @@ def default_boxes(image_size: int, dboxes_scale: float = 1.0, steps: Sequence[fl
     for k, f in enumerate(fsizes):
         if not mask[k]:
             continue
-        fk = image_size / steps[k] if steps is not None else f
+        fk = CELLS_PER_SIDE[variant](image_size, steps[k]) if steps is not None else f
         sk1, sk2 = scales[k], scales[k + 1]
         sk3 = math.sqrt(sk1 * sk2)
         shapes = [(sk1, sk1), (sk3, sk3)]

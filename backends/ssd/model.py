@@ -24,45 +24,11 @@ import torch
 import torchvision
 from torch import nn
 
+from .geometry import VARIANT_STRIDES, feature_sizes, min_image_size  # noqa: F401 - part of this interface
+
 MAP_CHANNELS = (256, 512, 512, 256, 256, 256)
 BOXES_PER_LOCATION = (4, 6, 6, 6, 4, 4)
 EXTRA_MID_CHANNELS = (256, 256, 128, 128, 128)
-
-# Per variant: (head stride, [(stride, padding) of each extra block's 3x3 conv]).
-VARIANT_STRIDES = {
-    "training": (1, [(2, 1), (2, 1), (2, 1), (1, 0), (1, 0)]),
-    "ssd1200": (3, [(2, 1), (2, 1), (2, 1), (2, 0), (1, 0)]),
-}
-
-
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def feature_sizes(image_size: int, variant: str = "training") -> list[int]:
-    """Side length of each of the 6 feature maps the heads see, for a square input.
-
-    Derived from the layer arithmetic: conv1 (7x7 s2 p3), maxpool (3x3 s2 p1),
-    layer2 (3x3 s2 p1), then each extra block's 3x3 conv, then the head conv.
-    At 300 (training) this gives 38, 19, 10, 5, 3, 1.
-    """
-    head_stride, extras = VARIANT_STRIDES[variant]
-    f = _conv_out(image_size, 7, 2, 3)
-    f = _conv_out(f, 3, 2, 1)
-    f = _conv_out(f, 3, 2, 1)
-    maps = [f]
-    for stride, pad in extras:
-        maps.append(_conv_out(maps[-1], 3, stride, pad))
-    return [_conv_out(m, 3, head_stride, 1) for m in maps]
-
-
-def min_image_size(variant: str = "training") -> int:
-    """Smallest square input for which every feature map has at least one cell."""
-    size = 1
-    while min(feature_sizes(size, variant)) < 1:
-        size += 1
-    return size
-
 
 class _Backbone(nn.Module):
     """ResNet cut at layer3, stride 8: names ``layer1`` (stem..layer2) and ``layer2`` (layer3)."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from harness.shared.errors import InputError
 from harness.sut.response import RECORD_FLOATS
+from qsl.coco_layout import repeated_ids
 
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it logs its summary table at INFO
 
@@ -71,7 +72,7 @@ def check_annotations(doc: Any, path: str | Path) -> dict:
     """Return ``doc`` if it has the COCO detection structure, else raise :class:`AnnotationError`.
 
     Needed: a JSON object with ``images``, ``annotations`` and ``categories``, each a list
-    (possibly empty) of objects carrying :data:`REQUIRED_FIELDS`.
+    (possibly empty) of objects carrying :data:`REQUIRED_FIELDS`, no id repeated within a list.
     """
     if not isinstance(doc, dict):
         raise AnnotationError(f"annotation file {path} is not COCO format: its top level is a "
@@ -89,6 +90,10 @@ def check_annotations(doc: Any, path: str | Path) -> dict:
             if lacks:
                 raise AnnotationError(f"annotation file {path}: {key}[{n}] lacks {', '.join(lacks)} "
                                       f"(every entry of {key!r} needs {', '.join(fields)})")
+    for key, what in (("images", "image id"), ("annotations", "annotation id"), ("categories", "category id")):
+        problem = repeated_ids(path, doc[key], what, key)
+        if problem:
+            raise AnnotationError(problem)
     return doc
 
 

@@ -16,21 +16,14 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.accuracy.coco import coco_result_list, records_to_coco
-from harness.accuracy.evaluate import decode_entries, read_accuracy_log
-from harness.report.markdown import write_report
-from harness.report.plots import draw_detections, latency_histogram
-from harness.report.summary import format_summary
-from harness.results.layout import scenario_dir
-from harness.results.outcome import RunResult
-from harness.run.backend import build_backend
-from harness.run.benchmark import run_benchmark
-from harness.run.dataset import open_dataset
-from harness.settings.config import SCENARIOS, Config, load_config
+from harness.settings.config import SCENARIOS, Config, config_file_table, load_config
 from harness.shared.errors import InputError
 from qsl.coco_layout import default_annotation_file
-from qsl.synthetic import synthetic_description
+
+if TYPE_CHECKING:   # the run's modules import torch: only once the flags are known to be good
+    from harness.results.outcome import RunResult
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
@@ -57,6 +50,8 @@ class DemoDataError(InputError, ValueError):
 def _demo_made(ann: Path) -> dict | None:
     """The annotation file's contents if the demo generated it (synthetic, seed DEMO_SEED), else None."""
     import json
+
+    from qsl.synthetic import synthetic_description
     try:
         doc = json.loads(ann.read_text())
     except (OSError, ValueError):
@@ -89,9 +84,13 @@ def ensure_demo_data(data_dir: Path, num_images: int) -> Path:
     return ann
 
 
-def write_pictures(result: RunResult, annotation_file: Path, out_dir: Path) -> list[Path]:
+def write_pictures(result: "RunResult", annotation_file: Path, out_dir: Path) -> list[Path]:
     """detections.png from the accuracy run, a latency histogram from the performance run."""
     import json
+
+    from harness.accuracy.coco import coco_result_list, records_to_coco
+    from harness.accuracy.evaluate import decode_entries, read_accuracy_log
+    from harness.report.plots import draw_detections, run_latency_histogram
     written = []
     dataset = json.loads(annotation_file.read_text())
     images = dataset["images"]
@@ -107,8 +106,9 @@ def write_pictures(result: RunResult, annotation_file: Path, out_dir: Path) -> l
             written.append(draw_detections([(image_dir / i["file_name"], i["id"]) for i in shown],
                                            coco_result_list(rows), names, out_dir / "detections.png"))
         elif run.latencies_s:
-            written.append(latency_histogram(run.latencies_s, out_dir / f"latency_{result.scenario}.png",
-                                             f"{result.scenario} {run.mode}, per-sample latency"))
+            written.append(run_latency_histogram(run.out_dir, run.latencies_s,
+                                                 out_dir / f"latency_{result.scenario}.png",
+                                                 f"{result.scenario} {run.mode}, per-sample latency"))
     return written
 
 
@@ -125,6 +125,15 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     ann = ensure_demo_data(Path(args.data), args.num_images)
     config = demo_config(args)
+    from harness.run.preflight import check_inputs
+    given = {k: f"{args.config} [model] {k} = {v!r}" for k, v in config_file_table(args.config, "model").items()}
+    config = check_inputs(config, given)
+    from harness.report.markdown import write_report
+    from harness.report.summary import format_summary
+    from harness.results.layout import scenario_dir
+    from harness.run.backend import build_backend
+    from harness.run.benchmark import run_benchmark
+    from harness.run.dataset import open_dataset
     print(f"[demo] model {config.model.checkpoint} ({config.model.backbone}, {config.model.precision}), "
           f"sizes {list(config.model.image_size)}; {args.scenario} accuracy + performance with {args.user_conf}",
           flush=True)

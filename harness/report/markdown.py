@@ -215,11 +215,11 @@ def _latency_picture(run_dir: Path, title: str) -> Path | None:
     if not png.is_file() or png.stat().st_mtime < data.stat().st_mtime:
         import numpy as np
 
-        from harness.report.plots import latency_histogram
+        from harness.report.plots import run_latency_histogram
         latencies = np.load(data)
         if latencies.size == 0:
             return None
-        latency_histogram(latencies, png, f"{title}, per-sample latency")
+        run_latency_histogram(run_dir, latencies, png, f"{title}, per-sample latency")
     return png
 
 

@@ -4,6 +4,14 @@ Both read what the run already wrote (COCO results in original-pixel
 ``[x, y, w, h]``, i.e. COCO's top-left-width-height format, and per-sample
 latencies in seconds), so they can be redrawn for any earlier run. Matplotlib
 runs headless (Agg); nothing here is on the timed path.
+
+Percentiles follow LoadGen's definition (loadgen/results.cc,
+``PerformanceSummary::ProcessLatencies``): sort the latencies and take the
+one at index ``floor(count * p / 100)``, an actual sample, never an
+interpolation between two (``numpy.percentile``'s default). With batches,
+many samples complete together and the two definitions differ by up to a
+batch's time. A Server run's picture also draws its latency bound
+(``effective_target_latency_ns`` in LoadGen's detail log).
 """
 from __future__ import annotations
 
@@ -16,6 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from harness.results.loadgen_log import read_mllog  # noqa: E402
 
 _COLOURS = plt.get_cmap("tab10").colors
 
@@ -60,17 +70,40 @@ def draw_detections(images: Sequence[tuple[str | Path, int]], results: Sequence[
     return out_png
 
 
+def loadgen_percentile(values: Sequence[float], percent: float) -> float:
+    """The ``percent`` percentile (0 <= percent < 100) as LoadGen computes it: sorted[floor(n * percent / 100)]."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    return float(ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))])
+
+
+def latency_marks(latencies_s: Sequence[float], percentiles: Sequence[float] = (50, 90, 99),
+                  bound_ms: float | None = None, bound_percentile: float | None = None) -> list[tuple[str, float]]:
+    """The vertical lines of a latency histogram: (label, ms) per percentile (LoadGen's definition), then the bound."""
+    ms = [1e3 * float(v) for v in latencies_s]
+    marks = [(f"p{p:g} = {loadgen_percentile(ms, p):.1f} ms", loadgen_percentile(ms, p)) for p in percentiles]
+    if bound_ms is not None:
+        at = f" at p{bound_percentile:g}" if bound_percentile is not None else ""
+        over = sum(v > bound_ms for v in ms)
+        marks.append((f"bound {bound_ms:g} ms{at} ({over} of {len(ms)} over)", bound_ms))
+    return marks
+
+
 def latency_histogram(latencies_s: Sequence[float], out_png: str | Path, title: str,
-                      percentiles: Sequence[float] = (50, 90, 99)) -> Path:
-    """Histogram of per-sample latencies (seconds, drawn in ms) with percentile lines."""
+                      percentiles: Sequence[float] = (50, 90, 99), bound_ms: float | None = None,
+                      bound_percentile: float | None = None) -> Path:
+    """Histogram of per-sample latencies (seconds, drawn in ms) with percentile lines and, if given, the bound."""
     ms = np.asarray(latencies_s, dtype=np.float64) * 1e3
     if ms.size == 0:
         raise ValueError(f"no latencies to plot for {out_png}")
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(ms, bins=min(60, max(10, ms.size // 20)), color="#4477aa")
-    for p, style in zip(percentiles, ("--", "-.", ":")):
-        v = float(np.percentile(ms, p))
-        ax.axvline(v, color="#cc3311", linestyle=style, label=f"p{p:g} = {v:.1f} ms")
+    styles = ("--", "-.", ":", (0, (1, 3)))
+    for k, (label, value) in enumerate(latency_marks(latencies_s, percentiles, bound_ms, bound_percentile)):
+        is_bound = bound_ms is not None and k == len(percentiles)
+        ax.axvline(value, color="#222222" if is_bound else "#cc3311", linewidth=2 if is_bound else 1,
+                   linestyle="-" if is_bound else styles[k % len(styles)], label=label)
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("samples")
     ax.set_title(f"{title} ({ms.size} samples)")
@@ -80,3 +113,18 @@ def latency_histogram(latencies_s: Sequence[float], out_png: str | Path, title: 
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def run_latency_histogram(run_dir: str | Path, latencies_s: Sequence[float], out_png: str | Path,
+                          title: str) -> Path:
+    """:func:`latency_histogram` of one LoadGen run, with the Server bound read from its detail log."""
+    bound_ms = bound_percentile = None
+    try:
+        log = read_mllog(Path(run_dir) / "mlperf_log_detail.txt")
+    except OSError:
+        log = {}
+    if log.get("effective_scenario") == "Server" and log.get("effective_target_latency_ns"):
+        bound_ms = float(log["effective_target_latency_ns"]) / 1e6
+        if log.get("effective_target_latency_percentile") is not None:
+            bound_percentile = 100 * float(log["effective_target_latency_percentile"])
+    return latency_histogram(latencies_s, out_png, title, bound_ms=bound_ms, bound_percentile=bound_percentile)

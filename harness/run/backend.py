@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from harness.settings.config import Config
+from harness.shared.errors import ConfigError
 from harness.sut.guard import GuardedBackend
 
 
@@ -98,6 +99,9 @@ def build_backend(config: Config, per_image: bool | None = None, dataset: Any = 
     ("auto" = on for a CPU).
     """
     from backends.pytorch_backend import PyTorchBackend
+    if not config.model.checkpoint and not config.model.random_weights:
+        raise ConfigError("model.checkpoint is not set: give a checkpoint, or set model.random_weights to run on "
+                          "untrained weights (speed measurements only)")
     backend = PyTorchBackend(config.model, device=config.run.device, threads=config.run.threads,
                              trust_pickle=config.model.trust_pickle)
     backend.load()

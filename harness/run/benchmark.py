@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness.compliance.audit import AUDITS, check_no_stray_audit_config
+from harness.compliance.audit import AUDITS
 from harness.compliance.verify import verify_audit
 from harness.report.markdown import write_report
 from harness.results.layout import (
@@ -34,16 +34,12 @@ from harness.results.outcome import RunResult
 from harness.run.backend import build_backend
 from harness.run.dataset import Dataset, check_num_classes, open_dataset, pin_memory_for
 from harness.run.loadgen_run import run_loadgen
+from harness.run.preflight import MODE_RUNS, check_loadgen_inputs
 from harness.run.thread import Interrupted, WorkerDied
 from harness.settings.config import Config
-from harness.settings.loadgen import make_test_settings
 from harness.shared.errors import OutputError
 
 log = logging.getLogger("harness")
-
-MODE_RUNS = {"accuracy": ("accuracy",), "performance": ("performance",),
-             "submission": ("accuracy", "performance", *AUDITS), "find-peak": ("find-peak",)}
-
 
 def _result_of(e: BaseException, result: RunResult) -> BaseException:
     e.result = result  # type: ignore[attr-defined]
@@ -58,9 +54,7 @@ def run_benchmark(config: Config, backend: Any = None, dataset: Dataset | None =
     another process writing the same scenario there is refused with an OutputError.
     """
     run = config.run
-    check_no_stray_audit_config()       # the checks that write nothing come before the folder is made
-    for mode in MODE_RUNS[run.mode]:
-        make_test_settings(run.user_conf, run.scenario, "performance" if mode in AUDITS else mode, run)
+    check_loadgen_inputs(config)       # audit.config, user.conf, the output folder: before anything is made
     with exclusive_scenario(scenario_dir(run.output_dir, run.system_name, run.scenario)):
         return _run_benchmark(config, backend, dataset, use_pycocotools, progress)
 

@@ -80,11 +80,11 @@ def open_dataset(data: DataConfig, sizes: Sequence[int], perf_count: int | None 
         AnnotationError: the annotation file is not COCO detection format (names the file and the key).
         CacheError: the QSL package's errors (missing files, unreadable images, unwritable cache).
     """
-    from qsl.coco_layout import find_inputs
+    from qsl.coco_layout import find_annotation_file
     from qsl.coco_qsl import CocoQSL
     from qsl.prepare import ensure_cache
 
-    ann, _ = find_inputs(data.data_dir, data.annotation_file)
+    ann = find_annotation_file(data.data_dir, data.annotation_file)   # the images are needed only to prepare
     doc = read_annotations(ann)
     num_categories = len(doc["categories"])
     if not doc["annotations"]:

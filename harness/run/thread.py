@@ -11,6 +11,17 @@ query in flight is done: while one is, the wait goes on, up to
 ``INFLIGHT_WAIT_S`` (a second Ctrl-C stops it), so a slow model (seconds per
 sample on a CPU) still ends with LoadGen's summary written.
 
+Progress (``progress`` of :func:`start_test`): completed samples against the
+number the run will issue, on a terminal as a bar with the time left, else one
+log line every few seconds (harness/shared/progress.py). For a performance run
+that number is estimated from the settings as LoadGen 6.0.17 plans the run
+(:func:`planned_samples`): Offline issues one query of
+max(min_query_count, 1.1 x min_duration x expected QPS) samples; Server
+max(min_query_count, min_duration x target QPS) queries; SingleStream and
+MultiStream issue queries until both min_query_count and min_duration are
+reached, so their estimate follows the measured rate, and none of the last
+three ends before min_duration.
+
 A pipeline thread that dies closes the completer itself; the main thread sees
 it within ``POLL_S`` and gives LoadGen ``WORKER_GRACE_S`` to finish. LoadGen
 always does for Offline, SingleStream and MultiStream (their remaining
@@ -22,12 +33,14 @@ leave the process without tearing LoadGen down.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from harness.shared.errors import INTERRUPTS, ExitStatus, RunStopped
+from harness.shared.progress import Progress
 from harness.sut.base import BaseSUT
 
 log = logging.getLogger("harness")
@@ -68,13 +81,48 @@ class WorkerDied(RunStopped):
         self.finished = finished
 
 
-def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | None) -> None:
-    """A progress bar of completed samples, polled twice a second, until ``done`` is set."""
-    from tqdm import tqdm
-    with tqdm(total=total, desc=desc, unit="sample", mininterval=1.0, leave=False, disable=None) as bar:
-        while not done.wait(0.5):
+def planned_samples(settings: Any, elapsed_s: float, completed: int) -> tuple[int | None, float | None]:
+    """(samples a performance run will have issued, least seconds it still lasts), from LoadGen's settings.
+
+    ``completed`` samples in ``elapsed_s`` give SingleStream's and MultiStream's rate. (None, None) for a
+    find-peak search, whose length depends on what it finds.
+    """
+    import mlperf_loadgen as lg
+    if settings.mode == lg.TestMode.FindPeakPerformance:
+        return None, None
+    duration = settings.min_duration_ms / 1e3
+    left = max(0.0, duration - elapsed_s)
+    scenario = settings.scenario
+    if scenario == lg.TestScenario.Offline:
+        return max(settings.min_query_count, int(1.1 * duration * settings.offline_expected_qps)), None
+    if scenario == lg.TestScenario.Server:
+        return max(settings.min_query_count, math.ceil(duration * settings.server_target_qps)), left
+    per_query = settings.multi_stream_samples_per_query if scenario == lg.TestScenario.MultiStream else 1
+    if completed and elapsed_s > 0:
+        queries = completed / per_query + completed / per_query / elapsed_s * left
+    else:
+        expected_ns = settings.multi_stream_expected_latency_ns if per_query > 1 \
+            else settings.single_stream_expected_latency_ns
+        queries = duration / max(expected_ns / 1e9, 1e-9)
+    return per_query * max(settings.min_query_count, math.ceil(queries)), left
+
+
+def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | None, settings: Any) -> None:
+    """Completed samples against the run's (planned) total, polled twice a second, until ``done`` is set.
+
+    ``total`` None (a performance run): planned from ``settings`` (:func:`planned_samples`).
+    """
+    t0 = time.monotonic()
+    floor = None if total is not None else (lambda elapsed: planned_samples(settings, elapsed, 0)[1] or 0.0)
+    with Progress(desc, total=total, unit="samples", floor_s=floor, logger=log) as bar:
+        finished = False
+        while not finished:
+            finished = done.wait(0.5)
             c = sut.completer
-            bar.update(c.completed + len(c.failures) - bar.n)
+            completed = c.completed + len(c.failures)
+            if total is None and not finished:
+                bar.set_total(planned_samples(settings, time.monotonic() - t0, completed)[0])
+            bar.set(completed)    # the last count too, once LoadGen has returned
 
 
 def wait_after_interrupt(sut: BaseSUT, done: threading.Event, grace_s: float = INTERRUPT_GRACE_S,
@@ -111,7 +159,8 @@ def start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any, 
     import mlperf_loadgen as lg
     done = threading.Event()
     if progress is not None:
-        threading.Thread(target=_show_progress, args=(sut, done, *progress), name="progress", daemon=True).start()
+        threading.Thread(target=_show_progress, args=(sut, done, *progress, settings), name="progress",
+                         daemon=True).start()
     errors: list[BaseException] = []
 
     def target() -> None:

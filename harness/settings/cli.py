@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,18 @@ from harness.settings.config import (
     MODES,
     SCENARIOS,
     Config,
+    config_file_table,
     load_config,
+)
+from harness.settings.model_checks import (
+    check_geometry,
+    single_scale_warnings,
+    size_setting,
 )
 from harness.shared.errors import ConfigError, InputError
 from qsl.coco_layout import default_annotation_file
+
+log = logging.getLogger("harness")
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_USER_CONF = ROOT / "user.conf"
@@ -37,7 +46,10 @@ class UsageError(InputError, ValueError):
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (override the config file)")
-    g.add_argument("--model", metavar="CKPT", help="MLPerf training checkpoint (model300.pt, ...); none = random")
+    g.add_argument("--model", metavar="CKPT", help="MLPerf training checkpoint (model300.pt, ...); its recorded "
+                   "backbone, class count and training size are used unless given")
+    g.add_argument("--random-weights", action="store_true", default=None,
+                   help="run without a checkpoint, on seeded random weights (speed only: detections mean nothing)")
     g.add_argument("--trust-pickle", action="store_true", default=None,
                    help="allow a checkpoint that is a whole pickled nn.Module (resnet34-ssd1200.pytorch); "
                         "reading it runs code from the file: only for files you trust")
@@ -127,14 +139,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if wait is not None and not wait >= 0:
         raise UsageError(f"--server-max-wait-ms must be 0 or more milliseconds (0 = never wait for a batch to "
                          f"fill), got {wait}")
-    precision = "fp16" if args.use_fp16 else args.precision
     if args.use_fp16 and args.precision not in (None, "fp16"):
         raise UsageError(f"--use-fp16 contradicts --precision {args.precision}; give one of them")
-    model = {"checkpoint": args.model, "trust_pickle": args.trust_pickle, "image_size": args.image_size, "dboxes_scale": args.dboxes_scale,
-             "dboxes_steps": args.dboxes_steps, "small_mask": args.small_mask, "large_mask": args.large_mask,
-             "use_filter": args.use_filter, "precision": precision, "backbone": args.backbone,
-             "variant": args.variant, "num_classes": args.num_classes, "compile": args.compile,
-             "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs}
+    model = _model_flags(args)
     data = {"data_dir": args.data, "annotation_file": args.annotation_file, "cache_dir": args.cache_dir,
             "max_images": args.max_images, "skip_bad_images": args.skip_bad_images}
     run = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size,
@@ -144,6 +151,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         run[key] = getattr(args, key, None)
     run["output_dir"] = getattr(args, "output", None)
     run["user_conf"] = getattr(args, "user_conf", None)
+    if args.config is not None and Path(args.config).is_dir():
+        raise UsageError(f"--config {args.config} is a folder; give a TOML file such as configs/demo.toml")
     if args.config is not None and not Path(args.config).is_file():
         raise UsageError(f"--config {args.config}: file not found")
     try:
@@ -154,7 +163,48 @@ def config_from_args(args: argparse.Namespace) -> Config:
         flagged = {"--checkpoint": "--model", "--data-dir": "--data", "--output-dir": "--output"}
         raise ConfigError(f"{e}" + (f" (given by {', '.join(flagged.get(f, f) for f in flags)})" if flags else "")) \
             from None
+    given = model_keys_given(args)
+    check_geometry(config.model, size_setting(config.model, given),
+                   network=getattr(args, "backend", "pytorch") == "pytorch")
+    for warning in single_scale_warnings(config.model, lambda keys: _named(keys, args)):
+        log.warning("%s", warning)
     return _check_paths(config, args)
+
+
+# Model keys whose flag has another name.
+_FLAG_OF = {"checkpoint": "--model", "precision": "--precision / --use-fp16"}
+
+
+def _model_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The [model] overrides the flags give (None = not given)."""
+    return {"checkpoint": args.model, "random_weights": args.random_weights, "trust_pickle": args.trust_pickle,
+            "image_size": args.image_size, "dboxes_scale": args.dboxes_scale, "dboxes_steps": args.dboxes_steps,
+            "small_mask": args.small_mask, "large_mask": args.large_mask, "use_filter": args.use_filter,
+            "precision": "fp16" if args.use_fp16 else args.precision, "backbone": args.backbone,
+            "variant": args.variant, "num_classes": args.num_classes, "compile": args.compile,
+            "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs}
+
+
+def model_keys_given(args: argparse.Namespace) -> dict[str, str]:
+    """{model key: where the user set it} for the keys a flag or the config file sets, flags winning.
+
+    E.g. {"num_classes": "--num-classes 7", "image_size": "configs/x.toml [model] image_size = [300, 600]"}; keys left
+    to their defaults are absent (a checkpoint may then fill them in, harness/settings/from_checkpoint.py).
+    """
+    given = {k: f"{args.config} [model] {k} = {v!r}" for k, v in config_file_table(args.config, "model").items()}
+    for key, value in _model_flags(args).items():
+        if value is not None:
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else \
+                ("" if isinstance(value, bool) else str(value))
+            given[key] = f"{_FLAG_OF.get(key, '--' + key.replace('_', '-'))} {shown}".rstrip()
+    return given
+
+
+def _named(keys: tuple[str, ...], args: argparse.Namespace) -> str:
+    """The flags that set ``keys`` ("--small-mask and --large-mask"), else the config file's keys."""
+    if any(getattr(args, k, None) is not None for k in keys) or args.config is None:
+        return " and ".join("--" + k.replace("_", "-") for k in keys)
+    return f"{args.config} " + " and ".join(keys)
 
 
 def _missing_checkpoint(ckpt: str, args: argparse.Namespace) -> str:
@@ -183,10 +233,6 @@ def _check_paths(config: Config, args: argparse.Namespace) -> Config:
     if not ann.is_file():
         raise UsageError(f"annotation file {ann} not found: --data must hold annotations/instances_val2017.json, "
                          "or pass --annotation-file")
-    if config.run.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
     user_conf = Path(config.run.user_conf)
     if getattr(args, "user_conf", None) is None and config.run.user_conf == DEFAULT_USER_CONF.name:
         # Not chosen by flag or config: the repository's official settings, whatever the working directory

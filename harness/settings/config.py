@@ -15,6 +15,7 @@ The seed's flags map onto ``[model]`` fields one to one:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import tomllib
@@ -125,16 +126,52 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# What a scalar field's declared type asks of a value, and how an error message says it.
+_SCALARS = {"int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+            "float": ("a number", _is_number),
+            "bool": ("true or false", lambda v: isinstance(v, bool)),
+            "str": ("a string in quotes", lambda v: isinstance(v, str))}
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it in TOML: strings as "the string '7'", booleans as true/false."""
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _unknown_keys(unknown: list[str], known: set[str]) -> str:
+    out = []
+    for key in unknown:
+        guess = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        out.append(f"{key} (did you mean {guess[0]}?)" if guess else key)
+    return ", ".join(out)
+
+
+def _check_types(cls: type, values: dict[str, Any], where: str) -> None:
+    """Raise ConfigError naming the key whose value is not of its field's declared type."""
+    declared = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for k, v in values.items():
+        if v is None:
+            continue
+        if k in _TUPLE_FIELDS:
+            if not isinstance(v, (list, tuple)) or not all(_is_number(x) for x in v):
+                raise ConfigError(f"{where}: {k} must be {_TUPLE_FIELDS[k]}, got {_shown(v)}")
+            continue
+        kind = declared[k].replace(" | None", "")
+        if kind in _SCALARS and not _SCALARS[kind][1](v):
+            raise ConfigError(f"{where}: {k} must be {_SCALARS[kind][0]}, got {_shown(v)}")
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    for k, v in values.items():
-        if k in _TUPLE_FIELDS and v is not None and (
-                not isinstance(v, (list, tuple)) or not all(_is_number(x) for x in v)):
-            got = f"the string {v!r}" if isinstance(v, str) else repr(v)
-            raise ConfigError(f"{where}: {k} must be {_TUPLE_FIELDS[k]}, got {got}")
+        raise ConfigError(f"{where}: unknown key(s) {_unknown_keys(unknown, known)}; known keys: "
+                          f"{', '.join(sorted(known))}")
+    _check_types(cls, values, where)
     clean = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in values.items()}
     try:
         return cls(**clean)
@@ -142,6 +179,14 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {e}") from None
     except TypeError as e:  # e.g. comparing a string with an int
         raise ConfigError(f"{where}: a value has the wrong type ({e})") from None
+
+
+def config_file_table(path: str | Path | None, section: str) -> dict[str, Any]:
+    """The keys and values a (valid) config file sets in ``section``; empty without a file."""
+    if path is None:
+        return {}
+    table = tomllib.loads(Path(path).read_text()).get(section, {})
+    return dict(table) if isinstance(table, dict) else {}
 
 
 def load_config(path: str | Path | None = None,
@@ -155,6 +200,8 @@ def load_config(path: str | Path | None = None,
     if path is not None:
         path = Path(path)
         where = str(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; give a TOML file such as configs/demo.toml")
         try:
             text = path.read_text()
         except OSError as e:

@@ -134,6 +134,21 @@ class UserConf:
         return None
 
 
+def unused_file_warning(conf: UserConf, model: str) -> str | None:
+    """A warning when no setting of ``conf`` applies to ``model`` (LoadGen would then use its defaults), else None.
+
+    A line applies when its model is ``model`` or ``*``. A file of comments only is not warned about.
+    """
+    if not conf.entries or any(e.model in (model, ANY) for e in conf.entries):
+        return None
+    named = sorted({e.model for e in conf.entries})
+    close = any(difflib.SequenceMatcher(None, name.lower(), model).ratio() >= 0.8 for name in named)
+    hint = f"; did you mean {model}?" if close else ""
+    return (f"LoadGen settings file {conf.path}: none of its {len(conf.entries)} settings applies to {model}, the "
+            f"model this run uses (its lines name {', '.join(named)}{hint}), so LoadGen's defaults apply (e.g. a "
+            f"600 s minimum duration); write {model}.<scenario>.<key> = <value> or *.<scenario>.<key> = <value>")
+
+
 def parse_user_conf(path: str | Path) -> UserConf:
     """Read and check ``path``; raise SettingsError naming the first bad line and how to fix it."""
     path = Path(path)

@@ -1,0 +1,90 @@
+"""Progress a user can read: a bar with total and time left on a terminal, log lines when redirected."""
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import pytest
+
+import harness.shared.progress as progress
+import run
+from harness.run.thread import planned_samples
+from harness.settings.config import RunConfig
+from harness.settings.loadgen import make_test_settings
+from harness.shared.progress import Progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_bar_shows_the_total_and_the_time_left():
+    out = Terminal()
+    with Progress("Offline performance", total=1100, unit="samples", stream=out, floor_s=lambda e: 30.0) as bar:
+        bar.set(100)
+        bar._bar.refresh()
+    text = out.getvalue()
+    assert "100/1100" in text and "at least 30 s left" in text
+
+
+def test_without_a_terminal_a_line_is_logged_every_few_seconds_and_at_the_end(caplog, monkeypatch):
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="harness")
+    with Progress("Server performance", total=200, unit="samples", stream=io.StringIO(),
+                  floor_s=lambda e: 60.0) as bar:
+        bar.set(50)
+        bar.set(100)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("Server performance: 50/200 samples (25%), ") and "about 60 s left" in lines[0]
+    assert lines[-1].startswith("Server performance: 100 samples in ")
+
+
+@pytest.mark.parametrize("scenario, planned", [
+    ("Offline", max(256, int(1.1 * 0.5 * 2000))),       # one query: max(min_query_count, 1.1 x duration x QPS)
+    ("Server", max(100, math.ceil(0.5 * 300))),           # queries: max(min_query_count, duration x target QPS)
+    ("SingleStream", max(100, math.ceil(0.5 / 0.002))),   # before any sample: duration / expected latency
+    ("MultiStream", 8 * max(100, math.ceil(0.5 / 0.004))),
+])
+def test_the_planned_samples_follow_loadgens_rules(fast_conf, scenario, planned):
+    run_config = RunConfig(offline_expected_qps=2000, server_target_qps=300, singlestream_expected_latency_ms=2,
+                           multistream_expected_latency_ms=4)
+    settings = make_test_settings(fast_conf, scenario, "performance", run_config)
+    total, left = planned_samples(settings, 0.1, 0)
+    assert total == planned
+    assert left == (None if scenario == "Offline" else pytest.approx(0.4))
+    if scenario == "SingleStream":      # then from the measured rate: 50 samples in 0.1 s, 0.4 s to go
+        assert planned_samples(settings, 0.1, 50)[0] == max(100, 50 + 200)
+
+
+def test_a_redirected_run_logs_its_progress(synthetic_coco, tmp_path, caplog, monkeypatch, capsys):
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.2)
+    conf = tmp_path / "two_seconds.conf"
+    conf.write_text("ssd-resnet34.*.performance_sample_count_override = 8\nssd-resnet34.*.min_duration = 1500\n"
+                    "ssd-resnet34.*.min_query_count = 10\nssd-resnet34.Server.target_latency = 100\n")
+    caplog.set_level(logging.INFO, logger="harness")
+    rc = run.main(["--scenario", "Server", "--mode", "performance", "--backend", "null", "--server-target-qps", "40",
+                   "--data", str(synthetic_coco), "--cache-dir", str(tmp_path / "c"), "--output", str(tmp_path / "o"),
+                   "--user-conf", str(conf), "--image-size", "257", "257"])
+    assert rc == 0, capsys.readouterr().err
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Server performance: ")]
+    assert any(line.startswith("Server performance: ") and "/60 samples (" in line and "left" in line
+               for line in lines), lines
+
+
+def test_run_py_without_arguments_points_to_the_demo_and_help(capsys):
+    assert run.main([]) == 2
+    err = capsys.readouterr().err
+    assert "python run.py demo" in err and "python run.py --help" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_checkpoint_line_is_readable(caplog):
+    from backends.config import ModelConfig
+    from backends.pytorch_backend import PyTorchBackend
+    caplog.set_level(logging.INFO)
+    cfg = ModelConfig(checkpoint="models/demo_ssd18_300.pt", backbone="resnet18", num_classes=7)
+    PyTorchBackend(cfg, device="cpu").load()
+    (line,) = [r.getMessage() for r in caplog.records if "loaded checkpoint" in r.getMessage()]
+    assert "{" not in line and line == ("loaded checkpoint models/demo_ssd18_300.pt: resnet18 backbone, 7 classes, "
+                                        "trained at 300, float16 weights (dict['model'])")
