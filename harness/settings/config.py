@@ -29,6 +29,7 @@ from backends.config import (
     check_choice,
 )
 from harness.shared.errors import ConfigError
+from harness.shared.files import write_text_atomic
 
 SCENARIOS = ("SingleStream", "MultiStream", "Offline", "Server")
 MODES = ("accuracy", "performance", "submission", "find-peak")
@@ -111,7 +112,7 @@ class Config:
     def save(self, path: str | Path) -> None:
         """Write the fully resolved config as JSON (next to the LoadGen logs), with the working directory
         the run started in (``cwd``), against which its relative paths resolve."""
-        Path(path).write_text(json.dumps({**self.to_dict(), "cwd": os.getcwd()}, indent=2) + "\n")
+        write_text_atomic(Path(path), json.dumps({**self.to_dict(), "cwd": os.getcwd()}, indent=2) + "\n")
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "run": RunConfig}
