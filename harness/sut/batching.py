@@ -30,7 +30,9 @@ class BatchQueue:
     def put(self, batches: Sequence[list[Sample]]) -> None:
         with self._cond:
             self._batches.extend(batches)
-            self._cond.notify()
+            # Every waiting loader may take one: waking a single one left the other workers asleep for the
+            # whole Offline query (its loader never waits again while batches are queued).
+            self._cond.notify_all()
 
     def next_batch(self) -> list[Sample] | None:
         with self._cond:

@@ -1,0 +1,113 @@
+"""The pipeline with several workers: fair shares, lost workers, failed devices, Server batches under the bound.
+
+The workers here sleep instead of computing (the GIL is free while they do), so
+the tests exercise the harness's threads and queues as a GPU machine would, on
+any CPU. Assertions are about counts and exactly-once completion; the one
+latency check (Server) has several times the slack a correct pipeline needs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from backends.base import WorkerLost
+from backends.null import NullBackend
+from harness.sut.batching import BatchQueue
+from harness.sut.completion import Completer, Sample
+from harness.sut.pipeline import Pipeline
+from harness.sut.stream import StreamSUT
+from qsl.memory_qsl import MemoryQSL
+from tests.test_harness_units import Query, Recorder
+
+
+class SleepWorker(NullBackend):
+    """One worker: holds each batch ``ms`` milliseconds (sleeping), counts what it computed.
+
+    ``lost_after``: after that many batches every call raises WorkerLost (``where`` = "predict" or "stage").
+    ``broken``: every predict raises a plain RuntimeError (a failed device that does not say it is lost).
+    """
+
+    def __init__(self, ms: float = 0.0, lost_after: int | None = None, where: str = "predict",
+                 broken: bool = False) -> None:
+        super().__init__(latency_ms=ms)
+        self.lost_after, self.where, self.broken = lost_after, where, broken
+        self.batches = self.samples = 0
+        self.after_loss = 0              # calls made to this worker after it said it was lost
+        self.lock = threading.Lock()
+
+    def _check_lost(self) -> None:
+        if self.lost_after is not None and self.batches >= self.lost_after:
+            self.after_loss += 1
+            raise WorkerLost("the device fell off the bus")
+
+    def stage(self, images, image_hw):
+        if self.where == "stage":
+            self._check_lost()
+        return images, image_hw
+
+    def predict(self, images, image_hw):
+        if self.where == "predict":
+            self._check_lost()
+        if self.broken:
+            raise RuntimeError("device error: illegal memory access")
+        out = super().predict(images, image_hw)
+        with self.lock:
+            self.batches += 1
+            self.samples += int(image_hw.shape[0])
+        return out
+
+
+class Workers(SleepWorker):
+    """A backend with several workers (as one per GPU): itself first, then the others."""
+
+    def __init__(self, workers: list[SleepWorker]) -> None:
+        super().__init__()
+        self.all = workers
+
+    def workers(self):
+        return self.all
+
+    def predict(self, images, image_hw):   # the pipeline calls the workers, never this
+        return self.all[0].predict(images, image_hw)
+
+
+def _wait_for(cond, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.005)
+    return cond()
+
+
+def _pipeline(backend, n_samples: int = 64):
+    rec, qsl = Recorder(), MemoryQSL(n_samples)
+    qsl.load(range(n_samples))
+    c = Completer(rec.complete, rec.response)
+    source = BatchQueue()
+    pipe = Pipeline(backend, qsl, c, source, threaded=True)
+    samples = [Sample(1000 + i, i) for i in range(n_samples)]
+    c.register(samples)
+    return pipe, source, c, rec, samples
+
+
+def _exactly_once(rec: Recorder, samples: list[Sample]) -> dict[int, bytes]:
+    ids = [i for i, _ in rec.done]
+    assert sorted(ids) == sorted(s.id for s in samples), "a sample was lost or completed twice"
+    return dict(rec.done)
+
+
+# -- Offline: every worker is fed while the query's batches are queued --------------------------------------
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_offline_feeds_every_worker_while_the_queue_is_open(n):
+    workers = [SleepWorker(ms=10) for _ in range(n)]
+    pipe, source, c, rec, samples = _pipeline(Workers(workers), 16 * n * 2)
+    pipe.start()
+    source.put([samples[i:i + 2] for i in range(0, len(samples), 2)])   # one Offline query; NOT closed
+    assert _wait_for(lambda: len(rec.done) == len(samples)), f"{len(rec.done)} of {len(samples)} completed"
+    shares = [w.samples for w in workers]
+    pipe.stop()
+    fair = len(samples) / n
+    assert all(s >= fair / 2 for s in shares), f"shares {shares}, fair share {fair:.0f}"
+
