@@ -90,6 +90,7 @@ class Pipeline:
         self._depth = depth
         self._q_finish: queue.Queue = queue.Queue(maxsize=depth * len(self.workers))
         self._stopping = threading.Event()
+        self._released = threading.Event()  # set by stop(): stage threads may end from then on
         self._threads: list[threading.Thread] = []
         self._inline_thread: int | None = None  # the thread whose torch thread count run_inline has set
         self.inline_busy = False                 # run_inline is computing a query (on LoadGen's thread)
@@ -114,6 +115,7 @@ class Pipeline:
         """Let the stages drain what was issued, then end them."""
         if self.source is not None:
             self.source.close()
+        self._released.set()
         for t in self._threads:
             t.join(timeout)
         self._stopping.set()
@@ -184,6 +186,12 @@ class Pipeline:
             fn(*args)
         except BaseException as e:  # noqa: BLE001 - a dead stage must not leave LoadGen waiting
             self._died(f"{stage} thread died", e)
+        finally:
+            # A thread that called into LoadGen (QuerySamplesComplete) must not end while LoadGen runs: on
+            # thread exit its log buffer passes to LoadGen's logger, racing the logger's I/O thread, which
+            # then crashes (SIGSEGV in TlsLogger::SwapBuffers; mlcommons/inference#440). A stage that ends
+            # early (its thread died, its worker was lost) waits here until stop(), after LoadGen returned.
+            self._released.wait()
 
     def _died(self, what: str, e: BaseException) -> None:
         """Something outside the per-sample handling failed: complete everything now, accept no more."""
