@@ -68,6 +68,33 @@ def test_completer_completes_each_sample_once():
     assert rec.done[-1] == (200, b"") and c.failures[-1].index == 9
 
 
+def test_completer_fails_samples_whose_responses_cannot_be_built_or_sent():
+    """What goes wrong after a sample leaves the register still completes it, empty, exactly once."""
+    rec = Recorder()
+
+    def response(sample_id, ptr, nbytes):
+        if sample_id == 102 and nbytes:
+            raise RuntimeError("no response for 102's buffer")
+        return rec.response(sample_id, ptr, nbytes)
+
+    c = Completer(rec.complete, response)
+    samples = [Sample(100 + i, i) for i in range(4)]
+    c.register(samples)
+    good = np.ones((1, 7), np.float32)
+    c.complete(samples[:3], [good, np.ones((2, 6), np.float32), good])   # 101: a malformed record
+    assert sorted(i for i, _ in rec.done) == [100, 101, 102] and c.outstanding == 1
+    assert dict(rec.done)[100] == good.tobytes() and dict(rec.done)[101] == b"" and dict(rec.done)[102] == b""
+    assert sorted((f.index, f.stage) for f in c.failures) == [(1, "complete"), (2, "complete")]
+
+    def refuses(responses):
+        raise RuntimeError("LoadGen refused the call")
+
+    c._complete_fn = refuses
+    c.complete(samples[3:], [good])              # the completion call itself raises: nothing escapes ...
+    assert c.outstanding == 0 and c.failures[-1].index == 3     # ... and the sample is failed, not lost
+    assert c.closed_reason[1] == "LoadGen refused to complete samples: RuntimeError: LoadGen refused the call"
+
+
 def test_completer_times_each_completed_sample_from_issue():
     rec = Recorder()
     c = Completer(rec.complete, rec.response)
