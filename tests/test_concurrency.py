@@ -18,6 +18,7 @@ from harness.sut.batching import BatchQueue
 from harness.sut.completion import Completer, Sample
 from harness.sut.pipeline import Pipeline
 from harness.sut.stream import StreamSUT
+from harness.sut.workers import MAX_STRIKES
 from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_units import Query, Recorder
 
@@ -53,9 +54,9 @@ class SleepWorker(NullBackend):
         if self.where == "predict":
             self._check_lost(self.predicted)
             self.predicted += 1
+        out = super().predict(images, image_hw)
         if self.broken:
             raise RuntimeError("device error: illegal memory access")
-        out = super().predict(images, image_hw)
         with self.lock:
             self.batches += 1
             self.samples += int(image_hw.shape[0])
@@ -164,6 +165,44 @@ def test_a_stream_query_goes_to_the_next_worker_when_its_worker_is_lost():
     assert all(len(b) == 2 * 28 for _, b in rec.done) and sut.completer.failures == []
     assert (workers[0].batches, workers[1].batches) == (1, 3)
 
+
+
+# -- a failed device batch goes to a healthy worker ------------------------------------------------------------
+
+def test_a_batch_that_fails_on_one_worker_is_computed_by_another():
+    workers = [SleepWorker(ms=1, broken=True), SleepWorker(ms=1)]
+    pipe, source, c, rec, samples = _pipeline(Workers(workers), 256)
+    pipe.start()
+    source.put([samples[i:i + 4] for i in range(0, len(samples), 4)])
+    assert _wait_for(lambda: len(rec.done) == len(samples))
+    pipe.stop()
+    done = _exactly_once(rec, samples)
+    assert c.failures == [] and all(len(done[s.id]) == 2 * 28 for s in samples)
+    assert workers[1].samples == len(samples)
+    # After MAX_STRIKES batches in a row that failed on it and that the other worker computed, it is retired,
+    # long before it could have failed every batch (both take the same time per batch).
+    assert pipe.pool.workers[0].retired and pipe.pool.workers[0].strikes == MAX_STRIKES
+    assert workers[0].predicted < len(samples) // 4 // 4
+
+
+def test_a_bad_sample_still_fails_alone_with_several_workers():
+    from tests.test_harness_units import FailOn
+
+    class Two(FailOn):
+        def __init__(self):
+            super().__init__(bad=7)
+            self.other = FailOn(bad=7)
+
+        def workers(self):
+            return [self, self.other]
+
+    pipe, source, c, rec, samples = _pipeline(Two(), 32)
+    pipe.start()
+    source.put([samples[i:i + 4] for i in range(0, len(samples), 4)])
+    assert _wait_for(lambda: len(rec.done) == len(samples))
+    pipe.stop()
+    _exactly_once(rec, samples)
+    assert [f.index for f in c.failures] == [7]
 
 
 @pytest.mark.parametrize("lost", [1, 2])

@@ -8,9 +8,11 @@
 
 Both are thread-safe: LoadGen's issue thread adds, the pipeline's loaders take
 (``next_batch(worker)``, one loader per worker). A batch a worker could not
-compute (the worker was lost) comes back through ``requeue`` and is handed out
-before anything else; ``set_live`` names the workers still running, and a
-retired worker's loader gets None at once, so it stops taking batches.
+compute (the worker was lost, or the batch raised there) comes back through
+``requeue`` and is handed out before anything else, to another worker than
+the one it failed on while another one runs; ``set_live`` names the workers
+still running, and a retired worker's loader gets None at once, so it stops
+taking batches.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class Batch:
     samples: list[Sample]
     closed_at: float = field(default_factory=time.monotonic)  # when it left the source
     requeued: bool = False             # handed back after a worker could not compute it
+    failed_on: int | None = None       # the worker on which it raised (not WorkerLost): another one takes it
 
 
 class _Source:
@@ -39,14 +42,26 @@ class _Source:
         self._cond = threading.Condition()
         self._closed = False
         self._live: frozenset[int] | None = None   # None: every worker
+        self._finished: set[int] = set()              # workers whose next_batch returned None
         self._requeued: collections.deque[Batch] = collections.deque()
 
-    def requeue(self, batch: Batch) -> None:
-        """Hand ``batch`` back for another worker; it goes out before any other batch."""
+    def requeue(self, batch: Batch) -> bool:
+        """Hand ``batch`` back for another worker; it goes out before any other batch.
+
+        False (and nothing queued) when no worker still taking batches could take it: the source is
+        closed and drained, or only the worker it failed on is left.
+        """
         with self._cond:
+            if self._live is not None and not self._takers(batch):
+                return False
             batch.requeued = True
             self._requeued.append(batch)
             self._cond.notify_all()
+            return True
+
+    def _takers(self, batch: Batch) -> list[int]:
+        """Live workers still taking batches that may take ``batch`` (caller holds the condition)."""
+        return [w for w in self._live - self._finished if w != batch.failed_on]
 
     def set_live(self, workers: Iterable[int]) -> None:
         """The workers still running; any other worker's ``next_batch`` returns None from now on."""
@@ -62,13 +77,21 @@ class _Source:
     def _retired(self, worker: int) -> bool:
         return self._live is not None and worker not in self._live
 
-    def _take_requeued(self) -> Batch | None:
-        """A handed-back batch, reopened now (caller holds the condition)."""
-        if not self._requeued:
-            return None
-        batch = self._requeued.popleft()
-        batch.closed_at = time.monotonic()
-        return batch
+    def _none_for(self, worker: int) -> None:
+        """``worker``'s loader is told there is nothing more (caller holds the condition)."""
+        self._finished.add(worker)
+
+    def _take_requeued(self, worker: int) -> Batch | None:
+        """A handed-back batch for ``worker``, reopened now (caller holds the condition).
+
+        A batch that failed on ``worker`` goes to it only when no other live worker is taking batches.
+        """
+        for i, batch in enumerate(self._requeued):
+            if batch.failed_on != worker or self._live is None or not self._takers(batch):
+                del self._requeued[i]
+                batch.closed_at = time.monotonic()
+                return batch
+        return None
 
 
 class BatchQueue(_Source):
@@ -90,13 +113,15 @@ class BatchQueue(_Source):
         with self._cond:
             while True:
                 if self._retired(worker):
+                    self._none_for(worker)
                     return None
-                again = self._take_requeued()
+                again = self._take_requeued(worker)
                 if again is not None:
                     return again
                 if self._batches:
                     return Batch(self._batches.popleft())
                 if self._closed:
+                    self._none_for(worker)
                     return None
                 self._cond.wait()
 
@@ -133,12 +158,14 @@ class DynamicBatcher(_Source):
         with self._cond:
             while True:
                 if self._retired(worker):
+                    self._none_for(worker)
                     return None
-                again = self._take_requeued()
+                again = self._take_requeued(worker)
                 if again is not None:
                     return again
                 if not self._pending:
                     if self._closed:
+                        self._none_for(worker)
                         return None
                     self._cond.wait()
                     continue

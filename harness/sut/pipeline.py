@@ -47,7 +47,7 @@ from backends.base import WorkerLost
 from harness.sut.batching import Batch
 from harness.sut.completion import Completer, Sample
 from harness.sut.stages import Lost, QSLLike, StageWork
-from harness.sut.workers import Worker, WorkerPool
+from harness.sut.workers import MAX_STRIKES, Worker, WorkerPool
 
 log = logging.getLogger("harness")
 
@@ -90,7 +90,7 @@ class Pipeline:
         self.qsl = qsl
         self.completer = completer
         self.source = source
-        self.work = StageWork(qsl, completer)
+        self.work = StageWork(qsl, completer, router=self)
         self.threaded = threaded
         self.name = name
         # Every worker; inline, the first one still running computes and the others stand by.
@@ -102,12 +102,14 @@ class Pipeline:
         self._released = threading.Event()  # set by stop(): stage threads may end from then on
         self._threads: list[threading.Thread] = []
         self._inline_key: tuple[int, int] | None = None  # (thread, worker) whose torch thread count is set
+        self._inline_todo: list[tuple[list[Sample], Batch | None]] = []   # run_inline's work left
         self.inline_busy = False                 # run_inline is computing a query (on LoadGen's thread)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         if not self.threaded:
             return  # batches arrive through run_inline, on the caller's thread
+        self.source.set_live(w.index for w in self.pool.workers)
         stages = [("completer", self._finish_loop, ())]
         for w in self.pool.workers:
             q: queue.Queue = queue.Queue(maxsize=self._depth)
@@ -149,10 +151,38 @@ class Pipeline:
         return False
 
     def _hand_back(self, samples: list[Sample]) -> None:
-        """Give the samples not completed yet back to the source, for the workers still running."""
+        """Give the samples not completed yet back to the source, for the workers still running; when no
+        worker takes batches any more (the SUT is stopping), they fail."""
         pending = self.completer.pending(samples)
-        if pending:
-            self.source.requeue(Batch(pending))
+        if pending and not self.source.requeue(Batch(pending)):
+            self.completer.fail(pending, "worker", "its worker was lost and no other worker takes batches")
+
+    # -- failed batches (the Router of harness/sut/stages.py) -----------------------
+    def hand_off(self, w: Worker, batch: Batch | None, samples: list[Sample], error: Exception) -> bool:
+        """A batch raised on ``w``: give it whole to another worker, unless it already failed on one (then
+        a bad sample is the likelier cause) or no other worker runs."""
+        others = self.pool.alive - (0 if w.retired else 1)   # w may have been retired meanwhile (strikes)
+        if (batch is not None and batch.failed_on is not None) or others < 1:
+            return False
+        again = Batch(list(samples), failed_on=w.index)
+        if self.threaded:
+            if not self.source.requeue(again):   # no other worker is taking batches any more
+                return False
+        else:
+            self._inline_todo.append((again.samples, again))
+        log.warning("a batch of %d failed on worker %d (%s: %s); another worker takes it", len(samples), w.index,
+                    type(error).__name__, error)
+        return True
+
+    def computed(self, w: Worker, batch: Batch | None) -> None:
+        """``w`` computed a whole batch: its strikes end; the worker the batch had failed on gets one."""
+        self.pool.cleared(w)
+        if batch is None or batch.failed_on is None or batch.failed_on == w.index:
+            return
+        failed = self.pool.workers[batch.failed_on]
+        if not failed.retired and self.pool.strike(failed):
+            self._retire(failed, WorkerLost(f"{MAX_STRIKES} batches in a row failed on it and other workers "
+                                            "computed them"), [])
 
     # -- threads -----------------------------------------------------------------
     def _guard(self, stage: str, fn, *args) -> None:
@@ -199,16 +229,17 @@ class Pipeline:
     def run_inline(self, batch: list[Sample]) -> None:
         """Load, predict and complete ``batch`` on the calling thread (a pipeline with ``threaded=False``).
 
-        It runs on the first worker still running; when that one is lost, what it left undone runs on the
-        next. Nothing escapes: an error outside the per-sample handling closes the completer, as a dying
-        stage thread does, because the caller is LoadGen's issue thread, where an exception would end the
-        process.
+        It runs on the first worker still running; what a lost worker left undone, or a batch that raised,
+        runs on the next. Nothing escapes: an error outside the per-sample handling closes the completer,
+        as a dying stage thread does, because the caller is LoadGen's issue thread, where an exception
+        would end the process.
         """
         self.inline_busy = True
         try:
-            todo = batch
+            todo = self._inline_todo = [(batch, None)]
             while todo:
-                w = self.pool.first_live()
+                samples, whole = todo.pop()
+                w = self._inline_worker(whole)
                 if w is None:
                     break
                 key = (threading.get_ident(), w.index)
@@ -216,16 +247,22 @@ class Pipeline:
                     self._use_backend_threads(w.backend)
                     self._inline_key = key
                 try:
-                    lost = self.work.compute_parts(w, self.work.load(todo, w.backend), self.work.finish)
+                    lost = self.work.compute_parts(w, self.work.load(samples, w.backend), self.work.finish, whole)
                 except Lost as e:
                     lost = e
-                todo = []
                 if lost is not None and self._retire(w, lost.cause, lost.leftover):
-                    todo = self.completer.pending(lost.leftover)
+                    todo.append((self.completer.pending(lost.leftover), None))
         except BaseException as e:  # noqa: BLE001 - LoadGen must never wait for these samples
             self._died("the work on LoadGen's issue thread failed", e)
         finally:
             self.inline_busy = False
+
+    def _inline_worker(self, batch: Batch | None) -> Worker | None:
+        """The first worker still running, other than the one ``batch`` failed on while there is one."""
+        first = self.pool.first_live()
+        if first is None or batch is None or batch.failed_on != first.index:
+            return first
+        return next((w for w in self.pool.live() if w.index != batch.failed_on), first)
 
     def _loader_loop(self, w: Worker, q_compute: queue.Queue) -> None:
         while not w.retired and (batch := self.source.next_batch(w.index)) is not None:
@@ -253,7 +290,7 @@ class Pipeline:
             if w.retired:                   # loaded before this worker was lost: for the others
                 self._hand_back(batch.samples)
                 continue
-            lost = self.work.compute_parts(w, parts, emit)
+            lost = self.work.compute_parts(w, parts, emit, batch)
             if lost is not None and self._retire(w, lost.cause, lost.leftover):
                 self._hand_back(lost.leftover)
         self._put(self._q_finish, _STOP)

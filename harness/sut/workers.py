@@ -5,6 +5,12 @@ A worker is one backend that computes on its own: one per GPU or CUDA stream
 worker whose ``predict`` or ``stage`` raises :class:`~backends.base.WorkerLost`
 is retired here, once: it takes no more batches and the pipeline hands the
 batch it held to the workers left. Only when none is left do samples fail.
+
+A batch that raises anything else on a worker goes to another worker first
+(its device may have failed); when another worker then computes it, the first
+one gets a strike, and ``MAX_STRIKES`` in a row (no batch of its own computed
+in between) retire it as lost: a device that fails every batch it gets would
+otherwise keep taking batches only to pass them on.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from typing import Any, Sequence
 
 log = logging.getLogger("harness")
 
+MAX_STRIKES = 3   # batches in a row that failed on a worker and that other workers computed
+
 
 @dataclass(eq=False)
 class Worker:
@@ -23,6 +31,7 @@ class Worker:
     retired: bool = False      # lost: takes no more batches
     batches: int = 0           # batches it computed
     samples: int = 0           # samples it computed
+    strikes: int = 0           # its batches in a row that failed on it and then were computed elsewhere
 
 
 class WorkerPool:
@@ -30,6 +39,7 @@ class WorkerPool:
 
     def __init__(self, backends: Sequence[Any]) -> None:
         self.workers = [Worker(i, b) for i, b in enumerate(backends)]
+        self.alive = len(self.workers)
         self._lock = threading.Lock()
 
     def live(self) -> list[Worker]:
@@ -46,14 +56,20 @@ class WorkerPool:
         with self._lock:
             first = not worker.retired
             worker.retired = True
-            left = sum(not w.retired for w in self.workers)
+            self.alive = left = sum(not w.retired for w in self.workers)
         if first:
             log.error("worker %d of %d was lost (%s); %d left%s", worker.index, len(self.workers), why, left,
                       ", its batches go to them" if left else "")
         return left
 
-    def counted(self, worker: Worker, samples: int) -> None:
-        """``worker`` computed a batch of ``samples`` (for the shares each worker got)."""
+    def strike(self, worker: Worker) -> bool:
+        """Another worker computed a batch that failed on ``worker``; True when that makes MAX_STRIKES."""
         with self._lock:
-            worker.batches += 1
-            worker.samples += samples
+            worker.strikes += 1
+            return worker.strikes >= MAX_STRIKES
+
+    def cleared(self, worker: Worker) -> None:
+        """``worker`` computed a batch: its strikes start again from zero."""
+        if worker.strikes:
+            with self._lock:
+                worker.strikes = 0
