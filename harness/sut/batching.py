@@ -3,8 +3,11 @@
 - :class:`BatchQueue`: batches formed by the SUT at issue time (the Offline
   query is cut into fixed-size batches), handed over first in, first out.
 - :class:`DynamicBatcher`: Server samples arrive one query at a time (Poisson);
-  a batch leaves when it holds ``max_batch`` samples, when its oldest sample
-  has waited ``max_wait_s``, or at once after a flush.
+  a batch closes when a worker asks for one (the pipeline's Server loaders ask
+  only when their worker is idle) and then holds what has arrived, up to the
+  size the latency bound allows, waiting for more only as long as the oldest
+  sample can still meet the bound and never longer than ``max_wait_s``
+  (harness/sut/budget.py); at once after a flush.
 
 Both are thread-safe: LoadGen's issue thread adds, the pipeline's loaders take
 (``next_batch(worker)``, one loader per worker). A batch a worker could not
@@ -22,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from harness.sut.budget import LatencyBudget
 from harness.sut.completion import Sample
 
 
@@ -73,6 +77,9 @@ class _Source:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        """A batch of ``size`` from this source was completed ``seconds`` after it closed."""
 
     def _retired(self, worker: int) -> bool:
         return self._live is not None and worker not in self._live
@@ -127,14 +134,17 @@ class BatchQueue(_Source):
 
 
 class DynamicBatcher(_Source):
-    """Collects single samples into batches of at most ``max_batch``, waiting at most ``max_wait_s``."""
+    """Collects single samples into batches of at most ``max_batch``, waiting at most ``max_wait_s``.
 
-    def __init__(self, max_batch: int, max_wait_s: float) -> None:
+    ``bound_s``: LoadGen's latency bound; with it, the batch size and the wait are also chosen against the
+    bound from the service times measured so far (:class:`~harness.sut.budget.LatencyBudget`).
+    """
+
+    def __init__(self, max_batch: int, max_wait_s: float, bound_s: float | None = None) -> None:
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError(f"need max_batch >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
         super().__init__()
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
+        self.budget = LatencyBudget(max_batch, max_wait_s, bound_s)
         self._pending: collections.deque[tuple[float, Sample]] = collections.deque()
         self._flush = False
 
@@ -149,6 +159,9 @@ class DynamicBatcher(_Source):
         with self._cond:
             self._flush = True
             self._cond.notify()
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        self.budget.service.observe(size, seconds)
 
     def next_batch(self, worker: int = 0) -> Batch | None:
         """Block until a batch closes; None once closed and empty, or when ``worker`` is retired.
@@ -169,9 +182,10 @@ class DynamicBatcher(_Source):
                         return None
                     self._cond.wait()
                     continue
-                remaining = self._pending[0][0] + self.max_wait_s - time.monotonic()
-                if len(self._pending) >= self.max_batch or self._flush or self._closed or remaining <= 0:
-                    return Batch(self._take(min(self.max_batch, len(self._pending))))
+                size = self.budget.cap()
+                remaining = self._pending[0][0] + self.budget.wait_s(size) - time.monotonic()
+                if len(self._pending) >= size or self._flush or self._closed or remaining <= 0:
+                    return Batch(self._take(min(size, len(self._pending))))
                 self._cond.wait(remaining)
 
     def _take(self, n: int) -> list[Sample]:
