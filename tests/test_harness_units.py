@@ -225,7 +225,7 @@ def test_dynamic_batcher_fills_or_times_out():
     assert b.next_batch() is None
 
 
-def test_service_time_fits_the_batch_cost_and_is_pessimistic_with_one_size():
+def test_service_time_fits_the_batch_cost_and_is_flat_with_one_size():
     st = ServiceTime()
     assert st.estimate(8) is None                                   # nothing measured yet
     for b in (1, 8, 4, 8, 2, 8):
@@ -234,7 +234,11 @@ def test_service_time_fits_the_batch_cost_and_is_pessimistic_with_one_size():
     one = ServiceTime()
     for _ in range(4):
         one.observe(4, 0.020)
-    assert one.estimate(2) == pytest.approx(0.020) and one.estimate(8) == pytest.approx(0.040)
+    assert one.estimate(2) == pytest.approx(0.020) and one.estimate(8) == pytest.approx(0.020)
+    one.observe(4, 0.500)                                           # one batch the host stalled ...
+    for _ in range(20):
+        one.observe(4, 0.020)
+    assert one.estimate(4) < 0.025                                  # ... is soon forgotten
 
 
 def test_latency_budget_sizes_and_waits_against_the_bound():
@@ -247,9 +251,9 @@ def test_latency_budget_sizes_and_waits_against_the_bound():
     assert budget.wait_s(17) == pytest.approx(0.090 - 0.044, abs=1e-6)
     assert budget.wait_s(1) == pytest.approx(0.050)
     slow = LatencyBudget(max_batch=8, max_wait_s=0.005, bound_s=0.100)
-    for _ in range(3):
-        slow.service.observe(1, 0.044)                              # two batches of 1 barely fit: batch 1
-    assert slow.cap() == 1 and slow.wait_s(1) == pytest.approx(0.005)   # 46 ms of room: the 5 ms configured
+    for b in (1, 2, 4):
+        slow.service.observe(b, 0.030 + 0.005 * b)                  # 2 x (30 + 5b) ms <= 90 ms: b <= 3
+    assert slow.cap() == 3 and slow.wait_s(3) == pytest.approx(0.005)   # 45 ms of room: the 5 ms configured
     slower = LatencyBudget(max_batch=8, max_wait_s=0.005, bound_s=0.100)
     for _ in range(3):
         slower.service.observe(1, 0.086)                            # even one batch of 1 hardly fits

@@ -29,11 +29,15 @@ the samples' own age, which the batcher adds.
 
 Model: ``time(b) = a + c * b`` for a batch of ``b`` samples, fitted by least
 squares with exponential forgetting (recent batches count most: a device
-slows down when it warms up or when another job shares the host), plus twice
-the recent mean absolute residual as a margin for the jitter of a loaded
-machine. With too few batches, or all of one size, the estimate scales the
-mean time by the batch size (a pessimistic guess when the fixed part
-dominates).
+slows down when it warms up or when another job shares the host), plus a
+margin of twice the recent mean lateness (how much batches took longer than
+the fit). A batch counts as at most twice the fitted time, so one batch the
+host stalled cannot shrink the batches for long, while a device that really
+slows down is followed within a few batches. With too few batches, or all
+of one size, the estimate is flat in the batch size: an optimistic guess
+that the next larger batch corrects. A pessimistic one would lock itself in:
+small batches, so no evidence that larger ones fit, so small batches, a
+backlog that only grows.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ import threading
 BUDGET_SHARE = 0.9     # share of LoadGen's latency bound the batcher plans with
 FORGET = 0.97          # weight kept by earlier batches at each new one (a memory of about 30 batches)
 MIN_BATCHES = 3        # batches seen before any estimate is given
-JITTER_MARGIN = 2.0    # mean absolute residuals added to the fitted time
+JITTER_MARGIN = 2.0    # mean lateness (positive residuals) added to the fitted time
 
 
 class ServiceTime:
@@ -52,14 +56,16 @@ class ServiceTime:
         self._lock = threading.Lock()
         self._n = 0
         self._w = self._sb = self._sbb = self._st = self._sbt = 0.0   # weighted sums of 1, b, b^2, t, b*t
-        self._spread = 0.0                                              # mean absolute residual
+        self._spread = 0.0                                              # mean lateness
 
     def observe(self, size: int, seconds: float) -> None:
         """A batch of ``size`` samples took ``seconds`` from closing to completion."""
         with self._lock:
             if self._n >= MIN_BATCHES:
-                residual = abs(seconds - self._fit(size))
-                self._spread = FORGET * self._spread + (1 - FORGET) * residual
+                fit = self._fit(size)
+                seconds = min(seconds, 2 * fit) if fit > 0 else seconds   # a stalled batch counts as 2x
+                late = max(seconds - fit, 0.0)
+                self._spread = FORGET * self._spread + (1 - FORGET) * late
             f = FORGET
             self._w = f * self._w + 1.0
             self._sb = f * self._sb + size
@@ -82,8 +88,8 @@ class ServiceTime:
     def _fit(self, size: int) -> float:
         mean_b, mean_t = self._sb / self._w, self._st / self._w
         var_b = self._sbb / self._w - mean_b * mean_b
-        if var_b < 0.25:   # (nearly) one batch size so far: no slope to fit
-            return mean_t * max(1.0, size / mean_b)
+        if var_b < 0.25:   # (nearly) one batch size so far: no slope to fit, assume none
+            return mean_t
         slope = max(0.0, (self._sbt / self._w - mean_b * mean_t) / var_b)
         return max(0.0, mean_t + slope * (size - mean_b))
 
