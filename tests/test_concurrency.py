@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from backends.base import WorkerLost
 from backends.null import NullBackend
@@ -114,6 +116,36 @@ def test_offline_feeds_every_worker_while_the_queue_is_open(n):
     pipe.stop()
     fair = len(samples) / n
     assert all(s >= fair / 2 for s in shares), f"shares {shares}, fair share {fair:.0f}"
+
+
+class PixelEcho(SleepWorker):
+    """Answers each image with one detection whose score is its first pixel / 255 (MemoryQSL: index % 256),
+    and notes the memory each batch was gathered into."""
+
+    def __init__(self, ms: float = 1.0) -> None:
+        super().__init__(ms=ms)
+        self.storages: set[int] = set()
+
+    def predict(self, images, image_hw):
+        super().predict(images, image_hw)
+        first = next(iter(images.values()))
+        self.storages.add(first.untyped_storage().data_ptr())
+        return [torch.tensor([[0.1, 0.1, 0.2, 0.2, float(p) / 255, 1.0]]) for p in first[:, 0, 0, 0].tolist()]
+
+
+def test_offline_gathers_into_reused_buffers_and_every_sample_gets_its_own_pixels():
+    workers = [PixelEcho(), PixelEcho()]
+    pipe, source, c, rec, samples = _pipeline(Workers(workers), 200)
+    pipe.start()
+    source.put([samples[i:i + 8] for i in range(0, 195, 8)] + [samples[195:]])   # a short last batch
+    assert _wait_for(lambda: len(rec.done) == len(samples))
+    pipe.stop()
+    done = _exactly_once(rec, samples)
+    for s in samples:
+        score = np.frombuffer(done[s.id], np.float32)[5]
+        assert score == np.float32((s.index % 256) / 255), f"sample {s.index} got another sample's pixels"
+    # Each worker gathers into the buffers of the 1 + ahead batches it may hold, never a fresh tensor.
+    assert all(len(w.storages) <= 1 + pipe.ahead for w in workers)
 
 
 # -- a lost worker's batches go to the others; a sample fails only when no worker is left --------------------

@@ -9,7 +9,9 @@ Three stages, each owned by one thread when ``threaded`` (Offline, Server):
 Queues between them let the loader gather batch n+1 and the completer pack
 batch n-1 while the backend computes batch n, so the device is not idle while
 results are packed. How far a worker's loader may run ahead is ``ahead``:
-the batches it may have loaded beyond the one its worker computes. Offline
+the batches it may have loaded beyond the one its worker computes, each
+gathered into buffers of its own that are reused once it is computed (a
+fresh tensor per batch costs page faults that exceed the copy). Offline
 uses 1 (the next batch is ready when the device frees; more would only let
 one worker hoard the query's last batches while others idle). Server uses 0:
 a loader asks the batcher for a batch only when its worker is idle, so a
@@ -52,7 +54,13 @@ import torch
 
 from harness.sut.batching import Batch
 from harness.sut.completion import Completer, Sample
-from harness.sut.stages import Lost, QSLLike, StageWork
+from harness.sut.stages import (
+    BatchBuffers,
+    Lost,
+    QSLLike,
+    StageWork,
+    gathers_into_buffers,
+)
 from harness.sut.workers import Routing, Worker, WorkerPool
 
 log = logging.getLogger("harness")
@@ -109,9 +117,16 @@ class Pipeline:
         # Every worker is in the pool; inline, the first one still running computes and the others stand by.
         self.workers = [w.backend for w in self.pool.workers] if threaded else [backend]
         self.ahead = ahead
-        # Per worker: a credit for each batch it may hold (computing + ahead); the loader takes one before it
-        # asks the source for a batch, the compute thread returns it when the batch is done.
-        self._credits = [threading.Semaphore(1 + ahead) for _ in self.pool.workers]
+        # Per worker, a slot for each batch it may hold (computing + ahead): the loader takes one before it
+        # asks the source for a batch and gathers into its buffers; the compute thread returns it once the
+        # batch is computed. Without a QSL that gathers into buffers, the slots are plain credits (None).
+        reuse = gathers_into_buffers(qsl)
+        self._slots: list[queue.Queue] = []
+        for _ in self.pool.workers:
+            free: queue.Queue = queue.Queue()
+            for _ in range(1 + ahead):
+                free.put(BatchBuffers(qsl.sizes, getattr(qsl, "pin_memory", False)) if reuse else None)
+            self._slots.append(free)
         self._q_finish: queue.Queue = queue.Queue(maxsize=2 * len(self.workers))
         self._stopping = threading.Event()
         self._released = threading.Event()  # set by stop(): stage threads may end from then on
@@ -127,7 +142,7 @@ class Pipeline:
         self.source.set_live(w.index for w in self.pool.workers)
         stages = [("completer", self._finish_loop, ())]
         for w in self.pool.workers:
-            q: queue.Queue = queue.Queue()   # at most 1 + ahead items: the credits bound it
+            q: queue.Queue = queue.Queue()   # at most 1 + ahead items: the slots bound it
             suffix = str(w.index) if len(self.pool.workers) > 1 else ""
             stages += [("loader" + suffix, self._loader_loop, (w, q)),
                        ("compute" + suffix, self._compute_loop, (w, q))]
@@ -241,37 +256,40 @@ class Pipeline:
             return first
         return next((w for w in self.pool.live() if w.index != batch.failed_on), first)
 
-    def _credit(self, w: Worker) -> bool:
-        """Wait until ``w`` may hold one more batch; False when the pipeline stops or ``w`` is retired."""
-        credits = self._credits[w.index]
+    def _slot(self, w: Worker):
+        """Wait until ``w`` may hold one more batch: its buffers (None without reuse), or _STOP when the
+        pipeline stops or ``w`` is retired."""
+        free = self._slots[w.index]
         while not (self._stopping.is_set() or w.retired):
-            if credits.acquire(timeout=_POLL_S):
-                return True
-        return False
+            try:
+                return free.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        return _STOP
 
     def _loader_loop(self, w: Worker, q_compute: queue.Queue) -> None:
-        while self._credit(w) and (batch := self.source.next_batch(w.index)) is not None:
+        while (slot := self._slot(w)) is not _STOP and (batch := self.source.next_batch(w.index)) is not None:
             if w.retired:                   # lost while this loader waited
                 self.routing.hand_back(batch.samples)
                 break
             try:
-                parts = self.work.load(batch.samples, w.backend)
+                parts = self.work.load(batch.samples, w.backend, slot)
             except Lost as lost:
                 if self.routing.retire(w, lost.cause, lost.leftover):
                     self.routing.hand_back(lost.leftover)
                 break
-            if not self._put(q_compute, (batch, parts)):
+            if not self._put(q_compute, (batch, parts, slot)):
                 return
         self._put(q_compute, _STOP)
 
     def _compute_loop(self, w: Worker, q_compute: queue.Queue) -> None:
         self._use_backend_threads(w.backend)
-        credits = self._credits[w.index]
+        free = self._slots[w.index]
         while (item := self._get(q_compute)) is not _STOP:
-            batch, parts = item
+            batch, parts, slot = item
             if w.retired:                   # loaded before this worker was lost: for the others
                 self.routing.hand_back(batch.samples)
-                credits.release()
+                free.put(slot)
                 continue
             timed = None if batch.requeued else batch   # a batch's service time, first attempt and whole
 
@@ -280,7 +298,7 @@ class Pipeline:
                 self._put(self._q_finish, (samples, dets, whole))
 
             lost = self.work.compute_parts(w, parts, emit, batch)
-            credits.release()
+            free.put(slot)                  # predict returned: its inputs may be overwritten
             if lost is not None and self.routing.retire(w, lost.cause, lost.leftover):
                 self.routing.hand_back(lost.leftover)
         self._put(self._q_finish, _STOP)

@@ -2,7 +2,10 @@
 
 - load:    ``qsl.get_batch`` (host gather), then the worker's ``stage`` when it
            has one (its host-to-device copy). A batch that fails to load is
-           retried per sample, so only unreadable samples fail.
+           retried per sample, so only unreadable samples fail. Given
+           :class:`BatchBuffers`, the gather fills them instead of fresh
+           tensors (a QSL taking ``out``): the threaded pipeline gives each
+           batch a worker may hold its own, reused once the batch is computed.
 - compute: the worker's ``predict``. A batch that raises goes to another
            worker first when the pipeline's router can send it there (the
            device may have failed); otherwise, or when it raised there too, it
@@ -17,6 +20,7 @@ the pipeline decides where they go (harness/sut/pipeline.py).
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -37,6 +41,36 @@ Parts = list[tuple[list[Sample], Any]]                        # a loaded batch: 
 class QSLLike(Protocol):
     def get_batch(self, indices: Sequence[int]) -> tuple[Mapping[int, torch.Tensor], torch.Tensor]:
         """({S: uint8 Tensor[B, 3, S, S]}, int Tensor[B, 2] original (height, width))."""
+
+
+def gathers_into_buffers(qsl: Any) -> bool:
+    """Whether ``qsl.get_batch`` takes ``out`` (reusable tensors) and says which ``sizes`` it returns."""
+    try:
+        return hasattr(qsl, "sizes") and "out" in inspect.signature(qsl.get_batch).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class BatchBuffers:
+    """Input tensors for one batch {S: uint8 [capacity, 3, S, S]}, reused batch after batch.
+
+    They grow to the largest batch asked and are never shrunk. A batch gathered into them must be done
+    with (predicted; on CUDA its copy to the device waited for) before the next gather: the pipeline
+    hands them back only after ``predict`` returned. ``pin``: page-locked, for asynchronous copies.
+    """
+
+    def __init__(self, sizes: Sequence[int], pin: bool = False) -> None:
+        self.sizes = tuple(sizes)
+        self.pin = pin
+        self._tensors: dict[int, torch.Tensor] = {}
+
+    def take(self, batch: int) -> dict[int, torch.Tensor]:
+        """{S: uint8 Tensor[batch, 3, S, S]} views of the buffers."""
+        for s in self.sizes:
+            t = self._tensors.get(s)
+            if t is None or t.shape[0] < batch:
+                self._tensors[s] = torch.empty((batch, 3, s, s), dtype=torch.uint8, pin_memory=self.pin)
+        return {s: self._tensors[s][:batch] for s in self.sizes}
 
 
 class Router(Protocol):
@@ -82,19 +116,23 @@ class StageWork:
         self.completer = completer
         self.router = router
 
-    def _gather(self, backend: Any, indices: list[int]):
-        inputs = self.qsl.get_batch(indices)
+    def _gather(self, backend: Any, indices: list[int], buffers: BatchBuffers | None = None):
+        if buffers is None:
+            inputs = self.qsl.get_batch(indices)
+        else:
+            inputs = self.qsl.get_batch(indices, out=buffers.take(len(indices)))
         stage = getattr(backend, "stage", None)
         return stage(*inputs) if stage is not None else inputs
 
-    def load(self, batch: list[Sample], backend: Any) -> Parts:
+    def load(self, batch: list[Sample], backend: Any, buffers: BatchBuffers | None = None) -> Parts:
         """Gather (and stage) the batch's inputs: one part, or one per sample when the batch fails to load.
 
-        Raises Lost (all of ``batch``) when the worker is lost while staging.
+        ``buffers``: where to gather the whole batch (the per-sample retries use fresh tensors). Raises
+        Lost (all of ``batch``) when the worker is lost while staging.
         """
         try:
             try:
-                return [(batch, self._gather(backend, [s.index for s in batch]))]
+                return [(batch, self._gather(backend, [s.index for s in batch], buffers))]
             except WorkerLost:
                 raise
             except Exception as e:  # noqa: BLE001 - every failure is reported per sample
