@@ -1,10 +1,13 @@
 """The backend a run uses, loaded and warmed up before anything is timed."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from harness.settings.config import Config
 from harness.sut.guard import GuardedBackend
+
+log = logging.getLogger("harness")
 
 
 def warmup_batch_sizes(config: Config, every_size: bool) -> tuple[int, ...]:
@@ -48,9 +51,24 @@ def build_backend(config: Config, per_image: bool | None = None) -> Any:
     return backend
 
 
-def make_backend(config: Config, kind: str):
-    """The backend named by --backend, loaded and warmed up."""
+def make_backend(config: Config, kind: str, sim: Any = None):
+    """The backend named by --backend, loaded and warmed up.
+
+    ``sim``: the devices of ``kind`` "simulated" (``backends.simulated.SimSettings``; default one device
+    of the default profile).
+    """
     if kind == "null":
         from backends.null import NullBackend
         return NullBackend(config.model)
+    if kind == "simulated":
+        from backends.sim_profiles import DEFAULT_PROFILE, PROFILES
+        from backends.simulated import SimSettings, SimulatedBackend
+        sim = sim or SimSettings(PROFILES[DEFAULT_PROFILE])
+        derived_for = sim.timing.sizes
+        if derived_for is not None and tuple(config.model.sizes) != tuple(derived_for):
+            log.warning("the simulated profile %s times SSD-ResNet34 at %s, but the images are prepared at %s: "
+                        "the device time stays the profile's, only the host's gather changes",
+                        sim.timing.source, "+".join(map(str, derived_for)),
+                        "+".join(map(str, config.model.sizes)))
+        return SimulatedBackend(config.model, sim)
     return build_backend(config)
