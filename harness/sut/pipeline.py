@@ -103,7 +103,7 @@ class Pipeline:
     """Runs batches from ``source`` through ``backend`` and completes them via ``completer``."""
 
     def __init__(self, backend: Any, qsl: QSLLike, completer: Completer, source: BatchSource | None,
-                 threaded: bool = True, ahead: int = 1, name: str = "sut") -> None:
+                 threaded: bool = True, ahead: int = 1, name: str = "sut", max_batch: int | None = None) -> None:
         self.backend = backend
         self.qsl = qsl
         self.completer = completer
@@ -117,6 +117,7 @@ class Pipeline:
         # Every worker is in the pool; inline, the first one still running computes and the others stand by.
         self.workers = [w.backend for w in self.pool.workers] if threaded else [backend]
         self.ahead = ahead
+        self.max_batch = max_batch   # the largest batch the source gives: buffers are made for it at start()
         # Per worker, a slot for each batch it may hold (computing + ahead): the loader takes one before it
         # asks the source for a batch and gathers into its buffers; the compute thread returns it once the
         # batch is computed. Without a QSL that gathers into buffers, the slots are plain credits (None).
@@ -140,6 +141,7 @@ class Pipeline:
         if not self.threaded:
             return  # batches arrive through run_inline, on the caller's thread
         self.source.set_live(w.index for w in self.pool.workers)
+        self._prepare_buffers()
         stages = [("completer", self._finish_loop, ())]
         for w in self.pool.workers:
             q: queue.Queue = queue.Queue()   # at most 1 + ahead items: the slots bound it
@@ -151,6 +153,17 @@ class Pipeline:
                                  daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _prepare_buffers(self) -> None:
+        """Make (and touch) every slot's buffers for ``max_batch`` now, before LoadGen times anything: on
+        first touch each page of fresh memory faults, which costs about twice the copy that fills it."""
+        if self.max_batch is None:
+            return
+        for free in self._slots:
+            for buffers in list(free.queue):
+                if buffers is not None:
+                    for t in buffers.take(self.max_batch).values():
+                        t.zero_()
 
     def _requeue(self, batch: Batch) -> bool:
         """Where Routing sends a batch for another worker: the source, or inline the query's work left."""
