@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from harness.sut.batching import BatchSource
 from harness.sut.completion import Completer, Sample
-from harness.sut.pipeline import BatchSource, Pipeline, QSLLike
+from harness.sut.pipeline import Pipeline, QSLLike
 
 
 class BaseSUT:
