@@ -30,6 +30,7 @@ from typing import Callable
 from harness.settings.cli import (
     UsageError,
     add_common_args,
+    backend_options,
     benchmark_parser,
     config_from_args,
     model_keys_given,
@@ -54,6 +55,7 @@ def benchmark_main(argv: list[str]) -> int:
         raise UsageError(NOTHING_TO_RUN)
     args = benchmark_parser().parse_args(argv)
     config = config_from_args(args)
+    options = backend_options(args)
     # Every input is checked before anything slow: torch is imported only once the flags are known to be good.
     from harness.run.preflight import check_inputs
     config = check_inputs(config, model_keys_given(args), args.backend)
@@ -63,7 +65,7 @@ def benchmark_main(argv: list[str]) -> int:
     from harness.run.thread import Interrupted, WorkerDied
     from harness.shared.errors import OutputError
     try:
-        result = run_benchmark(config, backend=make_backend(config, args.backend),
+        result = run_benchmark(config, backend=make_backend(config, args.backend, **options),
                                use_pycocotools=args.use_pycocotools, progress=True)
     except (Interrupted, WorkerDied, OutputError) as e:
         result = getattr(e, "result", None)
@@ -89,6 +91,7 @@ def evaluate_main(argv: list[str]) -> int:
     add_common_args(p)
     args = p.parse_args(argv)
     config = config_from_args(args)
+    options = backend_options(args)
     if args.dump_detections:   # before the model loads and the cache is made
         check_output_file(args.dump_detections, "--dump-detections")
     from harness.run.preflight import check_inputs
@@ -97,7 +100,7 @@ def evaluate_main(argv: list[str]) -> int:
     from harness.run.backend import make_backend
     from harness.run.dataset import open_dataset, pin_memory_for
     from harness.run.evaluate import evaluate_direct
-    backend = make_backend(config, args.backend)
+    backend = make_backend(config, args.backend, **options)
     dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
     try:
         report = evaluate_direct(backend, dataset, config.run.batch_size, args.dump_detections,

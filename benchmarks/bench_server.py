@@ -4,8 +4,9 @@ One process: the backend is loaded once, an Offline performance run gives the
 machine's throughput, then a bisection over ``server_target_qps`` (as a
 fraction of that throughput, first probe at the goal) runs Server performance
 runs and keeps the highest rate LoadGen calls VALID under the p99 latency
-bound. Server batches up to ``--batch-size`` samples, waiting at most the run
-config's ``server_max_wait_ms`` (capped by the SUT at a fifth of the bound).
+bound. Server batches up to ``--batch-size`` samples, waiting at most
+``--max-wait-ms``; the SUT sizes batches and waits against the bound
+(harness/sut/budget.py).
 
 The bound is 100 ms, the official one, when the device can meet it. On a CPU a
 single two-scale sample takes hundreds of ms, so ``--latency-ms auto`` scales
@@ -32,6 +33,7 @@ import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -52,6 +54,37 @@ def passes(lg, bound_ms: float) -> bool:
     p99 = lg.latency_ns.get("99.00")
     return (lg.validity == "INVALID" and p99 is not None and p99 / 1e6 <= bound_ms
             and not any(f in r for r in lg.reasons for f in _FATAL))
+
+
+def peak_search(server_run: Callable[[float], Any], offline: float, bound_ms: float, steps: int,
+                first: float = GOAL) -> list[dict]:
+    """Bisect the Server target QPS as a fraction of ``offline`` samples/s, first probe at ``first``.
+
+    ``server_run(qps)`` runs LoadGen Server at that rate and returns its LoadGenRun; a probe passes when
+    :func:`passes`. Returns every probe, in order.
+    """
+    probes = []
+    lo, hi, frac = 0.0, 1.0, first
+    for _ in range(steps):
+        qps = frac * offline
+        run = server_run(qps)
+        lg = run.loadgen
+        ok = passes(lg, bound_ms)
+        probes.append({"target_qps": qps, "fraction_of_offline": frac, "validity": lg.validity, "passed": ok,
+                       "reasons": lg.reasons, "p99_ms": lg.latency_ns.get("99.00", float("nan")) / 1e6,
+                       "completed_per_s": lg.samples_per_s, "queries": run.issued, "failed": len(run.failures)})
+        print(f"  Server at {qps:8.2f} QPS ({frac:.3f} x Offline): {'pass' if ok else 'FAIL'} (LoadGen "
+              f"{lg.validity}) p99 {probes[-1]['p99_ms']:8.1f} ms, {run.issued} queries", flush=True)
+        lo, hi = (frac, hi) if ok else (lo, frac)
+        frac = (lo + hi) / 2
+    return probes
+
+
+def probe_table(probes: list[dict]) -> list[str]:
+    """The probes as a markdown table."""
+    rows = ["| target QPS | x Offline | bound met | LoadGen result | p99 ms | queries |", "|---|---|---|---|---|---|"]
+    return rows + [f"| {x['target_qps']:.2f} | {x['fraction_of_offline']:.3f} | {'yes' if x['passed'] else 'no'} | "
+                   f"{x['validity']} | {x['p99_ms']:.1f} | {x['queries']} |" for x in probes]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,24 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         bound = math.ceil(bound)   # LoadGen takes the Server bound in whole milliseconds
         print(f"Offline: {offline:.2f} samples/s; Server p99 bound {bound:.0f} ms", flush=True)
         common.write_conf(conf, args.seconds, min_queries=args.min_queries, latency_ms=bound)
-        probes = []
-        lo, hi, frac = 0.0, 1.0, GOAL
-        for _ in range(args.steps):
-            qps = frac * offline
-            run = common.loadgen_run(cfg, backend, dataset, tmp / "out", "Server", server_target_qps=qps,
-                                     server_max_batch=args.batch_size, server_max_wait_ms=args.max_wait_ms)
-            lg = run.loadgen
-            ok = passes(lg, bound)
-            probes.append({"target_qps": qps, "fraction_of_offline": frac, "validity": lg.validity, "passed": ok,
-                           "reasons": lg.reasons, "p99_ms": lg.latency_ns.get("99.00", float("nan")) / 1e6,
-                           "completed_per_s": lg.samples_per_s, "queries": run.issued, "failed": len(run.failures)})
-            print(f"  Server at {qps:8.2f} QPS ({frac:.3f} x Offline): {'pass' if ok else 'FAIL'} "
-                  f"(LoadGen {lg.validity}) p99 "
-                  f"{probes[-1]['p99_ms']:8.1f} ms, {run.issued} queries", flush=True)
-            lo, hi = (frac, hi) if ok else (lo, frac)
-            frac = (lo + hi) / 2
-    valid = [x for x in probes if x["passed"]]
-    peak = max((x["target_qps"] for x in valid), default=0.0)
+        probes = peak_search(lambda qps: common.loadgen_run(
+            cfg, backend, dataset, tmp / "out", "Server", server_target_qps=qps, server_max_batch=args.batch_size,
+            server_max_wait_ms=args.max_wait_ms), offline, bound, args.steps)
+    peak = max((x["target_qps"] for x in probes if x["passed"]), default=0.0)
     ratio = peak / offline if offline else 0.0
     dev = common.device_name(backend)
     flops = flops_per_sample(cfg.model)
@@ -114,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
            "offline_runs": [r.loadgen.samples_per_s for r in offline_runs], "server_peak_qps": peak,
            "ratio": ratio, "mfu_at_peak": util, "probes": probes}
     table = [f"Offline {offline:.2f} samples/s (median of {len(offline_runs)} LoadGen Offline runs); "
-             f"Server p99 bound {bound:.0f} ms.", "",
-             "| target QPS | x Offline | bound met | LoadGen result | p99 ms | queries |", "|---|---|---|---|---|---|"]
-    table += [f"| {x['target_qps']:.2f} | {x['fraction_of_offline']:.3f} | {'yes' if x['passed'] else 'no'} | "
-              f"{x['validity']} | {x['p99_ms']:.1f} | {x['queries']} |" for x in probes]
+             f"Server p99 bound {bound:.0f} ms.", "", *probe_table(probes)]
     table += ["", f"**Peak Server QPS meeting the bound / Offline samples/s = {ratio:.3f}** (goal >= {GOAL}). "
               "INVALID with the bound met = early stopping wanted more queries than a short run has."]
     common.save("server" + args.suffix, doc, table)

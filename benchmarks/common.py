@@ -223,14 +223,22 @@ def save(name: str, doc: dict, table: list[str]) -> None:
     """benchmarks/results/<name>.json (everything) and <name>.md (header + ``table`` lines)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    head = [f"# {doc['benchmark']}", "", f"`{doc['command']}`", "", f"{doc['date']}, {doc['machine']}.",
-            f"Model: {doc['model']}; {doc['weights']}.", ""]
+    head = [f"# {doc['benchmark']}", "", f"`{doc['command']}`", "", f"{doc['date']}, {doc['machine']}."]
+    if "model" in doc:
+        head.append(f"Model: {doc['model']}; {doc['weights']}.")
+    if "setup" in doc:   # the simulated-device benchmarks: no model
+        head.append(f"Setup: {doc['setup']}.")
+    head.append("")
     (RESULTS / f"{name}.md").write_text("\n".join(head + table) + "\n")
+
+
+def date() -> str:
+    return time.strftime("%Y-%m-%d %H:%M %Z")
 
 
 def header(cfg: Config, backend: Any, note: str) -> dict:
     m = cfg.model
     model = (f"SSD-{m.backbone} {m.num_classes - 1} classes, {m.image_size[0]}/{m.image_size[1]}, {m.precision}"
              f"{', channels_last' if m.channels_last else ''}{', compiled' if m.compile else ''}")
-    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(backend), "command": command(),
+    return {"date": date(), "machine": machine(backend), "command": command(),
             "model": model, "weights": note, "config": cfg.to_dict()}

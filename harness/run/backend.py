@@ -24,11 +24,14 @@ unknown and its remainder, if new, runs eagerly (untimed).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from harness.settings.config import Config
 from harness.shared.errors import ConfigError
 from harness.sut.guard import GuardedBackend
+
+log = logging.getLogger("harness")
 
 
 def loadgen_offline_samples(min_duration_ms: int, min_query_count: int, expected_qps: float) -> int:
@@ -120,9 +123,24 @@ def build_backend(config: Config, per_image: bool | None = None, dataset: Any = 
     return backend
 
 
-def make_backend(config: Config, kind: str):
-    """The backend named by --backend, loaded and warmed up."""
+def make_backend(config: Config, kind: str, sim: Any = None):
+    """The backend named by --backend, loaded and warmed up.
+
+    ``sim``: the devices of ``kind`` "simulated" (``backends.sim_profiles.SimSettings``; default one device
+    of the default profile).
+    """
     if kind == "null":
         from backends.null import NullBackend
         return NullBackend(config.model)
+    if kind == "simulated":
+        from backends.sim_profiles import DEFAULT_PROFILE, PROFILES, SimSettings
+        from backends.simulated import SimulatedBackend
+        sim = sim or SimSettings(PROFILES[DEFAULT_PROFILE])
+        derived_for = sim.timing.sizes
+        if derived_for is not None and tuple(config.model.sizes) != tuple(derived_for):
+            log.warning("the simulated profile %s times SSD-ResNet34 at %s, but the images are prepared at %s: "
+                        "the device time stays the profile's, only the host's gather changes",
+                        sim.timing.source, "+".join(map(str, derived_for)),
+                        "+".join(map(str, config.model.sizes)))
+        return SimulatedBackend(config.model, sim)
     return build_backend(config)

@@ -1,67 +1,189 @@
-"""Batch sources the pipeline's first stage pulls from.
+"""Batch sources the pipeline's workers pull from.
 
-- :class:`BatchQueue`: batches formed by the SUT at issue time (a SingleStream
-  or MultiStream query is one batch; the Offline query is cut into fixed-size
-  batches), handed over first in, first out.
+- :class:`BatchQueue`: batches formed by the SUT at issue time (the Offline
+  query is cut into fixed-size batches), handed over first in, first out.
 - :class:`DynamicBatcher`: Server samples arrive one query at a time (Poisson);
-  a batch leaves when it holds ``max_batch`` samples, when its oldest sample
-  has waited ``max_wait_s``, or at once after a flush.
+  a batch closes when a worker asks for one (the pipeline's Server loaders ask
+  only when their worker is idle) and then holds what has arrived, up to the
+  size the latency bound allows, waiting for more only as long as the oldest
+  sample can still meet the bound and never longer than ``max_wait_s``
+  (harness/sut/budget.py); at once after a flush.
 
-Both are thread-safe: LoadGen's issue thread adds, the pipeline's loader takes.
+Both are thread-safe: LoadGen's issue thread adds, the pipeline's loaders take
+(``next_batch(worker)``, one loader per worker). A batch a worker could not
+compute (the worker was lost, or the batch raised there) comes back through
+``requeue`` and is handed out before anything else, to another worker than
+the one it failed on while another one runs; ``set_live`` names the workers
+still running, and a retired worker's loader gets None at once, so it stops
+taking batches.
 """
 from __future__ import annotations
 
 import collections
 import threading
 import time
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
 
+from harness.sut.budget import LatencyBudget
 from harness.sut.completion import Sample
 
 
-class BatchQueue:
-    """FIFO of ready-made batches."""
+@dataclass
+class Batch:
+    """Samples that leave a source together, to be computed as one batch by one worker."""
+
+    samples: list[Sample]
+    closed_at: float = field(default_factory=time.monotonic)  # when it left the source
+    requeued: bool = False             # handed back after a worker could not compute it
+    failed_on: int | None = None       # the worker on which it raised (not WorkerLost): another one takes it
+
+
+class BatchSource(Protocol):
+    def next_batch(self, worker: int = 0) -> Batch | None:
+        """Block until a batch is ready for ``worker``; None once closed and empty, or the worker is retired."""
+
+    def requeue(self, batch: Batch) -> bool:
+        """Take back a batch a worker could not compute; it goes out first, to another worker. False when
+        no worker that may take it is taking batches any more."""
+
+    def set_live(self, workers: Iterable[int]) -> None:
+        """The workers still running (by index)."""
+
+    def close(self) -> None:
+        """Wake any waiter; after this ``next_batch`` drains what is left, then returns None."""
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        """A batch from this source was completed ``seconds`` after it closed (Server learns from it)."""
+
+
+class _Source:
+    """What both sources share: the condition, closing, the live workers and the handed-back batches."""
 
     def __init__(self) -> None:
-        self._batches: collections.deque[list[Sample]] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._live: frozenset[int] | None = None   # None: every worker
+        self._finished: set[int] = set()              # workers whose next_batch returned None
+        self._requeued: collections.deque[Batch] = collections.deque()
 
-    def put(self, batches: Sequence[list[Sample]]) -> None:
-        with self._cond:
-            self._batches.extend(batches)
-            self._cond.notify()
+    def requeue(self, batch: Batch) -> bool:
+        """Hand ``batch`` back for another worker; it goes out before any other batch.
 
-    def next_batch(self) -> list[Sample] | None:
+        False (and nothing queued) when no worker still taking batches could take it: the source is
+        closed and drained, or only the worker it failed on is left.
+        """
         with self._cond:
-            while not self._batches and not self._closed:
-                self._cond.wait()
-            return self._batches.popleft() if self._batches else None
+            if self._live is not None and not self._takers(batch):
+                return False
+            batch.requeued = True
+            self._requeued.append(batch)
+            self._cond.notify_all()
+            return True
+
+    def _takers(self, batch: Batch) -> list[int]:
+        """Live workers still taking batches that may take ``batch`` (caller holds the condition)."""
+        return [w for w in self._live - self._finished if w != batch.failed_on]
+
+    def set_live(self, workers: Iterable[int]) -> None:
+        """The workers still running; any other worker's ``next_batch`` returns None from now on."""
+        with self._cond:
+            self._live = frozenset(workers)
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
+    def batch_done(self, size: int, seconds: float) -> None:
+        """A batch of ``size`` from this source was completed ``seconds`` after it closed."""
 
-class DynamicBatcher:
-    """Collects single samples into batches of at most ``max_batch``, waiting at most ``max_wait_s``."""
+    def _retired(self, worker: int) -> bool:
+        return self._live is not None and worker not in self._live
 
-    def __init__(self, max_batch: int, max_wait_s: float) -> None:
+    def _answer_now(self, worker: int) -> tuple[bool, Batch | None]:
+        """(True, what next_batch returns) for a retired worker (None) or a handed-back batch it may take;
+        (False, None) otherwise (caller holds the condition)."""
+        if self._retired(worker):
+            self._none_for(worker)
+            return True, None
+        again = self._take_requeued(worker)
+        return again is not None, again
+
+    def _none_for(self, worker: int) -> None:
+        """``worker``'s loader is told there is nothing more (caller holds the condition)."""
+        self._finished.add(worker)
+
+    def _take_requeued(self, worker: int) -> Batch | None:
+        """A handed-back batch for ``worker``, reopened now (caller holds the condition).
+
+        A batch that failed on ``worker`` goes to it only when no other live worker is taking batches.
+        """
+        for i, batch in enumerate(self._requeued):
+            if batch.failed_on != worker or self._live is None or not self._takers(batch):
+                del self._requeued[i]
+                batch.closed_at = time.monotonic()
+                return batch
+        return None
+
+
+class BatchQueue(_Source):
+    """FIFO of ready-made batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._batches: collections.deque[list[Sample]] = collections.deque()
+
+    def put(self, batches: Sequence[list[Sample]]) -> None:
+        with self._cond:
+            self._batches.extend(batches)
+            # Every waiting loader may take one: waking a single one left the other workers asleep for the
+            # whole Offline query (its loader never waits again while batches are queued).
+            self._cond.notify_all()
+
+    def next_batch(self, worker: int = 0) -> Batch | None:
+        """Block until a batch is ready; None once the queue is closed and empty, or ``worker`` is retired."""
+        with self._cond:
+            while True:
+                now, batch = self._answer_now(worker)
+                if now:
+                    return batch
+                if self._batches:
+                    return Batch(self._batches.popleft())
+                if self._closed:
+                    self._none_for(worker)
+                    return None
+                self._cond.wait()
+
+
+class DynamicBatcher(_Source):
+    """Collects single samples into batches of at most ``max_batch``, waiting at most ``max_wait_s``.
+
+    ``bound_s``: LoadGen's latency bound; with it, the batch size and the wait are also chosen against the
+    bound from the service times measured so far (:class:`~harness.sut.budget.LatencyBudget`).
+    """
+
+    def __init__(self, max_batch: int, max_wait_s: float, bound_s: float | None = None) -> None:
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError(f"need max_batch >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
+        super().__init__()
+        self.budget = LatencyBudget(max_batch, max_wait_s, bound_s)
+        self._size = max_batch            # the batch size last chosen (add() wakes a loader when it is reached)
         self._pending: collections.deque[tuple[float, Sample]] = collections.deque()
-        self._cond = threading.Condition()
-        self._closed = False
         self._flush = False
 
     def add(self, samples: Sequence[Sample]) -> None:
         now = time.monotonic()
         with self._cond:
+            was_empty = not self._pending
             self._pending.extend((now, s) for s in samples)
-            self._cond.notify()
+            # Wake a loader only when it has something new to decide: the first pending sample (its wait
+            # starts) or a full batch. A loader waiting for a batch to fill wakes by itself at the oldest
+            # sample's deadline; waking it for every query (thousands a second) only made the workers'
+            # threads fight over the GIL and CPU while LoadGen issued.
+            if was_empty or len(self._pending) >= self._size:
+                self._cond.notify()
 
     def flush(self) -> None:
         """No more samples are coming soon: stop waiting for batches to fill."""
@@ -69,25 +191,33 @@ class DynamicBatcher:
             self._flush = True
             self._cond.notify()
 
-    def next_batch(self) -> list[Sample] | None:
-        with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
-            if not self._pending:
-                return None
-            deadline = self._pending[0][0] + self.max_wait_s
-            while len(self._pending) < self.max_batch and not (self._flush or self._closed):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            n = min(self.max_batch, len(self._pending))
-            batch = [self._pending.popleft()[1] for _ in range(n)]
-            if not self._pending:
-                self._flush = False
-            return batch
+    def batch_done(self, size: int, seconds: float) -> None:
+        self.budget.service.observe(size, seconds)
 
-    def close(self) -> None:
+    def next_batch(self, worker: int = 0) -> Batch | None:
+        """Block until a batch closes; None once closed and empty, or when ``worker`` is retired.
+
+        Every wake-up checks again from the start: another loader may have taken the pending samples.
+        """
         with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+            while True:
+                now, batch = self._answer_now(worker)
+                if now:
+                    return batch
+                if not self._pending:
+                    if self._closed:
+                        self._none_for(worker)
+                        return None
+                    self._cond.wait()
+                    continue
+                size = self._size = self.budget.cap()
+                remaining = self._pending[0][0] + self.budget.wait_s(size) - time.monotonic()
+                if len(self._pending) >= size or self._flush or self._closed or remaining <= 0:
+                    return Batch(self._take(min(size, len(self._pending))))
+                self._cond.wait(remaining)
+
+    def _take(self, n: int) -> list[Sample]:
+        batch = [self._pending.popleft()[1] for _ in range(n)]
+        if not self._pending:
+            self._flush = False
+        return batch
