@@ -45,15 +45,16 @@ def _on_sigterm(signum, frame) -> None:
 
 def benchmark_main(argv: list[str]) -> int:
     from harness.report.summary import format_summary
-    from harness.run.backend import make_backend
+    from harness.run.backend import close_backend, make_backend
     from harness.run.benchmark import run_benchmark
     from harness.run.thread import Interrupted, WorkerDied
     from harness.shared.errors import OutputError
     args = benchmark_parser().parse_args(argv)
     config = config_from_args(args)
+    backend = make_backend(config, args.backend)
     try:
-        result = run_benchmark(config, backend=make_backend(config, args.backend),
-                               use_pycocotools=args.use_pycocotools, progress=sys.stderr.isatty())
+        result = run_benchmark(config, backend=backend, use_pycocotools=args.use_pycocotools,
+                               progress=sys.stderr.isatty())
     except (Interrupted, WorkerDied, OutputError) as e:
         result = getattr(e, "result", None)
         if result is None:
@@ -67,13 +68,15 @@ def benchmark_main(argv: list[str]) -> int:
                   "waiting for it (its logs so far are on disk)", file=sys.stderr, flush=True)
             os._exit(code)
         return code
+    finally:
+        close_backend(backend)
     print(format_summary(result))
     return result.exit_code
 
 
 def evaluate_main(argv: list[str]) -> int:
     from harness.accuracy.coco import MapNotComputed
-    from harness.run.backend import make_backend
+    from harness.run.backend import close_backend, make_backend
     from harness.run.dataset import open_dataset, pin_memory_for
     from harness.run.evaluate import evaluate_direct
     from harness.shared.files import check_output_file
@@ -85,13 +88,15 @@ def evaluate_main(argv: list[str]) -> int:
     if args.dump_detections:   # before the model loads and the cache is made
         check_output_file(args.dump_detections, "--dump-detections")
     backend = make_backend(config, args.backend)
-    dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
     try:
+        dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
         report = evaluate_direct(backend, dataset, config.run.batch_size, args.dump_detections,
                                  args.use_pycocotools)
     except MapNotComputed as e:   # the input was fine; there is just no figure (exit 1, as for a run)
         print(f"mAP not computed: {e}", file=sys.stderr)
         return 1
+    finally:
+        close_backend(backend)
     print("\n".join(report.lines()))
     return 1 if report.incomplete else 0
 
