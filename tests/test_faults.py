@@ -378,3 +378,45 @@ def test_fewer_images_than_the_performance_sample_count_is_said(tmp_path, fast_c
     assert "the data set has 8 images, fewer than the performance sample count 64" in caplog.text
     log_file = tmp_path / "out/default/ssd-resnet34/Offline/performance/run_1/harness.log"
     assert "fewer than the performance sample count" in log_file.read_text()
+
+
+_DEAD_EARLY = """
+import sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from backends.null import NullBackend
+from harness.run.benchmark import run_benchmark
+from harness.run.dataset import Dataset
+from harness.settings.config import load_config
+from qsl.memory_qsl import MemoryQSL
+from tests.conftest import FAST_CONF
+
+class Dies(NullBackend):
+    def __init__(self, after):
+        super().__init__(latency_ms=1.0)
+        self.after = after
+
+    def predict(self, images, hw):
+        if self.calls >= self.after:
+            raise SystemExit("the device was lost")
+        return super().predict(images, hw)
+
+tmp = Path({tmp!r})
+(tmp / "fast.conf").write_text(FAST_CONF)
+for after in (1, 3):
+    cfg = load_config(None, {{"run": {{"scenario": "Offline", "mode": "performance", "batch_size": 8,
+                                      "offline_expected_qps": 10000.0, "user_conf": str(tmp / "fast.conf"),
+                                      "output_dir": str(tmp / f"out{{after}}")}}}})
+    print(run_benchmark(cfg, Dies(after), Dataset(MemoryQSL(100))).exit_code, flush=True)
+"""
+
+
+def test_a_worker_dying_early_in_an_offline_run_does_not_crash_loadgen(tmp_path):
+    """The dead thread completed samples (through LoadGen's per-thread logger) and then ended mid-run,
+    which crashed LoadGen's logging thread (SIGSEGV) in most runs; now every stage thread lives until the
+    pipeline stops."""
+    script = tmp_path / "dead_early.py"
+    script.write_text(_DEAD_EARLY.format(root=str(ROOT), tmp=str(tmp_path)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit status {proc.returncode}: {proc.stderr[-1500:]}"
+    assert proc.stdout.split() == ["1", "1"]

@@ -186,14 +186,14 @@ def test_dead_worker_completes_outstanding_and_later_samples():
 def test_dynamic_batcher_fills_or_times_out():
     b = DynamicBatcher(max_batch=3, max_wait_s=0.05)
     b.add([Sample(i, i) for i in range(4)])
-    assert [s.id for s in b.next_batch()] == [0, 1, 2]              # full batch leaves at once
+    assert [s.id for s in b.next_batch().samples] == [0, 1, 2]              # full batch leaves at once
     t0 = time.monotonic()
-    assert [s.id for s in b.next_batch()] == [3]                    # a lone sample waits max_wait_s
+    assert [s.id for s in b.next_batch().samples] == [3]                    # a lone sample waits max_wait_s
     assert time.monotonic() - t0 >= 0.04
     b.add([Sample(9, 9)])
     b.flush()
     t0 = time.monotonic()
-    assert [s.id for s in b.next_batch()] == [9] and time.monotonic() - t0 < 0.04
+    assert [s.id for s in b.next_batch().samples] == [9] and time.monotonic() - t0 < 0.04
     b.close()
     assert b.next_batch() is None
 

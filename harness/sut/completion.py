@@ -121,6 +121,11 @@ class Completer:
         return len(pending)
 
     # -- state -------------------------------------------------------------------
+    def pending(self, samples: Sequence[Sample]) -> list[Sample]:
+        """Those of ``samples`` not completed yet (to hand to another worker without computing any twice)."""
+        with self._lock:
+            return [s for s in samples if s.id in self._outstanding]
+
     @property
     def outstanding(self) -> int:
         with self._lock:

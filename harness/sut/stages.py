@@ -1,0 +1,150 @@
+"""What each pipeline stage does with one batch on one worker: load, compute, finish.
+
+- load:    ``qsl.get_batch`` (host gather), then the worker's ``stage`` when it
+           has one (its host-to-device copy). A batch that fails to load is
+           retried per sample, so only unreadable samples fail.
+- compute: the worker's ``predict``. A batch that raises is retried one sample
+           at a time on the same worker, so a single bad sample fails alone.
+- finish:  the 7-float response records, completed in one call.
+
+Failures are completed and counted by the :class:`Completer` with their stage
+name. :class:`~backends.base.WorkerLost` is not a sample's failure: load and
+compute raise :class:`Lost` with the samples the worker did not finish, and
+the pipeline decides where they go (harness/sut/pipeline.py).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import torch
+
+from backends.base import WorkerLost
+from harness.sut.completion import Completer, Sample
+from harness.sut.response import to_record
+from harness.sut.workers import Worker
+
+log = logging.getLogger("harness")
+
+Emit = Callable[[list[Sample], list[torch.Tensor]], None]   # where computed (samples, detections) go
+Parts = list[tuple[list[Sample], Any]]                        # a loaded batch: (samples, inputs) per part
+
+
+class QSLLike(Protocol):
+    def get_batch(self, indices: Sequence[int]) -> tuple[Mapping[int, torch.Tensor], torch.Tensor]:
+        """({S: uint8 Tensor[B, 3, S, S]}, int Tensor[B, 2] original (height, width))."""
+
+
+class Lost(Exception):
+    """A worker raised WorkerLost; ``leftover``: the samples of its batch it did not finish."""
+
+    def __init__(self, cause: WorkerLost, leftover: list[Sample]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.leftover = leftover
+
+
+def _slice(inputs: tuple[Mapping[int, torch.Tensor], torch.Tensor], i: int):
+    """Sample ``i`` of a batch; a copy of the mapping, so a staged batch keeps its attributes (its copy event)."""
+    images, hw = inputs
+    one = copy.copy(images)
+    for s, t in images.items():
+        one[s] = t[i:i + 1]
+    return one, hw[i:i + 1]
+
+
+def _predict(backend: Any, inputs, n: int) -> list[torch.Tensor]:
+    dets = backend.predict(*inputs)
+    if len(dets) != n:
+        raise RuntimeError(f"backend returned {len(dets)} results for a batch of {n}")
+    return dets
+
+
+class StageWork:
+    """The stages' work for one pipeline: its QSL and its completer."""
+
+    def __init__(self, qsl: QSLLike, completer: Completer) -> None:
+        self.qsl = qsl
+        self.completer = completer
+
+    def _gather(self, backend: Any, indices: list[int]):
+        inputs = self.qsl.get_batch(indices)
+        stage = getattr(backend, "stage", None)
+        return stage(*inputs) if stage is not None else inputs
+
+    def load(self, batch: list[Sample], backend: Any) -> Parts:
+        """Gather (and stage) the batch's inputs: one part, or one per sample when the batch fails to load.
+
+        Raises Lost (all of ``batch``) when the worker is lost while staging.
+        """
+        try:
+            try:
+                return [(batch, self._gather(backend, [s.index for s in batch]))]
+            except WorkerLost:
+                raise
+            except Exception as e:  # noqa: BLE001 - every failure is reported per sample
+                if len(batch) == 1:
+                    self.completer.fail(batch, "load", e)
+                    return []
+            out = []
+            for s in batch:
+                try:
+                    out.append(([s], self._gather(backend, [s.index])))
+                except WorkerLost:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    self.completer.fail([s], "load", e)
+            return out
+        except WorkerLost as e:
+            raise Lost(e, list(batch)) from None
+
+    def compute(self, batch: list[Sample], inputs, w: Worker, emit: Emit) -> None:
+        """Predict the batch on ``w`` and ``emit`` it; if it raises, predict each sample alone so only bad
+        samples fail. Raises Lost (with the samples not computed yet) when the worker is lost."""
+        try:
+            dets = _predict(w.backend, inputs, len(batch))
+        except WorkerLost as e:
+            raise Lost(e, list(batch)) from None
+        except Exception as e:  # noqa: BLE001
+            if len(batch) == 1:
+                self.completer.fail(batch, "predict", e)
+                return
+            log.warning("a batch of %d failed (%s: %s); retrying its samples one by one",
+                        len(batch), type(e).__name__, e)
+        else:
+            w.batches += 1            # one compute thread per worker (inline: LoadGen's): no lock needed
+            w.samples += len(batch)
+            emit(batch, dets)
+            return
+        for i, s in enumerate(batch):
+            try:
+                dets = _predict(w.backend, _slice(inputs, i), 1)
+            except WorkerLost as e:
+                raise Lost(e, list(batch[i:])) from None
+            except Exception as e:  # noqa: BLE001
+                self.completer.fail([s], "predict", e)
+            else:
+                w.samples += 1
+                emit([s], dets)
+
+    def compute_parts(self, w: Worker, parts: Parts, emit: Emit) -> Lost | None:
+        """Compute the loaded parts of one batch on ``w``; on a loss, what it left undone (returned, not raised)."""
+        for k, (samples, inputs) in enumerate(parts):
+            try:
+                self.compute(samples, inputs, w, emit)
+            except Lost as lost:
+                lost.leftover += [s for p, _ in parts[k + 1:] for s in p]
+                return lost
+        return None
+
+    def finish(self, batch: list[Sample], dets: list[torch.Tensor]) -> None:
+        """Build each sample's record and complete the batch in one call; a bad record fails its sample."""
+        good, records = [], []
+        for s, d in zip(batch, dets):
+            try:
+                records.append(to_record(d, s.index))
+                good.append(s)
+            except Exception as e:  # noqa: BLE001
+                self.completer.fail([s], "record", e)
+        self.completer.complete(good, records)
