@@ -3,7 +3,8 @@
 ``RayBackend.start`` joins the cluster (or starts a local Ray), plans the workers (``cluster.py``),
 puts the weights into the object store once, starts the actors pinned to their nodes, and waits for
 each to build its backend: first until every process is up (placed, started, the project's code
-imported; ``start_timeout_s``), then until every backend is built (``build_timeout_s``). The
+imported; ``start_timeout_s``), then until every backend is built and has computed one image
+through Ray (``build_timeout_s``). The
 project's packages travel with the job (Ray's ``py_modules``, see ``cluster.code_env``), so nodes need the same Python
 packages installed (requirements.txt) but neither this checkout nor the checkpoint. Anything that
 goes wrong on the way is a :class:`~backends.ray.cluster.RayClusterError` naming the worker and its
@@ -105,6 +106,11 @@ class RayBackend:
                 state.pid = info["pid"]
             proxies = [WorkerProxy(state, j, info, deadline_s) for state, info in zip(states, infos)
                        for j in range(info["workers"])]
+            # One image through every worker's path (its thread, the transfers), so no timed batch pays for that.
+            sizes = proxies[0].sizes
+            one = ({s: torch.zeros(1, 3, s, s, dtype=torch.uint8) for s in sizes}, torch.tensor([[sizes[0]] * 2]))
+            _wait([p.state for p in proxies], [p._send(*one) for p in proxies], build_timeout_s,
+                  "compute a first image")
             for state, slot, info in zip(states, slots, infos):
                 log.info("%s: %s backend on %s, %g CPU%s, built in %.1f s (pid %d)", state.where, info["name"],
                          info["device"], slot.num_cpus, " + 1 GPU" if slot.gpu else "", info["build_s"],

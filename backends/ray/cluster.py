@@ -6,8 +6,10 @@ Assumptions, checked against Ray 2.60.0:
 - ``ray.init(address="local")`` starts a new local Ray whose processes end with this process, also
   when it is killed; without an address, ``ray.init()`` would join a Ray already started on this
   machine (it records the latest one in /tmp/ray), which a run without ``--ray-address`` must not do.
-- Token authentication is on by default: a local Ray writes ``~/.ray/auth_token``, and every node and
-  driver of a cluster needs the head's token (``ray get-auth-token`` prints it).
+- Token authentication: a local Ray turns it on and writes ``~/.ray/auth_token``; ``ray start`` uses
+  it when a token exists (or ``RAY_AUTH_MODE=token``); a process joining an address given explicitly
+  sends the token only with ``RAY_AUTH_MODE=token`` in its environment, and otherwise fails to
+  connect after retrying for about 25 s.
 - ``ray.nodes()`` lists each node's resources as declared by ``ray start`` ("CPU", "GPU").
 - An actor's resource amounts above 1 must be whole numbers; fractions below 1 are allowed.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
 import platform
 import socket
 from dataclasses import dataclass
@@ -128,7 +131,12 @@ def connect(address: str | None, packages: Sequence[str] = ("backends", "harness
                                   "Ray and Python on every node (requirements.txt pins ray)") from None
         raise
     except ConnectionError as e:
-        raise RayClusterError(f"cannot join {where}: {' '.join(str(e).split())}") from None
+        hint = ""
+        if address not in (None, "auto") and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = ("; a cluster with token authentication also needs RAY_AUTH_MODE=token here, with the head's token "
+                    "in ~/.ray/auth_token or RAY_AUTH_TOKEN (Ray sends no token to an address given explicitly "
+                    "unless told to)")
+        raise RayClusterError(f"cannot join {where}: {' '.join(str(e).split())}{hint}") from None
     except ray.exceptions.AuthenticationError as e:
         raise RayClusterError(f"{where} refused this process's authentication token ({str(e).splitlines()[0]}); "
                               "copy the head's token (`ray get-auth-token` on the head) to ~/.ray/auth_token "
