@@ -28,6 +28,7 @@ from typing import Callable
 from harness.settings.cli import (
     UsageError,
     add_common_args,
+    backend_options,
     benchmark_parser,
     config_from_args,
 )
@@ -51,7 +52,7 @@ def benchmark_main(argv: list[str]) -> int:
     from harness.shared.errors import OutputError
     args = benchmark_parser().parse_args(argv)
     config = config_from_args(args)
-    backend = make_backend(config, args.backend)
+    backend = make_backend(config, args.backend, **backend_options(args))
     try:
         result = run_benchmark(config, backend=backend, use_pycocotools=args.use_pycocotools,
                                progress=sys.stderr.isatty())
@@ -87,7 +88,7 @@ def evaluate_main(argv: list[str]) -> int:
     config = config_from_args(args)
     if args.dump_detections:   # before the model loads and the cache is made
         check_output_file(args.dump_detections, "--dump-detections")
-    backend = make_backend(config, args.backend)
+    backend = make_backend(config, args.backend, **backend_options(args))
     try:
         dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
         report = evaluate_direct(backend, dataset, config.run.batch_size, args.dump_detections,

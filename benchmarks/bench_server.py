@@ -4,8 +4,9 @@ One process: the backend is loaded once, an Offline performance run gives the
 machine's throughput, then a bisection over ``server_target_qps`` (as a
 fraction of that throughput, first probe at the goal) runs Server performance
 runs and keeps the highest rate LoadGen calls VALID under the p99 latency
-bound. Server batches up to ``--batch-size`` samples, waiting at most the run
-config's ``server_max_wait_ms`` (capped by the SUT at a fifth of the bound).
+bound. Server batches up to ``--batch-size`` samples, waiting at most
+``--max-wait-ms``; the SUT sizes batches and waits against the bound
+(harness/sut/budget.py).
 
 The bound is 100 ms, the official one, when the device can meet it. On a CPU a
 single two-scale sample takes hundreds of ms, so ``--latency-ms auto`` scales

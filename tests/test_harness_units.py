@@ -10,10 +10,10 @@ import torch
 
 from backends.null import NullBackend
 from harness.sut.batching import BatchQueue, DynamicBatcher
+from harness.sut.budget import LatencyBudget, ServiceTime
 from harness.sut.completion import Completer, Sample
 from harness.sut.pipeline import Pipeline
 from harness.sut.response import pack_records, to_record
-from harness.sut.server import server_max_wait_s
 from harness.sut.stream import StreamSUT
 from qsl.memory_qsl import MemoryQSL
 
@@ -66,6 +66,33 @@ def test_completer_completes_each_sample_once():
     assert [(f.index, f.stage) for f in c.failures] == [(2, "predict"), (3, "worker")]
     assert not c.register([Sample(200, 9)])                         # closed: failed at once
     assert rec.done[-1] == (200, b"") and c.failures[-1].index == 9
+
+
+def test_completer_fails_samples_whose_responses_cannot_be_built_or_sent():
+    """What goes wrong after a sample leaves the register still completes it, empty, exactly once."""
+    rec = Recorder()
+
+    def response(sample_id, ptr, nbytes):
+        if sample_id == 102 and nbytes:
+            raise RuntimeError("no response for 102's buffer")
+        return rec.response(sample_id, ptr, nbytes)
+
+    c = Completer(rec.complete, response)
+    samples = [Sample(100 + i, i) for i in range(4)]
+    c.register(samples)
+    good = np.ones((1, 7), np.float32)
+    c.complete(samples[:3], [good, np.ones((2, 6), np.float32), good])   # 101: a malformed record
+    assert sorted(i for i, _ in rec.done) == [100, 101, 102] and c.outstanding == 1
+    assert dict(rec.done)[100] == good.tobytes() and dict(rec.done)[101] == b"" and dict(rec.done)[102] == b""
+    assert sorted((f.index, f.stage) for f in c.failures) == [(1, "complete"), (2, "complete")]
+
+    def refuses(responses):
+        raise RuntimeError("LoadGen refused the call")
+
+    c._complete_fn = refuses
+    c.complete(samples[3:], [good])              # the completion call itself raises: nothing escapes ...
+    assert c.outstanding == 0 and c.failures[-1].index == 3     # ... and the sample is failed, not lost
+    assert c.closed_reason[1] == "LoadGen refused to complete samples: RuntimeError: LoadGen refused the call"
 
 
 def test_completer_times_each_completed_sample_from_issue():
@@ -198,9 +225,40 @@ def test_dynamic_batcher_fills_or_times_out():
     assert b.next_batch() is None
 
 
-def test_server_wait_is_capped_by_latency_bound():
-    assert server_max_wait_s(5.0, 100_000_000) == pytest.approx(0.005)      # configured 5 ms < 0.2 * 100 ms
-    assert server_max_wait_s(50.0, 100_000_000) == pytest.approx(0.020)     # capped at 0.2 * 100 ms
+def test_service_time_fits_the_batch_cost_and_is_flat_with_one_size():
+    st = ServiceTime()
+    assert st.estimate(8) is None                                   # nothing measured yet
+    for b in (1, 8, 4, 8, 2, 8):
+        st.observe(b, 0.010 + 0.002 * b)                            # a 10 ms fixed part, 2 ms per sample
+    assert st.estimate(16) == pytest.approx(0.010 + 0.002 * 16, abs=1e-6)
+    one = ServiceTime()
+    for _ in range(4):
+        one.observe(4, 0.020)
+    assert one.estimate(2) == pytest.approx(0.020) and one.estimate(8) == pytest.approx(0.020)
+    one.observe(4, 0.500)                                           # one batch the host stalled ...
+    for _ in range(20):
+        one.observe(4, 0.020)
+    assert one.estimate(4) < 0.025                                  # ... is soon forgotten
+
+
+def test_latency_budget_sizes_and_waits_against_the_bound():
+    budget = LatencyBudget(max_batch=32, max_wait_s=0.050, bound_s=0.100)   # plans with 90 ms
+    assert budget.cap() == 32 and budget.wait_s(32) == pytest.approx(0.045)  # unmeasured: half the budget
+    for b in (1, 8, 4, 8, 2, 8):
+        budget.service.observe(b, 0.010 + 0.002 * b)
+    # 2 x (10 + 2b) ms <= 90 ms: b <= 17; the oldest sample may wait until 90 - 44 ms, capped at 50 ms.
+    assert budget.cap() == 17
+    assert budget.wait_s(17) == pytest.approx(0.090 - 0.044, abs=1e-6)
+    assert budget.wait_s(1) == pytest.approx(0.050)
+    slow = LatencyBudget(max_batch=8, max_wait_s=0.005, bound_s=0.100)
+    for b in (1, 2, 4):
+        slow.service.observe(b, 0.030 + 0.005 * b)                  # 2 x (30 + 5b) ms <= 90 ms: b <= 3
+    assert slow.cap() == 3 and slow.wait_s(3) == pytest.approx(0.005)   # 45 ms of room: the 5 ms configured
+    slower = LatencyBudget(max_batch=8, max_wait_s=0.005, bound_s=0.100)
+    for _ in range(3):
+        slower.service.observe(1, 0.086)                            # even one batch of 1 hardly fits
+    assert slower.cap() == 1 and slower.wait_s(1) == pytest.approx(0.004)   # the oldest may wait what is left
+    assert LatencyBudget(8, 0.005, None).cap() == 8                 # no bound: the configured values
 
 
 class Query:

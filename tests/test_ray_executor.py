@@ -148,7 +148,7 @@ def test_a_worker_builds_from_the_shipped_weights_without_the_checkpoint_file(tm
     config = load_config(ROOT / "configs" / "demo.toml", {"run": {"device": "cpu"}})
     weights = read_weights(config.model)
     gone = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(tmp_path / "no.pt")))
-    remote = worker_backend(gone, "pytorch", "cpu", 1, weights)
+    remote = worker_backend(gone, "pytorch", None, "cpu", 1, weights)
     local = run_py_backend(config)
     images, hw = _batch(2, 300)
     images[600] = torch.zeros(2, 3, 600, 600, dtype=torch.uint8)
@@ -220,3 +220,13 @@ def test_no_cluster_at_the_address_is_one_line_and_exit_status_2(synthetic_coco,
                         "--executor", "ray", "--ray-address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("error: --ray-address 127.0.0.1:1: no Ray cluster answers there (")
+
+
+def test_simulated_devices_one_per_ray_worker(ray_cluster, synthetic_coco, fast_conf, tmp_path, capsys):
+    """--backend simulated --sim-devices 2: two actors, each one device served by two workers, as on a GPU."""
+    code = run_py.main(["--backend", "simulated", "--sim-devices", "2", "--sim-batch-ms", "2", "0.5",
+                        "--data", str(synthetic_coco), "--user-conf", str(fast_conf), "--output", str(tmp_path),
+                        "--executor", "ray", "--ray-address", ray_cluster.address, "--offline-expected-qps", "2000"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "(backend simulated on Ray, 4 workers on 2 nodes)" in out and "failed samples: 0" in out

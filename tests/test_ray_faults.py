@@ -116,7 +116,10 @@ def test_a_cluster_that_lost_every_worker_ends_with_status_1_and_readable_logs(r
     backend = _backend(ray_cluster, tmp_path, "die", every=True)
     result, run, log = _run(tmp_path, fast_conf, "Offline", backend)
     assert result.exit_code == 1 and "no worker is left" in run.worker_error
-    assert run.issued == len(run.failures) + 2 * 3 * 8   # 3 batches of 8 computed per worker, the rest failed
+    # Each worker dies at its 4th call: after the start-up image and at most 2 batches of 8 (a batch that
+    # finished just before the kill can lose its reply with the process; it goes to the other worker).
+    computed = run.issued - len(run.failures)
+    assert 0 < computed <= 2 * 2 * 8
     assert read_detail_log(run.out_dir / "mlperf_log_detail.txt") is not None
     assert (run.out_dir / "mlperf_log_summary.txt").stat().st_size > 0 and (run.out_dir / "run_record.json").is_file()
 

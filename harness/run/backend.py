@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 from harness.settings.config import Config
 from harness.sut.guard import GuardedBackend
+
+log = logging.getLogger("harness")
 
 SERVER_DEADLINE_FACTOR = 10      # x the Server latency bound
 SERVER_DEADLINE_FLOOR_S = 5.0
@@ -65,16 +68,28 @@ def build_backend(config: Config, per_image: bool | None = None, weights: Any = 
     return backend
 
 
-def make_backend(config: Config, kind: str, weights: Any = None):
+def make_backend(config: Config, kind: str, sim: Any = None, weights: Any = None):
     """The backend named by --backend, loaded and warmed up; with ``--executor ray``, its workers on Ray.
 
-    ``weights``: the checkpoint already read (a Ray worker gets it from the driver).
+    ``sim``: the devices of ``kind`` "simulated" (``backends.simulated.SimSettings``; default one device
+    of the default profile). ``weights``: the checkpoint already read (a Ray worker gets it from the driver).
     """
     if config.run.executor == "ray":
-        return make_ray_backend(config, kind)
+        return make_ray_backend(config, kind, sim)
     if kind == "null":
         from backends.null import NullBackend
         return NullBackend(config.model)
+    if kind == "simulated":
+        from backends.sim_profiles import DEFAULT_PROFILE, PROFILES
+        from backends.simulated import SimSettings, SimulatedBackend
+        sim = sim or SimSettings(PROFILES[DEFAULT_PROFILE])
+        derived_for = sim.timing.sizes
+        if derived_for is not None and tuple(config.model.sizes) != tuple(derived_for):
+            log.warning("the simulated profile %s times SSD-ResNet34 at %s, but the images are prepared at %s: "
+                        "the device time stays the profile's, only the host's gather changes",
+                        sim.timing.source, "+".join(map(str, derived_for)),
+                        "+".join(map(str, config.model.sizes)))
+        return SimulatedBackend(config.model, sim)
     return build_backend(config, weights=weights)
 
 
@@ -97,19 +112,25 @@ def call_deadline_s(config: Config) -> float:
     return max(SERVER_DEADLINE_FACTOR * bound_s, SERVER_DEADLINE_FLOOR_S)
 
 
-def worker_backend(config: Config, kind: str, device: str, threads: int, weights: Any) -> Any:
+def worker_backend(config: Config, kind: str, sim: Any, device: str, threads: int, weights: Any) -> Any:
     """On a Ray worker: the backend a local run of ``config`` builds, on ``device``, from ``weights``.
 
-    The checkpoint path is dropped: the worker's node need not have the file.
+    The checkpoint path is dropped: the worker's node need not have the file. A simulated backend
+    holds one device (a Ray worker is one device).
     """
     run = dataclasses.replace(config.run, device=device, threads=threads, executor="local", ray_address=None,
                               ray_workers=None, ray_call_timeout_s=None)
     model = dataclasses.replace(config.model, checkpoint=None)
-    return make_backend(Config(model, config.data, run), kind, weights=weights)
+    if sim is not None:
+        sim = dataclasses.replace(sim, devices=1)
+    return make_backend(Config(model, config.data, run), kind, sim=sim, weights=weights)
 
 
-def make_ray_backend(config: Config, kind: str) -> Any:
-    """The backend of ``kind`` (--backend) with its workers on the Ray cluster of ``config.run``."""
+def make_ray_backend(config: Config, kind: str, sim: Any = None) -> Any:
+    """The backend of ``kind`` (--backend) with its workers on the Ray cluster of ``config.run``.
+
+    Simulated devices: one per Ray worker, ``sim.devices`` of them unless ``--ray-workers`` says otherwise.
+    """
     from backends.ray.backend import RayBackend
     weights = None
     if kind == "pytorch":
@@ -117,6 +138,9 @@ def make_ray_backend(config: Config, kind: str) -> Any:
         state, info = read_weights(config.model)
         weights = (state, info) if state is not None else None
     run = config.run
-    return RayBackend.start(functools.partial(worker_backend, config, kind), address=run.ray_address,
-                            device=run.device, workers=run.ray_workers, threads=run.threads, weights=weights,
+    workers = run.ray_workers
+    if kind == "simulated" and workers is None and sim is not None:
+        workers = sim.devices
+    return RayBackend.start(functools.partial(worker_backend, config, kind, sim), address=run.ray_address,
+                            device=run.device, workers=workers, threads=run.threads, weights=weights,
                             deadline_s=call_deadline_s(config))

@@ -58,7 +58,8 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
     qsl = dataset.qsl
     wanted = settings.performance_sample_count_override or qsl.perf_count
     log.info("%s %s run (%s): %d samples in the data set, performance sample count %d", scenario, mode,
-             getattr(backend, "name", type(backend).__name__), dataset.total_count, wanted)
+             getattr(backend, "description", None) or getattr(backend, "name", type(backend).__name__),
+             dataset.total_count, wanted)
     if mode != "accuracy" and dataset.total_count < wanted:
         log.warning("the data set has %d images, fewer than the performance sample count %d: LoadGen repeats "
                     "them, so this result is not representative of a full run (use more images)",

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from backends.config import BACKBONES, PRECISIONS, VARIANTS
+from backends.sim_profiles import DEFAULT_PROFILE, PROFILES, DeviceTiming
 from harness.settings.config import (
     BATCH_INVARIANT,
     DEVICES,
@@ -91,12 +93,60 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="run each image of a batch alone so its bytes do not depend on the batch (TEST01); "
                         "auto = on for a CPU only (default), off = batched throughput")
     p.add_argument("--batch-size", type=int, help="Offline batch size (also used by evaluate)")
-    p.add_argument("--backend", choices=("pytorch", "null"), default="pytorch",
-                   help="null = fixed detections, no model (measures the harness itself)")
+    p.add_argument("--backend", choices=("pytorch", "null", "simulated"), default="pytorch",
+                   help="null = fixed detections, no model (measures the harness itself); simulated = "
+                        "simulated accelerators, no model (see --sim-*)")
     p.add_argument("--use-pycocotools", action="store_true", help="evaluate with pycocotools (slower)")
     add_executor_args(p)
     add_model_args(p)
     add_data_args(p)
+    add_sim_args(p)
+
+
+MAX_SIM_DEVICES = 64
+
+
+def add_sim_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("simulated accelerator (--backend simulated)", textwrap.fill(
+        "A measuring instrument for the harness, not a model: each device holds a batch of b samples for "
+        "A + B x b ms (sleeping) and returns made-up detections that depend only on the sample. It shows "
+        "whether the harness keeps N devices of a given speed busy and answers Server queries inside the "
+        "bound; its detections score no mAP.", width=76))
+    g.add_argument("--sim-profile", choices=sorted(PROFILES),
+                   help=f"a device timing derived from counted FLOPs (backends/sim_profiles.py; default "
+                        f"{DEFAULT_PROFILE}: " + "; ".join(f"{n}: {t.describe().split(' (')[0]}"
+                                                          for n, t in sorted(PROFILES.items())) + ")")
+    g.add_argument("--sim-batch-ms", type=float, nargs=2, metavar=("A", "B"),
+                   help="your own device timing instead of a profile: A + B x batch milliseconds per batch")
+    g.add_argument("--sim-devices", type=int, metavar="N",
+                   help="simulated devices, each served by two workers as a GPU is (default 1)")
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``make_backend`` beyond the config: ``sim`` for --backend simulated, else none.
+
+    Raises UsageError for a --sim-* flag without --backend simulated, or a bad value.
+    """
+    given = [f for f in ("sim_profile", "sim_batch_ms", "sim_devices") if getattr(args, f, None) is not None]
+    if getattr(args, "backend", None) != "simulated":
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --backend simulated")
+        return {}
+    from backends.simulated import SimSettings
+    if args.sim_profile is not None and args.sim_batch_ms is not None:
+        raise UsageError("give --sim-profile or --sim-batch-ms A B, not both")
+    devices = 1 if args.sim_devices is None else args.sim_devices
+    if not 1 <= devices <= MAX_SIM_DEVICES:
+        raise UsageError(f"--sim-devices must be 1 to {MAX_SIM_DEVICES}, got {devices}")
+    if args.sim_batch_ms is not None:
+        fixed, per_sample = args.sim_batch_ms
+        if not (fixed >= 0 and per_sample >= 0) or fixed + per_sample <= 0:
+            raise UsageError(f"--sim-batch-ms A B: milliseconds per batch and per sample, 0 or more and not both "
+                             f"0, got {fixed:g} {per_sample:g}")
+        timing = DeviceTiming(fixed, per_sample, "--sim-batch-ms")
+    else:
+        timing = PROFILES[args.sim_profile or DEFAULT_PROFILE]
+    return {"sim": SimSettings(timing, devices)}
 
 
 SUBCOMMANDS_HELP = """other commands (each has its own --help):

@@ -20,12 +20,13 @@ class BaseSUT:
 
     scenario = ""
     threaded = True
+    ahead = 1   # batches a worker may have loaded beyond the one it computes (see Pipeline)
 
     def __init__(self, backend: Any, qsl: QSLLike, source: BatchSource | None,
                  completer: Completer | None = None) -> None:
         self.completer = completer or Completer()
         self.source = source
-        self.pipeline = Pipeline(backend, qsl, self.completer, source, threaded=self.threaded,
+        self.pipeline = Pipeline(backend, qsl, self.completer, source, threaded=self.threaded, ahead=self.ahead,
                                  name=self.scenario or type(self).__name__)
         self.handle: int | None = None
         self.issued = 0

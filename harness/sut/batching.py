@@ -3,14 +3,19 @@
 - :class:`BatchQueue`: batches formed by the SUT at issue time (the Offline
   query is cut into fixed-size batches), handed over first in, first out.
 - :class:`DynamicBatcher`: Server samples arrive one query at a time (Poisson);
-  a batch leaves when it holds ``max_batch`` samples, when its oldest sample
-  has waited ``max_wait_s``, or at once after a flush.
+  a batch closes when a worker asks for one (the pipeline's Server loaders ask
+  only when their worker is idle) and then holds what has arrived, up to the
+  size the latency bound allows, waiting for more only as long as the oldest
+  sample can still meet the bound and never longer than ``max_wait_s``
+  (harness/sut/budget.py); at once after a flush.
 
 Both are thread-safe: LoadGen's issue thread adds, the pipeline's loaders take
 (``next_batch(worker)``, one loader per worker). A batch a worker could not
-compute (the worker was lost) comes back through ``requeue`` and is handed out
-before anything else; ``set_live`` names the workers still running, and a
-retired worker's loader gets None at once, so it stops taking batches.
+compute (the worker was lost, or the batch raised there) comes back through
+``requeue`` and is handed out before anything else, to another worker than
+the one it failed on while another one runs; ``set_live`` names the workers
+still running, and a retired worker's loader gets None at once, so it stops
+taking batches.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from harness.sut.budget import LatencyBudget
 from harness.sut.completion import Sample
 
 
@@ -30,6 +36,7 @@ class Batch:
     samples: list[Sample]
     closed_at: float = field(default_factory=time.monotonic)  # when it left the source
     requeued: bool = False             # handed back after a worker could not compute it
+    failed_on: int | None = None       # the worker on which it raised (not WorkerLost): another one takes it
 
 
 class _Source:
@@ -39,14 +46,26 @@ class _Source:
         self._cond = threading.Condition()
         self._closed = False
         self._live: frozenset[int] | None = None   # None: every worker
+        self._finished: set[int] = set()              # workers whose next_batch returned None
         self._requeued: collections.deque[Batch] = collections.deque()
 
-    def requeue(self, batch: Batch) -> None:
-        """Hand ``batch`` back for another worker; it goes out before any other batch."""
+    def requeue(self, batch: Batch) -> bool:
+        """Hand ``batch`` back for another worker; it goes out before any other batch.
+
+        False (and nothing queued) when no worker still taking batches could take it: the source is
+        closed and drained, or only the worker it failed on is left.
+        """
         with self._cond:
+            if self._live is not None and not self._takers(batch):
+                return False
             batch.requeued = True
             self._requeued.append(batch)
             self._cond.notify_all()
+            return True
+
+    def _takers(self, batch: Batch) -> list[int]:
+        """Live workers still taking batches that may take ``batch`` (caller holds the condition)."""
+        return [w for w in self._live - self._finished if w != batch.failed_on]
 
     def set_live(self, workers: Iterable[int]) -> None:
         """The workers still running; any other worker's ``next_batch`` returns None from now on."""
@@ -59,16 +78,27 @@ class _Source:
             self._closed = True
             self._cond.notify_all()
 
+    def batch_done(self, size: int, seconds: float) -> None:
+        """A batch of ``size`` from this source was completed ``seconds`` after it closed."""
+
     def _retired(self, worker: int) -> bool:
         return self._live is not None and worker not in self._live
 
-    def _take_requeued(self) -> Batch | None:
-        """A handed-back batch, reopened now (caller holds the condition)."""
-        if not self._requeued:
-            return None
-        batch = self._requeued.popleft()
-        batch.closed_at = time.monotonic()
-        return batch
+    def _none_for(self, worker: int) -> None:
+        """``worker``'s loader is told there is nothing more (caller holds the condition)."""
+        self._finished.add(worker)
+
+    def _take_requeued(self, worker: int) -> Batch | None:
+        """A handed-back batch for ``worker``, reopened now (caller holds the condition).
+
+        A batch that failed on ``worker`` goes to it only when no other live worker is taking batches.
+        """
+        for i, batch in enumerate(self._requeued):
+            if batch.failed_on != worker or self._live is None or not self._takers(batch):
+                del self._requeued[i]
+                batch.closed_at = time.monotonic()
+                return batch
+        return None
 
 
 class BatchQueue(_Source):
@@ -90,26 +120,31 @@ class BatchQueue(_Source):
         with self._cond:
             while True:
                 if self._retired(worker):
+                    self._none_for(worker)
                     return None
-                again = self._take_requeued()
+                again = self._take_requeued(worker)
                 if again is not None:
                     return again
                 if self._batches:
                     return Batch(self._batches.popleft())
                 if self._closed:
+                    self._none_for(worker)
                     return None
                 self._cond.wait()
 
 
 class DynamicBatcher(_Source):
-    """Collects single samples into batches of at most ``max_batch``, waiting at most ``max_wait_s``."""
+    """Collects single samples into batches of at most ``max_batch``, waiting at most ``max_wait_s``.
 
-    def __init__(self, max_batch: int, max_wait_s: float) -> None:
+    ``bound_s``: LoadGen's latency bound; with it, the batch size and the wait are also chosen against the
+    bound from the service times measured so far (:class:`~harness.sut.budget.LatencyBudget`).
+    """
+
+    def __init__(self, max_batch: int, max_wait_s: float, bound_s: float | None = None) -> None:
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError(f"need max_batch >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
         super().__init__()
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
+        self.budget = LatencyBudget(max_batch, max_wait_s, bound_s)
         self._pending: collections.deque[tuple[float, Sample]] = collections.deque()
         self._flush = False
 
@@ -125,6 +160,9 @@ class DynamicBatcher(_Source):
             self._flush = True
             self._cond.notify()
 
+    def batch_done(self, size: int, seconds: float) -> None:
+        self.budget.service.observe(size, seconds)
+
     def next_batch(self, worker: int = 0) -> Batch | None:
         """Block until a batch closes; None once closed and empty, or when ``worker`` is retired.
 
@@ -133,18 +171,21 @@ class DynamicBatcher(_Source):
         with self._cond:
             while True:
                 if self._retired(worker):
+                    self._none_for(worker)
                     return None
-                again = self._take_requeued()
+                again = self._take_requeued(worker)
                 if again is not None:
                     return again
                 if not self._pending:
                     if self._closed:
+                        self._none_for(worker)
                         return None
                     self._cond.wait()
                     continue
-                remaining = self._pending[0][0] + self.max_wait_s - time.monotonic()
-                if len(self._pending) >= self.max_batch or self._flush or self._closed or remaining <= 0:
-                    return Batch(self._take(min(self.max_batch, len(self._pending))))
+                size = self.budget.cap()
+                remaining = self._pending[0][0] + self.budget.wait_s(size) - time.monotonic()
+                if len(self._pending) >= size or self._flush or self._closed or remaining <= 0:
+                    return Batch(self._take(min(size, len(self._pending))))
                 self._cond.wait(remaining)
 
     def _take(self, n: int) -> list[Sample]:

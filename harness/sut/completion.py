@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from harness.sut.response import pack_records
+from harness.sut.response import RECORD_FLOATS, pack_records
 
 log = logging.getLogger("harness")
 
@@ -39,7 +39,7 @@ class Sample:
 @dataclass(frozen=True)
 class SampleFailure:
     index: int      # QSL sample index
-    stage: str      # "load", "predict", "record", "worker", "interrupted"
+    stage: str      # "load", "predict", "record", "complete", "worker", "interrupted"
     error: str      # exception type and message
 
 
@@ -82,20 +82,46 @@ class Completer:
 
     # -- worker side -------------------------------------------------------------
     def complete(self, samples: Sequence[Sample], records: Sequence[np.ndarray]) -> None:
-        """Complete ``samples`` with their float32 records ([K, 7] each), in one LoadGen call."""
+        """Complete ``samples`` with their float32 records ([K, 7] each), in one LoadGen call.
+
+        A sample leaves the register before its response is built, so that a concurrent failure drain
+        cannot complete it too; from then on whatever goes wrong (a malformed record, a response that
+        cannot be built, the completion call itself) completes it empty as failed in stage "complete",
+        never loses it.
+        """
         with self._lock:
-            issued = [(s, r, self._outstanding.pop(s.id, None)) for s, r in zip(samples, records)]
-        keep = [(s, r) for s, r, entry in issued if entry is not None]
-        if not keep:
+            claimed = [(s, r, self._outstanding.pop(s.id, None)) for s, r in zip(samples, records)]
+        good: list[tuple[Sample, np.ndarray, float]] = []
+        for s, r, entry in claimed:
+            if entry is None:
+                continue
+            if r.ndim == 2 and r.shape[1] == RECORD_FLOATS:
+                good.append((s, r, entry[1]))
+            else:
+                self._fail_now([s], "complete", f"malformed record: shape {list(r.shape)}, not [K, {RECORD_FLOATS}]")
+        if not good:
             return
-        buf, spans = pack_records([r for _, r in keep])
-        base = buf.ctypes.data
-        responses = [self._response_fn(s.id, base + off if n else 0, n) for (s, _), (off, n) in zip(keep, spans)]
-        self._complete_fn(responses)  # LoadGen copies the bytes here; buf stays alive until it returns
+        sent: list[tuple[Sample, float]] = []
+        packed = False
+        try:
+            buf, spans = pack_records([r for _, r, _ in good])
+            packed = True
+            base = buf.ctypes.data
+            responses = []
+            for (s, _, issued), (off, n) in zip(good, spans):
+                try:
+                    responses.append(self._response_fn(s.id, base + off if n else 0, n))
+                    sent.append((s, issued))
+                except Exception as e:  # noqa: BLE001 - this sample fails, the others go on
+                    self._fail_now([s], "complete", e)
+            self._complete_fn(responses)  # LoadGen copies the bytes here; buf stays alive until it returns
+        except Exception as e:  # noqa: BLE001 - packing or the completion call: none of them was completed
+            self._fail_now([s for s, _ in sent] if packed else [s for s, _, _ in good], "complete", e)
+            return
         now = time.perf_counter()
         with self._lock:
-            self.completed += len(keep)
-            self.latencies_s.extend(now - entry[1] for _, _, entry in issued if entry is not None)
+            self.completed += len(sent)
+            self.latencies_s.extend(now - issued for _, issued in sent)
 
     def fail(self, samples: Sequence[Sample], stage: str, error: BaseException | str) -> None:
         """Complete ``samples`` with empty responses and record why."""
@@ -152,4 +178,8 @@ class Completer:
                 log.error("sample index %d failed in %s: %s", s.index, stage, message)
             elif first + k == MAX_LOGGED_FAILURES:
                 log.error("more samples failed; further failures are only counted")
-        self._complete_fn([self._response_fn(s.id, 0, 0) for s in samples])
+        try:
+            self._complete_fn([self._response_fn(s.id, 0, 0) for s in samples])
+        except Exception as e:  # noqa: BLE001 - LoadGen cannot take even an empty response: end the run
+            log.error("could not complete %d sample(s) with LoadGen (%s: %s)", len(samples), type(e).__name__, e)
+            self.close("worker", f"LoadGen refused to complete samples: {type(e).__name__}: {e}")

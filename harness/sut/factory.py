@@ -6,7 +6,7 @@ from typing import Any
 from harness.settings.config import Config
 from harness.sut.base import BaseSUT
 from harness.sut.offline import OfflineSUT
-from harness.sut.server import ServerSUT, server_max_wait_s
+from harness.sut.server import ServerSUT
 from harness.sut.stream import StreamSUT
 
 
@@ -18,6 +18,6 @@ def make_sut(scenario: str, backend: Any, qsl: Any, config: Config, settings: An
     if scenario == "Offline":
         return OfflineSUT(backend, qsl, run.batch_size)
     if scenario == "Server":
-        wait = server_max_wait_s(run.server_max_wait_ms, settings.server_target_latency_ns)
-        return ServerSUT(backend, qsl, run.server_max_batch, wait)
+        return ServerSUT(backend, qsl, run.server_max_batch, run.server_max_wait_ms / 1e3,
+                         bound_s=settings.server_target_latency_ns / 1e9)
     raise ValueError(f"unknown scenario {scenario!r}")

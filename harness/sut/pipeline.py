@@ -6,9 +6,17 @@ Three stages, each owned by one thread when ``threaded`` (Offline, Server):
     compute:   ``backend.predict`` (host-to-device copy, network, post-processing)
     completer: response records, one ``QuerySamplesComplete`` per batch
 
-Bounded queues between them let the loader gather batch n+1 and the completer
-pack batch n-1 while the backend computes batch n, so the device is not idle
-while results are packed. With ``threaded=False`` (SingleStream, MultiStream,
+Queues between them let the loader gather batch n+1 and the completer pack
+batch n-1 while the backend computes batch n, so the device is not idle while
+results are packed. How far a worker's loader may run ahead is ``ahead``:
+the batches it may have loaded beyond the one its worker computes, each
+gathered into buffers of its own that are reused once it is computed (a
+fresh tensor per batch costs page faults that exceed the copy). Offline
+uses 1 (the next batch is ready when the device frees; more would only let
+one worker hoard the query's last batches while others idle). Server uses 0:
+a loader asks the batcher for a batch only when its worker is idle, so a
+batch closes when a worker can take it and never waits, closed, behind
+another (its samples could have joined a later batch meanwhile). With ``threaded=False`` (SingleStream, MultiStream,
 where LoadGen waits for a query before issuing the next, so there is nothing
 to overlap) the pipeline starts no thread: the SUT calls ``run_inline`` on
 LoadGen's issue thread, which runs the three stages in turn and completes the
@@ -39,15 +47,21 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Iterable, Protocol
 
 import torch
 
-from backends.base import WorkerLost
 from harness.sut.batching import Batch
 from harness.sut.completion import Completer, Sample
-from harness.sut.stages import Lost, QSLLike, StageWork
-from harness.sut.workers import Worker, WorkerPool
+from harness.sut.stages import (
+    BatchBuffers,
+    Lost,
+    QSLLike,
+    StageWork,
+    gathers_into_buffers,
+)
+from harness.sut.workers import Routing, Worker, WorkerPool
 
 log = logging.getLogger("harness")
 
@@ -58,14 +72,18 @@ class BatchSource(Protocol):
     def next_batch(self, worker: int = 0) -> Batch | None:
         """Block until a batch is ready for ``worker``; None once closed and empty, or the worker is retired."""
 
-    def requeue(self, batch: Batch) -> None:
-        """Take back a batch a worker could not compute; it goes out first, to another worker."""
+    def requeue(self, batch: Batch) -> bool:
+        """Take back a batch a worker could not compute; it goes out first, to another worker. False when
+        no worker that may take it is taking batches any more."""
 
     def set_live(self, workers: Iterable[int]) -> None:
         """The workers still running (by index)."""
 
     def close(self) -> None:
         """Wake any waiter; after this ``next_batch`` drains what is left, then returns None."""
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        """A batch from this source was completed ``seconds`` after it closed (Server learns from it)."""
 
 
 class _Closing:
@@ -85,32 +103,46 @@ class Pipeline:
     """Runs batches from ``source`` through ``backend`` and completes them via ``completer``."""
 
     def __init__(self, backend: Any, qsl: QSLLike, completer: Completer, source: BatchSource | None,
-                 threaded: bool = True, depth: int = 2, name: str = "sut") -> None:
+                 threaded: bool = True, ahead: int = 1, name: str = "sut") -> None:
         self.backend = backend
         self.qsl = qsl
         self.completer = completer
         self.source = source
-        self.work = StageWork(qsl, completer)
+        self.pool = WorkerPool(backend_workers(backend))
+        self.routing = Routing(self.pool, completer, self._requeue, self._close_after_queued,
+                               live=source.set_live if source is not None else None)
+        self.work = StageWork(qsl, completer, router=self.routing)
         self.threaded = threaded
         self.name = name
-        # Every worker; inline, the first one still running computes and the others stand by.
-        self.pool = WorkerPool(backend_workers(backend))
+        # Every worker is in the pool; inline, the first one still running computes and the others stand by.
         self.workers = [w.backend for w in self.pool.workers] if threaded else [backend]
-        self._depth = depth
-        self._q_finish: queue.Queue = queue.Queue(maxsize=depth * len(self.workers))
+        self.ahead = ahead
+        # Per worker, a slot for each batch it may hold (computing + ahead): the loader takes one before it
+        # asks the source for a batch and gathers into its buffers; the compute thread returns it once the
+        # batch is computed. Without a QSL that gathers into buffers, the slots are plain credits (None).
+        reuse = gathers_into_buffers(qsl)
+        self._slots: list[queue.Queue] = []
+        for _ in self.pool.workers:
+            free: queue.Queue = queue.Queue()
+            for _ in range(1 + ahead):
+                free.put(BatchBuffers(qsl.sizes, getattr(qsl, "pin_memory", False)) if reuse else None)
+            self._slots.append(free)
+        self._q_finish: queue.Queue = queue.Queue(maxsize=2 * len(self.workers))
         self._stopping = threading.Event()
         self._released = threading.Event()  # set by stop(): stage threads may end from then on
         self._threads: list[threading.Thread] = []
         self._inline_key: tuple[int, int] | None = None  # (thread, worker) whose torch thread count is set
+        self._inline_todo: list[tuple[list[Sample], Batch | None]] = []   # run_inline's work left
         self.inline_busy = False                 # run_inline is computing a query (on LoadGen's thread)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         if not self.threaded:
             return  # batches arrive through run_inline, on the caller's thread
+        self.source.set_live(w.index for w in self.pool.workers)
         stages = [("completer", self._finish_loop, ())]
         for w in self.pool.workers:
-            q: queue.Queue = queue.Queue(maxsize=self._depth)
+            q: queue.Queue = queue.Queue()   # at most 1 + ahead items: the slots bound it
             suffix = str(w.index) if len(self.pool.workers) > 1 else ""
             stages += [("loader" + suffix, self._loader_loop, (w, q)),
                        ("compute" + suffix, self._compute_loop, (w, q))]
@@ -119,6 +151,20 @@ class Pipeline:
                                  daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _requeue(self, batch: Batch) -> bool:
+        """Where Routing sends a batch for another worker: the source, or inline the query's work left."""
+        if not self.threaded:
+            self._inline_todo.append((batch.samples, batch))
+            return True
+        return self.source.requeue(batch)
+
+    def _close_after_queued(self, why: str) -> None:
+        """Close the completer, threaded after the results already queued for completion (they keep them)."""
+        if self.threaded:
+            self._put(self._q_finish, _Closing(why))
+        else:
+            self.completer.close("worker", why)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Let the stages drain what was issued, then end them."""
@@ -129,30 +175,6 @@ class Pipeline:
             t.join(timeout)
         self._stopping.set()
         self.completer.close("worker", "the SUT stopped before this sample was processed")
-
-    # -- stage work --------------------------------------------------------------
-    # -- lost workers ------------------------------------------------------------
-    def _retire(self, w: Worker, cause: WorkerLost, samples: list[Sample]) -> bool:
-        """Retire the lost worker ``w``. True when workers are left to take ``samples``; otherwise they
-        fail, and so does every other outstanding and later sample (the completer closes)."""
-        left = self.pool.retire(w, f"{type(cause).__name__}: {cause}")
-        if self.source is not None:
-            self.source.set_live(x.index for x in self.pool.live())
-        if left:
-            return True
-        self.completer.fail(samples, "predict", cause)
-        why = f"no worker is left: the last one was lost ({type(cause).__name__}: {cause})"
-        if self.threaded:     # after what was computed and queued for completion: those keep their results
-            self._put(self._q_finish, _Closing(why))
-        else:
-            self.completer.close("worker", why)
-        return False
-
-    def _hand_back(self, samples: list[Sample]) -> None:
-        """Give the samples not completed yet back to the source, for the workers still running."""
-        pending = self.completer.pending(samples)
-        if pending:
-            self.source.requeue(Batch(pending))
 
     # -- threads -----------------------------------------------------------------
     def _guard(self, stage: str, fn, *args) -> None:
@@ -199,16 +221,17 @@ class Pipeline:
     def run_inline(self, batch: list[Sample]) -> None:
         """Load, predict and complete ``batch`` on the calling thread (a pipeline with ``threaded=False``).
 
-        It runs on the first worker still running; when that one is lost, what it left undone runs on the
-        next. Nothing escapes: an error outside the per-sample handling closes the completer, as a dying
-        stage thread does, because the caller is LoadGen's issue thread, where an exception would end the
-        process.
+        It runs on the first worker still running; what a lost worker left undone, or a batch that raised,
+        runs on the next. Nothing escapes: an error outside the per-sample handling closes the completer,
+        as a dying stage thread does, because the caller is LoadGen's issue thread, where an exception
+        would end the process.
         """
         self.inline_busy = True
         try:
-            todo = batch
+            todo = self._inline_todo = [(batch, None)]
             while todo:
-                w = self.pool.first_live()
+                samples, whole = todo.pop()
+                w = self._inline_worker(whole)
                 if w is None:
                     break
                 key = (threading.get_ident(), w.index)
@@ -216,46 +239,68 @@ class Pipeline:
                     self._use_backend_threads(w.backend)
                     self._inline_key = key
                 try:
-                    lost = self.work.compute_parts(w, self.work.load(todo, w.backend), self.work.finish)
+                    lost = self.work.compute_parts(w, self.work.load(samples, w.backend), self.work.finish, whole)
                 except Lost as e:
                     lost = e
-                todo = []
-                if lost is not None and self._retire(w, lost.cause, lost.leftover):
-                    todo = self.completer.pending(lost.leftover)
+                if lost is not None and self.routing.retire(w, lost.cause, lost.leftover):
+                    todo.append((self.completer.pending(lost.leftover), None))
         except BaseException as e:  # noqa: BLE001 - LoadGen must never wait for these samples
             self._died("the work on LoadGen's issue thread failed", e)
         finally:
             self.inline_busy = False
 
+    def _inline_worker(self, batch: Batch | None) -> Worker | None:
+        """The first worker still running, other than the one ``batch`` failed on while there is one."""
+        first = self.pool.first_live()
+        if first is None or batch is None or batch.failed_on != first.index:
+            return first
+        return next((w for w in self.pool.live() if w.index != batch.failed_on), first)
+
+    def _slot(self, w: Worker):
+        """Wait until ``w`` may hold one more batch: its buffers (None without reuse), or _STOP when the
+        pipeline stops or ``w`` is retired."""
+        free = self._slots[w.index]
+        while not (self._stopping.is_set() or w.retired):
+            try:
+                return free.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        return _STOP
+
     def _loader_loop(self, w: Worker, q_compute: queue.Queue) -> None:
-        while not w.retired and (batch := self.source.next_batch(w.index)) is not None:
+        while (slot := self._slot(w)) is not _STOP and (batch := self.source.next_batch(w.index)) is not None:
             if w.retired:                   # lost while this loader waited
-                self._hand_back(batch.samples)
+                self.routing.hand_back(batch.samples)
                 break
             try:
-                parts = self.work.load(batch.samples, w.backend)
+                parts = self.work.load(batch.samples, w.backend, slot)
             except Lost as lost:
-                if self._retire(w, lost.cause, lost.leftover):
-                    self._hand_back(lost.leftover)
+                if self.routing.retire(w, lost.cause, lost.leftover):
+                    self.routing.hand_back(lost.leftover)
                 break
-            if not self._put(q_compute, (batch, parts)):
+            if not self._put(q_compute, (batch, parts, slot)):
                 return
         self._put(q_compute, _STOP)
 
     def _compute_loop(self, w: Worker, q_compute: queue.Queue) -> None:
         self._use_backend_threads(w.backend)
-
-        def emit(samples: list[Sample], dets: list[torch.Tensor]) -> None:
-            self._put(self._q_finish, (samples, dets))
-
+        free = self._slots[w.index]
         while (item := self._get(q_compute)) is not _STOP:
-            batch, parts = item
+            batch, parts, slot = item
             if w.retired:                   # loaded before this worker was lost: for the others
-                self._hand_back(batch.samples)
+                self.routing.hand_back(batch.samples)
+                free.put(slot)
                 continue
-            lost = self.work.compute_parts(w, parts, emit)
-            if lost is not None and self._retire(w, lost.cause, lost.leftover):
-                self._hand_back(lost.leftover)
+            timed = None if batch.requeued else batch   # a batch's service time, first attempt and whole
+
+            def emit(samples: list[Sample], dets: list[torch.Tensor]) -> None:
+                whole = timed if timed is not None and len(samples) == len(timed.samples) else None
+                self._put(self._q_finish, (samples, dets, whole))
+
+            lost = self.work.compute_parts(w, parts, emit, batch)
+            free.put(slot)                  # predict returned: its inputs may be overwritten
+            if lost is not None and self.routing.retire(w, lost.cause, lost.leftover):
+                self.routing.hand_back(lost.leftover)
         self._put(self._q_finish, _STOP)
 
     def _finish_loop(self) -> None:
@@ -270,4 +315,7 @@ class Pipeline:
             if isinstance(item, _Closing):
                 self.completer.close("worker", item.why)
                 continue
-            self.work.finish(*item)
+            samples, dets, whole = item
+            self.work.finish(samples, dets)
+            if whole is not None:
+                self.source.batch_done(len(samples), time.monotonic() - whole.closed_at)

@@ -1,10 +1,14 @@
-"""Server: Poisson arrivals, dynamically batched under a latency bound.
+"""Server: Poisson arrivals, dynamically batched under LoadGen's latency bound.
 
-Samples wait in a :class:`DynamicBatcher` until ``max_batch`` are there or the
-oldest has waited ``max_wait_s``. The wait is the configured one, capped at
-``WAIT_FRACTION`` of LoadGen's latency bound so batching can never spend most
-of a sample's budget (the rest is left for queueing and compute). A flush
-sends what is pending at once.
+Samples wait in a :class:`DynamicBatcher`. A batch closes only when a worker
+is idle and asks for one (the pipeline runs Server with no batch loaded
+ahead), so no closed batch queues behind another outside the latency budget:
+under load a batch holds what arrived while the workers were busy, which
+grows the batches exactly as far as the arrival rate needs. The batch size
+and how long an idle worker waits for more samples are chosen against the
+bound from the service times measured during the run, counting the samples'
+age and every wait after the close (harness/sut/budget.py); the configured
+``max_wait_s`` caps the wait. A flush sends what is pending at once.
 """
 from __future__ import annotations
 
@@ -12,20 +16,15 @@ from harness.sut.base import BaseSUT
 from harness.sut.batching import DynamicBatcher
 from harness.sut.completion import Sample
 
-WAIT_FRACTION = 0.2
-
-
-def server_max_wait_s(configured_ms: float, target_latency_ns: int) -> float:
-    """The batcher's longest wait in seconds: ``min(configured, WAIT_FRACTION * bound)``."""
-    return min(configured_ms / 1e3, WAIT_FRACTION * target_latency_ns / 1e9)
-
 
 class ServerSUT(BaseSUT):
     scenario = "Server"
     threaded = True
+    ahead = 0   # a worker's next batch closes only once it is idle
 
-    def __init__(self, backend, qsl, max_batch: int, max_wait_s: float, completer=None) -> None:
-        super().__init__(backend, qsl, DynamicBatcher(max_batch, max_wait_s), completer)
+    def __init__(self, backend, qsl, max_batch: int, max_wait_s: float, bound_s: float | None = None,
+                 completer=None) -> None:
+        super().__init__(backend, qsl, DynamicBatcher(max_batch, max_wait_s, bound_s), completer)
 
     def _enqueue(self, samples: list[Sample]) -> None:
         self.source.add(samples)
