@@ -1,29 +1,30 @@
 """Remote efficiency: Offline samples/s with N simulated devices as Ray actors over the same N in this process.
 
-Goal >= 0.90. A simulated device holds each batch ``--batch-ms`` milliseconds (sleeping, so it uses no
-CPU) and returns fixed detections: what is measured is what the executor costs, not a model. Both
-sides run the same LoadGen Offline performance run through the same pipeline (one loader and one
-compute thread per worker) on the same in-memory data, uint8 images at ``--image-size`` (the demo's
-300 and 600 by default), batches of ``--batch-size``:
+Goal >= 0.90. The simulated accelerator (``--backend simulated``, backends/simulated.py) holds each
+batch ``--sim-batch-ms A B`` milliseconds (A per batch + B per sample, sleeping, so it uses no CPU),
+each device served by two pipeline workers as a GPU is: what is measured is what the executor
+costs, not a model. Both sides are built by ``make_backend`` as ``run.py`` builds them and run the
+same LoadGen Offline performance run through the same pipeline on the same in-memory data, uint8
+images at ``--image-size`` (the demo's 300 and 600 by default), batches of ``--batch-size``:
 
-- local: N devices in this process (``--executor local``);
-- Ray: N actors on a Ray cluster started on this machine with ``ray.cluster_utils`` (one node for
-  N = 1, 2, 4; then two nodes, the workers spread over both), each batch sent as numpy through Ray's
-  object store and the detections sent back, as ``--executor ray`` does.
+- local: ``--executor local --backend simulated --sim-devices N``, N devices in this process;
+- Ray: ``--executor ray --backend simulated --sim-devices N``, N actors of one device each on a Ray
+  cluster started on this machine with ``ray.cluster_utils`` (one node for N = 1, 2, 4; then two
+  nodes, the workers spread over both), each batch sent as numpy through Ray's object store.
 
 Each side first does one untimed run (the first run through Ray pays one-off costs: fresh shared
 memory for the object store, first calls), then pairs are alternated ``--repeats`` times and the
 median ratio quoted. LoadGen is told the ideal rate (N x batch / batch time), so that its Offline
 query lasts about ``--seconds``.
 
-    .venv/bin/python benchmarks/bench_ray.py [--batch-ms 100] [--workers 1 2 4] [--seconds 10] [--repeats 3]
+    .venv/bin/python benchmarks/bench_ray.py [--sim-batch-ms 100 0] [--workers 1 2 4] [--seconds 10] [--repeats 3]
 
 Writes benchmarks/results/ray_efficiency.json and ray_efficiency.md.
 """
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -31,29 +32,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.config import ModelConfig  # noqa: E402
-from backends.null import NullBackend  # noqa: E402
+from backends.sim_profiles import DeviceTiming  # noqa: E402
+from backends.simulated import SimSettings  # noqa: E402
 from benchmarks import common  # noqa: E402
+from harness.run.backend import close_backend, make_backend  # noqa: E402
 from harness.run.dataset import Dataset  # noqa: E402
 from harness.settings.config import Config, RunConfig  # noqa: E402
 from qsl.memory_qsl import MemoryQSL  # noqa: E402
 
 GOAL = 0.90
-
-
-class LocalDevices(NullBackend):
-    """N simulated devices in this process: ``workers()`` gives one NullBackend per device."""
-
-    def __init__(self, model: ModelConfig, n: int, batch_ms: float) -> None:
-        super().__init__(model, latency_ms=batch_ms)
-        self.devices = [NullBackend(model, latency_ms=batch_ms) for _ in range(n)]
-
-    def workers(self) -> list[NullBackend]:
-        return self.devices
-
-
-def simulated_device(model: ModelConfig, batch_ms: float, device: str, threads: int, weights) -> NullBackend:
-    """The Ray workers' factory: one simulated device."""
-    return NullBackend(model, latency_ms=batch_ms)
 
 
 def _cluster(nodes: int, cpus_per_node: int, store_bytes: int):
@@ -75,13 +62,11 @@ def _cluster(nodes: int, cpus_per_node: int, store_bytes: int):
     return cluster
 
 
-def _ray_backend(cluster, model: ModelConfig, n: int, batch_ms: float):
-    from ray import cloudpickle
-
-    from backends.ray.backend import RayBackend
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return RayBackend.start(functools.partial(simulated_device, model, batch_ms), address=cluster.address,
-                            device="cpu", workers=n)
+def _backend(cfg: Config, sim: SimSettings, address: str | None = None):
+    """The simulated devices as run.py builds them: in this process, or on the Ray cluster at ``address``."""
+    if address is not None:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, executor="ray", ray_address=address))
+    return make_backend(cfg, "simulated", sim=sim)
 
 
 def _rate(cfg: Config, backend, dataset, out: Path, qps: float) -> tuple[float, object]:
@@ -91,7 +76,8 @@ def _rate(cfg: Config, backend, dataset, out: Path, qps: float) -> tuple[float, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-ms", type=float, default=100.0, help="time a simulated device holds one batch")
+    p.add_argument("--sim-batch-ms", type=float, nargs=2, default=(100.0, 0.0), metavar=("A", "B"),
+                   help="a simulated device holds a batch of b samples A + B x b milliseconds")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, nargs=2, default=(300, 600), metavar=("S0", "S1"))
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="N on one node")
@@ -106,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model = ModelConfig(image_size=tuple(args.image_size))
     dataset = Dataset(MemoryQSL(args.images, sizes=model.sizes))
+    timing = DeviceTiming(*args.sim_batch_ms, "--sim-batch-ms")
+    batch_ms = timing.batch_s(args.batch_size) * 1e3
     batch_mb = args.batch_size * sum(3 * s * s for s in model.sizes) / 1e6
-    print(f"{common.machine()}\nsimulated device: {args.batch_ms:g} ms per batch of {args.batch_size} at "
+    print(f"{common.machine()}\nsimulated device: {batch_ms:g} ms per batch of {args.batch_size} at "
           f"{'+'.join(map(str, model.sizes))} ({batch_mb:.1f} MB of uint8 per batch), {args.seconds:g} s runs",
           flush=True)
     cases = [(1, n) for n in args.workers] + [(2, n) for n in args.two_node_workers]
@@ -121,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             cluster = _cluster(nodes, cpus_per_node=2, store_bytes=int(args.store_gb * 2**30))
             try:
                 for n in [n for k, n in cases if k == nodes]:
-                    ideal = n * args.batch_size / (args.batch_ms / 1e3)
-                    local = LocalDevices(model, n, args.batch_ms)
-                    remote = _ray_backend(cluster, model, n, args.batch_ms)
+                    ideal = n * timing.samples_per_s(args.batch_size)
+                    local = _backend(cfg, SimSettings(timing, n))
+                    remote = _backend(cfg, SimSettings(timing, n), cluster.address)
                     pairs = []
                     try:
                         for b in (local, remote):   # untimed: the first run's one-off costs (fresh shared memory)
@@ -139,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"samples/s (ideal {ideal:.0f}), ratio {ry / lo:.3f}"
                                   + (f", {failed} FAILED" if failed else ""), flush=True)
                     finally:
-                        remote.close()
+                        close_backend(remote)
                     rows.append({"nodes": nodes, "workers": n, "ideal_samples_per_s": ideal,
                                  "ratio_median": common.median([x["ratio"] for x in pairs]),
                                  "local_median": common.median([x["local_samples_per_s"] for x in pairs]),
@@ -155,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "Remote efficiency: Offline through --executor ray / the same devices in-process",
            "goal": f">= {GOAL}", "date": common.header(Config(model=model), None, "")["date"],
            "machine": common.machine(), "command": common.command(),
-           "model": f"simulated device (null backend sleeping {args.batch_ms:g} ms per batch of {args.batch_size}), "
+           "model": f"simulated devices ({timing.describe()}: {batch_ms:g} ms per batch of {args.batch_size}), "
                     f"uint8 inputs at {'+'.join(map(str, model.sizes))}",
-           "weights": "no model", "batch_ms": args.batch_ms, "batch_size": args.batch_size,
+           "weights": "no model", "sim_batch_ms": list(args.sim_batch_ms), "batch_size": args.batch_size,
            "batch_mb": batch_mb, "seconds": args.seconds, "store_gb_per_node": args.store_gb, "lowest_ratio": worst, "cases": rows}
     table = ["| nodes | N | ideal samples/s | local samples/s | Ray samples/s | Ray / local |", "|---|---|---|---|---|---|"]
     table += [f"| {r['nodes']} | {r['workers']} | {r['ideal_samples_per_s']:.0f} | {r['local_median']:.1f} | "

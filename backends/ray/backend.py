@@ -53,7 +53,7 @@ class RayBackend:
     """The backend interface of ``backends/base.py`` over remote workers; made by :meth:`start`."""
 
     def __init__(self, connection: Connection, states: list[ActorState], proxies: list[WorkerProxy],
-                 nodes: int, weights_ref: Any = None) -> None:
+                 nodes: int) -> None:
         self.connection = connection
         self.states = states
         self.proxies = proxies
@@ -63,7 +63,6 @@ class RayBackend:
         self.simulated = first.simulated
         self.num_classes = first.num_classes
         self.device = "cpu"          # batches stay on this host until they are sent
-        self._weights_ref = weights_ref
         self._next = 0
 
     @classmethod
@@ -95,15 +94,16 @@ class RayBackend:
                                        scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node.node_id,
                                                                                          soft=False)).remote()
                 states.append(ActorState(actor, _where(i, slot), slot.node.node_id))
-            _wait(states, [s.actor.ping.options(concurrency_group="control").remote() for s in states],
-                  start_timeout_s, "start (placed on its node, process up, code imported)")
+            pings = _wait(states, [s.actor.ping.options(concurrency_group="control").remote() for s in states],
+                          start_timeout_s, "start (placed on its node, process up, code imported)")
+            driver = software_versions()
+            for state, ping in zip(states, pings):   # before anything is built with them
+                check_versions(driver, ping["versions"], state.where)
+                state.pid = ping["pid"]
             infos = _wait(states, [s.actor.start.options(concurrency_group="control").remote(
                 factory, slot.device, slot.threads, weights_ref) for s, slot in zip(states, slots)],
                 build_timeout_s, "build its backend")
-            driver = software_versions()
-            for state, info in zip(states, infos):
-                check_versions(driver, info["versions"], state.where)
-                state.pid = info["pid"]
+            del weights_ref   # built: the workers hold their copies
             proxies = [WorkerProxy(state, j, info, deadline_s) for state, info in zip(states, infos)
                        for j in range(info["workers"])]
             # One image through every worker's path (its thread, the transfers), so no timed batch pays for that.
@@ -115,7 +115,7 @@ class RayBackend:
                 log.info("%s: %s backend on %s, %g CPU%s, built in %.1f s (pid %d)", state.where, info["name"],
                          info["device"], slot.num_cpus, " + 1 GPU" if slot.gpu else "", info["build_s"],
                          info["pid"])
-            return cls(connection, states, proxies, len({s.node for s in slots}), weights_ref)
+            return cls(connection, states, proxies, len({s.node for s in slots}))
         except BaseException:
             for state in states:
                 state.lose("startup failed", kill=True)
@@ -155,7 +155,6 @@ class RayBackend:
         """Stop the actors, and Ray itself when this backend started or joined it; safe to call twice."""
         for state in self.states:
             state.lose("the run ended", kill=True)
-        self._weights_ref = None
         self.connection.close()
 
 

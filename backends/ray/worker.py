@@ -44,8 +44,8 @@ class WorkerActor:
         self._local = threading.local()
 
     def ping(self) -> dict[str, Any]:
-        """The process is up (placed, started, the project's code imported): where it runs."""
-        return {"pid": os.getpid(), "host": socket.gethostname()}
+        """The process is up (placed, started, the project's code imported): its process and versions."""
+        return {"pid": os.getpid(), "host": socket.gethostname(), "versions": software_versions()}
 
     def start(self, factory: BackendFactory, device: str, threads: int, weights: Any) -> dict[str, Any]:
         """Build the backend; what the driver needs to know about it."""
@@ -58,7 +58,7 @@ class WorkerActor:
                                                                       "num_classes", None)
         return {"workers": len(self.workers), "name": getattr(backend, "name", type(backend).__name__),
                 "sizes": tuple(backend.sizes), "simulated": bool(getattr(backend, "simulated", False)),
-                "num_classes": num_classes, "versions": software_versions(), "pid": os.getpid(),
+                "num_classes": num_classes, "pid": os.getpid(),
                 "device": str(getattr(backend, "device", device)), "build_s": time.perf_counter() - t0}
 
     def predict(self, index: int, images: dict[int, np.ndarray], image_hw: np.ndarray

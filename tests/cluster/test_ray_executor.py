@@ -23,7 +23,7 @@ from harness.run.backend import call_deadline_s, make_ray_backend, worker_backen
 from harness.run.benchmark import run_benchmark
 from harness.settings.config import Config, RunConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ship_this_module_by_value():
