@@ -136,6 +136,10 @@ class PixelEcho(SleepWorker):
 def test_offline_gathers_into_reused_buffers_and_every_sample_gets_its_own_pixels():
     workers = [PixelEcho(), PixelEcho()]
     pipe, source, c, rec, samples = _pipeline(Workers(workers), 200)
+    pipe.max_batch = 8
+    pipe._prepare_buffers()            # start() makes every slot's buffers for the largest batch, untimed
+    made = [b.take(8)[32].untyped_storage().data_ptr() for free in pipe._slots for b in free.queue]
+    assert len(set(made)) == 2 * (1 + pipe.ahead)
     pipe.start()
     source.put([samples[i:i + 8] for i in range(0, 195, 8)] + [samples[195:]])   # a short last batch
     assert _wait_for(lambda: len(rec.done) == len(samples))
@@ -146,6 +150,7 @@ def test_offline_gathers_into_reused_buffers_and_every_sample_gets_its_own_pixel
         assert score == np.float32((s.index % 256) / 255), f"sample {s.index} got another sample's pixels"
     # Each worker gathers into the buffers of the 1 + ahead batches it may hold, never a fresh tensor.
     assert all(len(w.storages) <= 1 + pipe.ahead for w in workers)
+    assert set().union(*(w.storages for w in workers)) <= set(made)
 
 
 # -- a lost worker's batches go to the others; a sample fails only when no worker is left --------------------

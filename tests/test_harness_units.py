@@ -256,8 +256,9 @@ def test_latency_budget_sizes_and_waits_against_the_bound():
     assert slow.cap() == 3 and slow.wait_s(3) == pytest.approx(0.005)   # 45 ms of room: the 5 ms configured
     slower = LatencyBudget(max_batch=8, max_wait_s=0.005, bound_s=0.100)
     for _ in range(3):
-        slower.service.observe(1, 0.086)                            # even one batch of 1 hardly fits
-    assert slower.cap() == 1 and slower.wait_s(1) == pytest.approx(0.004)   # the oldest may wait what is left
+        slower.service.observe(1, 0.086)                            # not even a batch of 1 fits twice
+    assert slower.cap() == 8                                        # so the largest: throughput drains the queue
+    assert slower.wait_s(1) == pytest.approx(0.004)                 # the oldest may wait only what is left
     assert LatencyBudget(8, 0.005, None).cap() == 8                 # no bound: the configured values
 
 

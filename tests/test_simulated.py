@@ -119,10 +119,10 @@ def test_help_says_it_is_a_measuring_instrument_not_a_model(capsys):
 # The tests' half-second runs, with the query counts LoadGen's early stopping needs to call the p99
 # scenarios VALID (MultiStream: 662 queries, about 3 s at 4-5 ms per query; Server: about 460).
 SIM_FAST_CONF = FAST_CONF + "ssd-resnet34.MultiStream.min_query_count = 662\n" \
-                            "ssd-resnet34.Server.min_query_count = 600\n"
+                            "ssd-resnet34.Server.min_query_count = 500\n"
 # Hints for 4 simulated H100s on this host (LoadGen makes its queries from them, so they must overstate the
 # speed); the images are at 300 only, to keep the host's gather small.
-SCENARIO_FLAGS = {"Offline": ["--offline-expected-qps", "20000"], "Server": ["--server-target-qps", "800"],
+SCENARIO_FLAGS = {"Offline": ["--offline-expected-qps", "20000"], "Server": ["--server-target-qps", "500"],
                   "SingleStream": [], "MultiStream": []}
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from harness.sut.batching import BatchSource
 from harness.sut.completion import Completer, Sample
-from harness.sut.pipeline import BatchSource, Pipeline, QSLLike
+from harness.sut.pipeline import Pipeline, QSLLike
 
 
 class BaseSUT:
@@ -23,11 +24,11 @@ class BaseSUT:
     ahead = 1   # batches a worker may have loaded beyond the one it computes (see Pipeline)
 
     def __init__(self, backend: Any, qsl: QSLLike, source: BatchSource | None,
-                 completer: Completer | None = None) -> None:
+                 completer: Completer | None = None, max_batch: int | None = None) -> None:
         self.completer = completer or Completer()
         self.source = source
         self.pipeline = Pipeline(backend, qsl, self.completer, source, threaded=self.threaded, ahead=self.ahead,
-                                 name=self.scenario or type(self).__name__)
+                                 name=self.scenario or type(self).__name__, max_batch=max_batch)
         self.handle: int | None = None
         self.issued = 0
 

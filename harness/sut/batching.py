@@ -23,7 +23,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 from harness.sut.budget import LatencyBudget
 from harness.sut.completion import Sample
@@ -37,6 +37,24 @@ class Batch:
     closed_at: float = field(default_factory=time.monotonic)  # when it left the source
     requeued: bool = False             # handed back after a worker could not compute it
     failed_on: int | None = None       # the worker on which it raised (not WorkerLost): another one takes it
+
+
+class BatchSource(Protocol):
+    def next_batch(self, worker: int = 0) -> Batch | None:
+        """Block until a batch is ready for ``worker``; None once closed and empty, or the worker is retired."""
+
+    def requeue(self, batch: Batch) -> bool:
+        """Take back a batch a worker could not compute; it goes out first, to another worker. False when
+        no worker that may take it is taking batches any more."""
+
+    def set_live(self, workers: Iterable[int]) -> None:
+        """The workers still running (by index)."""
+
+    def close(self) -> None:
+        """Wake any waiter; after this ``next_batch`` drains what is left, then returns None."""
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        """A batch from this source was completed ``seconds`` after it closed (Server learns from it)."""
 
 
 class _Source:
@@ -84,6 +102,15 @@ class _Source:
     def _retired(self, worker: int) -> bool:
         return self._live is not None and worker not in self._live
 
+    def _answer_now(self, worker: int) -> tuple[bool, Batch | None]:
+        """(True, what next_batch returns) for a retired worker (None) or a handed-back batch it may take;
+        (False, None) otherwise (caller holds the condition)."""
+        if self._retired(worker):
+            self._none_for(worker)
+            return True, None
+        again = self._take_requeued(worker)
+        return again is not None, again
+
     def _none_for(self, worker: int) -> None:
         """``worker``'s loader is told there is nothing more (caller holds the condition)."""
         self._finished.add(worker)
@@ -119,12 +146,9 @@ class BatchQueue(_Source):
         """Block until a batch is ready; None once the queue is closed and empty, or ``worker`` is retired."""
         with self._cond:
             while True:
-                if self._retired(worker):
-                    self._none_for(worker)
-                    return None
-                again = self._take_requeued(worker)
-                if again is not None:
-                    return again
+                now, batch = self._answer_now(worker)
+                if now:
+                    return batch
                 if self._batches:
                     return Batch(self._batches.popleft())
                 if self._closed:
@@ -145,14 +169,21 @@ class DynamicBatcher(_Source):
             raise ValueError(f"need max_batch >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
         super().__init__()
         self.budget = LatencyBudget(max_batch, max_wait_s, bound_s)
+        self._size = max_batch            # the batch size last chosen (add() wakes a loader when it is reached)
         self._pending: collections.deque[tuple[float, Sample]] = collections.deque()
         self._flush = False
 
     def add(self, samples: Sequence[Sample]) -> None:
         now = time.monotonic()
         with self._cond:
+            was_empty = not self._pending
             self._pending.extend((now, s) for s in samples)
-            self._cond.notify()
+            # Wake a loader only when it has something new to decide: the first pending sample (its wait
+            # starts) or a full batch. A loader waiting for a batch to fill wakes by itself at the oldest
+            # sample's deadline; waking it for every query (thousands a second) only made the workers'
+            # threads fight over the GIL and CPU while LoadGen issued.
+            if was_empty or len(self._pending) >= self._size:
+                self._cond.notify()
 
     def flush(self) -> None:
         """No more samples are coming soon: stop waiting for batches to fill."""
@@ -170,19 +201,16 @@ class DynamicBatcher(_Source):
         """
         with self._cond:
             while True:
-                if self._retired(worker):
-                    self._none_for(worker)
-                    return None
-                again = self._take_requeued(worker)
-                if again is not None:
-                    return again
+                now, batch = self._answer_now(worker)
+                if now:
+                    return batch
                 if not self._pending:
                     if self._closed:
                         self._none_for(worker)
                         return None
                     self._cond.wait()
                     continue
-                size = self.budget.cap()
+                size = self._size = self.budget.cap()
                 remaining = self._pending[0][0] + self.budget.wait_s(size) - time.monotonic()
                 if len(self._pending) >= size or self._flush or self._closed or remaining <= 0:
                     return Batch(self._take(min(size, len(self._pending))))

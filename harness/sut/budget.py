@@ -9,7 +9,9 @@ worker or the device. :class:`LatencyBudget` chooses against the bound:
 - the batch size: at most the largest ``b`` whose service time fits twice in
   the budget, because a sample that just missed a batch waits for a worker to
   finish one batch and then for its own (batches close only when a worker can
-  take them, so no more than that is queued ahead of it);
+  take them, so no more than that is queued ahead of it). When not even one
+  sample fits (a slow device, or batches the host delayed), smaller batches
+  would only lower the throughput that drains the queue: then the largest;
 - the wait: the oldest pending sample's batch closes when the batch is full or
   when waiting longer would leave less than its service time before the
   budget ends (never later than ``max_wait_s``, the configured wait).
@@ -105,15 +107,15 @@ class LatencyBudget:
         self.service = service or ServiceTime()
 
     def cap(self) -> int:
-        """The largest batch whose service time fits twice in the budget (at least 1, at most max_batch)."""
+        """The largest batch whose service time fits twice in the budget; max_batch when none or all do."""
         if self.budget_s is None or self.service.estimate(self.max_batch) is None:
             return self.max_batch
         def fits(b: int) -> bool:   # monotone in b: the fitted slope is never negative
             return 2 * self.service.estimate(b) <= self.budget_s
 
-        if fits(self.max_batch):
+        if fits(self.max_batch) or not fits(1):   # no size keeps the bound: throughput drains the backlog
             return self.max_batch
-        lo, hi = 1, self.max_batch          # largest b with fits(b): bisection, fits(hi) is False
+        lo, hi = 1, self.max_batch          # largest b with fits(b): bisection, fits(lo), not fits(hi)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)

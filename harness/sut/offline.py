@@ -18,7 +18,7 @@ class OfflineSUT(BaseSUT):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        super().__init__(backend, qsl, BatchQueue(), completer)
+        super().__init__(backend, qsl, BatchQueue(), completer, max_batch=batch_size)
 
     def _enqueue(self, samples: list[Sample]) -> None:
         b = self.batch_size

@@ -16,12 +16,14 @@ uses 1 (the next batch is ready when the device frees; more would only let
 one worker hoard the query's last batches while others idle). Server uses 0:
 a loader asks the batcher for a batch only when its worker is idle, so a
 batch closes when a worker can take it and never waits, closed, behind
-another (its samples could have joined a later batch meanwhile). With ``threaded=False`` (SingleStream, MultiStream,
-where LoadGen waits for a query before issuing the next, so there is nothing
-to overlap) the pipeline starts no thread: the SUT calls ``run_inline`` on
-LoadGen's issue thread, which runs the three stages in turn and completes the
-query before ``IssueQuery`` returns. A thread handoff per query costs more
-than the harness's whole work for it (measured here: 86 us per null-backend
+another (its samples could have joined a later batch meanwhile).
+
+With ``threaded=False`` (SingleStream, MultiStream, where LoadGen waits for a
+query before issuing the next, so there is nothing to overlap) the pipeline
+starts no thread: the SUT calls ``run_inline`` on LoadGen's issue thread,
+which runs the three stages in turn and completes the query before
+``IssueQuery`` returns. A thread handoff per query costs more than the
+harness's whole work for it (measured here: 86 us per null-backend
 SingleStream query through a worker thread, 28 us inline).
 
 With a backend offering ``workers()`` (one backend per GPU), each worker gets
@@ -31,16 +33,17 @@ has it called by the loader (the host-to-device copy of the next batch then
 overlaps the current compute); its result goes to ``predict`` as it is.
 
 Only compute threads call the backends. What each stage does with a batch is
-in harness/sut/stages.py: a batch that raises is retried one sample at a
-time, so a single bad sample fails alone; its failure is logged with its index
-and counted by the :class:`Completer`. A worker whose
-``predict`` or ``stage`` raises :class:`~backends.base.WorkerLost` is retired
-(harness/sut/workers.py) and the samples it had not finished go back to the
-batch source for the others (inline: to the next worker at once); only when
-no worker is left do they fail, and the completer closes, so every later
-sample completes at once. If a stage thread dies anyway, the pipeline closes
-the completer, which completes every outstanding and every later sample with
-an empty response, so LoadGen never hangs.
+in harness/sut/stages.py: a batch that raises goes to another worker first,
+then, if it fails there too, is retried one sample at a time, so a single bad
+sample fails alone; its failure is logged with its index and counted by the
+:class:`Completer`. A worker whose ``predict`` or ``stage`` raises
+:class:`~backends.base.WorkerLost` is retired (harness/sut/workers.py) and the
+samples it had not finished go back to the batch source for the others
+(inline: to the next worker at once); only when no worker is left do they
+fail, and the completer closes, so every later sample completes at once. If a
+stage thread dies anyway, the pipeline closes the completer, which completes
+every outstanding and every later sample with an empty response, so LoadGen
+never hangs.
 """
 from __future__ import annotations
 
@@ -48,11 +51,11 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Iterable, Protocol
+from typing import Any
 
 import torch
 
-from harness.sut.batching import Batch
+from harness.sut.batching import Batch, BatchSource
 from harness.sut.completion import Completer, Sample
 from harness.sut.stages import (
     BatchBuffers,
@@ -61,29 +64,12 @@ from harness.sut.stages import (
     StageWork,
     gathers_into_buffers,
 )
-from harness.sut.workers import Routing, Worker, WorkerPool
+from harness.sut.workers import Routing, Worker, WorkerPool, backend_workers
 
 log = logging.getLogger("harness")
 
 _STOP = object()
 _POLL_S = 0.1  # how often a blocked stage checks whether the pipeline stopped
-
-class BatchSource(Protocol):
-    def next_batch(self, worker: int = 0) -> Batch | None:
-        """Block until a batch is ready for ``worker``; None once closed and empty, or the worker is retired."""
-
-    def requeue(self, batch: Batch) -> bool:
-        """Take back a batch a worker could not compute; it goes out first, to another worker. False when
-        no worker that may take it is taking batches any more."""
-
-    def set_live(self, workers: Iterable[int]) -> None:
-        """The workers still running (by index)."""
-
-    def close(self) -> None:
-        """Wake any waiter; after this ``next_batch`` drains what is left, then returns None."""
-
-    def batch_done(self, size: int, seconds: float) -> None:
-        """A batch from this source was completed ``seconds`` after it closed (Server learns from it)."""
 
 
 class _Closing:
@@ -93,17 +79,11 @@ class _Closing:
         self.why = why
 
 
-def backend_workers(backend: Any) -> list[Any]:
-    """The backends that compute concurrently: ``backend.workers()`` when it has that, else ``[backend]``."""
-    workers = getattr(backend, "workers", None)
-    return list(workers()) if callable(workers) else [backend]
-
-
 class Pipeline:
     """Runs batches from ``source`` through ``backend`` and completes them via ``completer``."""
 
     def __init__(self, backend: Any, qsl: QSLLike, completer: Completer, source: BatchSource | None,
-                 threaded: bool = True, ahead: int = 1, name: str = "sut") -> None:
+                 threaded: bool = True, ahead: int = 1, name: str = "sut", max_batch: int | None = None) -> None:
         self.backend = backend
         self.qsl = qsl
         self.completer = completer
@@ -117,6 +97,7 @@ class Pipeline:
         # Every worker is in the pool; inline, the first one still running computes and the others stand by.
         self.workers = [w.backend for w in self.pool.workers] if threaded else [backend]
         self.ahead = ahead
+        self.max_batch = max_batch   # the largest batch the source gives: buffers are made for it at start()
         # Per worker, a slot for each batch it may hold (computing + ahead): the loader takes one before it
         # asks the source for a batch and gathers into its buffers; the compute thread returns it once the
         # batch is computed. Without a QSL that gathers into buffers, the slots are plain credits (None).
@@ -140,6 +121,7 @@ class Pipeline:
         if not self.threaded:
             return  # batches arrive through run_inline, on the caller's thread
         self.source.set_live(w.index for w in self.pool.workers)
+        self._prepare_buffers()
         stages = [("completer", self._finish_loop, ())]
         for w in self.pool.workers:
             q: queue.Queue = queue.Queue()   # at most 1 + ahead items: the slots bound it
@@ -151,6 +133,17 @@ class Pipeline:
                                  daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _prepare_buffers(self) -> None:
+        """Make (and touch) every slot's buffers for ``max_batch`` now, before LoadGen times anything: on
+        first touch each page of fresh memory faults, which costs about twice the copy that fills it."""
+        if self.max_batch is None:
+            return
+        for free in self._slots:
+            for buffers in list(free.queue):
+                if buffers is not None:
+                    for t in buffers.take(self.max_batch).values():
+                        t.zero_()
 
     def _requeue(self, batch: Batch) -> bool:
         """Where Routing sends a batch for another worker: the source, or inline the query's work left."""

@@ -24,7 +24,7 @@ class ServerSUT(BaseSUT):
 
     def __init__(self, backend, qsl, max_batch: int, max_wait_s: float, bound_s: float | None = None,
                  completer=None) -> None:
-        super().__init__(backend, qsl, DynamicBatcher(max_batch, max_wait_s, bound_s), completer)
+        super().__init__(backend, qsl, DynamicBatcher(max_batch, max_wait_s, bound_s), completer, max_batch=max_batch)
 
     def _enqueue(self, samples: list[Sample]) -> None:
         self.source.add(samples)

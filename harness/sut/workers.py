@@ -38,6 +38,12 @@ class Worker:
     strikes: int = 0           # its batches in a row that failed on it and then were computed elsewhere
 
 
+def backend_workers(backend: Any) -> list[Any]:
+    """The backends that compute concurrently: ``backend.workers()`` when it has that, else ``[backend]``."""
+    workers = getattr(backend, "workers", None)
+    return list(workers()) if callable(workers) else [backend]
+
+
 class WorkerPool:
     """The workers of one pipeline; retirement is thread-safe and happens at most once per worker."""
 
