@@ -94,3 +94,20 @@ def test_executor_flags_reach_the_run_config(synthetic_coco):
 def test_bad_executor_flags_are_one_clear_error(synthetic_coco, flags, message):
     with pytest.raises((ConfigError, ValueError), match=message):
         _config(*flags, data=synthetic_coco)
+
+
+def test_the_guard_hands_out_only_the_workers_of_a_backend_that_is_none_of_them():
+    """A backend of remote workers is not one of its own workers: the pipeline gets exactly its workers."""
+    from backends.null import NullBackend
+    from harness.sut.guard import GuardedBackend
+
+    class Remote(NullBackend):
+        def __init__(self):
+            super().__init__()
+            self.all = [NullBackend(), NullBackend()]
+
+        def workers(self):
+            return self.all
+
+    remote = Remote()
+    assert [g.inner for g in GuardedBackend(remote).workers()] == remote.all
