@@ -60,13 +60,13 @@ def benchmark_main(argv: list[str]) -> int:
     from harness.run.preflight import check_inputs
     config = check_inputs(config, model_keys_given(args), args.backend)
     from harness.report.summary import format_summary
-    from harness.run.backend import make_backend
+    from harness.run.backend import close_backend, make_backend
     from harness.run.benchmark import run_benchmark
     from harness.run.thread import Interrupted, WorkerDied
     from harness.shared.errors import OutputError
+    backend = make_backend(config, args.backend, **options)
     try:
-        result = run_benchmark(config, backend=make_backend(config, args.backend, **options),
-                               use_pycocotools=args.use_pycocotools, progress=True)
+        result = run_benchmark(config, backend=backend, use_pycocotools=args.use_pycocotools, progress=True)
     except (Interrupted, WorkerDied, OutputError) as e:
         result = getattr(e, "result", None)
         if result is None:
@@ -80,6 +80,8 @@ def benchmark_main(argv: list[str]) -> int:
                   "waiting for it (its logs so far are on disk)", file=sys.stderr, flush=True)
             os._exit(code)
         return code
+    finally:
+        close_backend(backend)
     print(format_summary(result))
     return result.exit_code
 
@@ -97,17 +99,19 @@ def evaluate_main(argv: list[str]) -> int:
     from harness.run.preflight import check_inputs
     config = check_inputs(config, model_keys_given(args), args.backend, loadgen=False)
     from harness.accuracy.coco import MapNotComputed
-    from harness.run.backend import make_backend
+    from harness.run.backend import close_backend, make_backend
     from harness.run.dataset import open_dataset, pin_memory_for
     from harness.run.evaluate import evaluate_direct
     backend = make_backend(config, args.backend, **options)
-    dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
     try:
+        dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
         report = evaluate_direct(backend, dataset, config.run.batch_size, args.dump_detections,
                                  args.use_pycocotools)
     except MapNotComputed as e:   # the input was fine; there is just no figure (exit 1, as for a run)
         print(f"mAP not computed: {e}", file=sys.stderr)
         return 1
+    finally:
+        close_backend(backend)
     print("\n".join(report.lines()))
     return 1 if report.incomplete else 0
 

@@ -80,6 +80,20 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def read_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """The network's weights from ``cfg.checkpoint``, read and checked once: (state dict, checkpoint info).
+
+    The state dict is the one :class:`PyTorchBackend` would hold after loading the file itself (fp32, the
+    network's own names), so a backend given it as ``weights`` computes the same bytes without reading
+    the file. (None, None) without a checkpoint. Raises CheckpointError naming the file.
+    """
+    if not cfg.checkpoint:
+        return None, None
+    model = SSDResNet(cfg.num_classes, cfg.backbone, cfg.variant)
+    info = load_checkpoint(cfg.checkpoint, model, trust_pickle=cfg.trust_pickle)
+    return model.state_dict(), info
+
+
 class PyTorchBackend:
     """The backend interface of ``backends/base.py`` for the SSD in PyTorch."""
 
@@ -87,8 +101,11 @@ class PyTorchBackend:
     simulated = False
 
     def __init__(self, model_cfg: ModelConfig, device: str = "auto", threads: int = 0,
-                 trust_pickle: bool = False) -> None:
+                 trust_pickle: bool = False, weights: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+                 ) -> None:
+        """``weights``: (state dict, info) from :func:`read_weights`, used instead of reading ``model_cfg.checkpoint``."""
         self.cfg = model_cfg
+        self.weights = weights
         self.sizes: tuple[int, ...] = model_cfg.sizes
         self.device = resolve_device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -123,7 +140,11 @@ class PyTorchBackend:
             configure_cuda_math()
         torch.manual_seed(0)
         model = SSDResNet(cfg.num_classes, cfg.backbone, cfg.variant).eval()
-        if cfg.checkpoint:
+        if self.weights is not None:
+            model.load_state_dict(self.weights[0])
+            self.checkpoint_info = self.weights[1]
+            log.info("%s (read once by the driver)", describe_checkpoint(self.checkpoint_info))
+        elif cfg.checkpoint:
             self.checkpoint_info = load_checkpoint(cfg.checkpoint, model, trust_pickle=self.trust_pickle)
             log.info("%s", describe_checkpoint(self.checkpoint_info))
         else:
@@ -141,9 +162,10 @@ class PyTorchBackend:
             if self._all_gpus and not self.replicas:
                 for i in range(torch.cuda.device_count()):
                     if i != self.device.index:
-                        replica = PyTorchBackend(cfg, f"cuda:{i}", self.threads, self.trust_pickle)
+                        replica = PyTorchBackend(cfg, f"cuda:{i}", self.threads, self.trust_pickle, self.weights)
                         replica.load()
                         self.replicas.append(replica)
+        self.weights = None   # the model holds them now
 
     def _twin(self) -> "PyTorchBackend":
         """A worker on the same GPU sharing this one's weights, with its own streams, detector, compiled module

@@ -32,3 +32,4 @@ def synthetic_coco(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("coco")
     make_synthetic_coco(root, 8, seed=0)
     return root
+

@@ -21,9 +21,20 @@ against LoadGen 6.0.17 in tests/test_warmup_sizes.py):
 ``performance_sample_count`` is user.conf's override or the QSL's (64 or the
 data set when smaller); without the data set the accuracy run's last set is
 unknown and its remainder, if new, runs eagerly (untimed).
+
+``--executor ray`` puts the workers on Ray actors (backends/ray/). The driver reads and checks the
+checkpoint once (a bad file stops the run here, exit status 2) and ships its weights through Ray's
+object store; each worker builds its backend with :func:`worker_backend`, the same code as a local
+run (per-image execution on a CPU, the warm-up of the run's batch sizes), so a worker's detections
+are byte for byte the local ones. A call that takes longer than :func:`call_deadline_s` loses its
+worker (its batch goes to another): Server 10 x the latency bound, at least 5 s (a batch a few times
+over the bound is slow, not lost; one 10 times over it holds samples that already failed); other
+scenarios 600 s, which no healthy device needs for one batch; ``--ray-call-timeout`` overrides both.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from typing import Any, Sequence
 
@@ -32,6 +43,10 @@ from harness.shared.errors import ConfigError
 from harness.sut.guard import GuardedBackend
 
 log = logging.getLogger("harness")
+
+SERVER_DEADLINE_FACTOR = 10      # x the Server latency bound
+SERVER_DEADLINE_FLOOR_S = 5.0
+DEADLINE_S = 600.0               # Offline, SingleStream, MultiStream
 
 
 def loadgen_offline_samples(min_duration_ms: int, min_query_count: int, expected_qps: float) -> int:
@@ -91,7 +106,8 @@ def warmup_batch_sizes(config: Config, every_size: bool, offline_queries: Sequen
     return tuple(sorted(sizes, reverse=True))
 
 
-def build_backend(config: Config, per_image: bool | None = None, dataset: Any = None) -> Any:
+def build_backend(config: Config, per_image: bool | None = None, dataset: Any = None,
+                  weights: Any = None) -> Any:
     """The PyTorch backend for ``config``, loaded and warmed up for the run's batch sizes.
 
     The warm-up runs the batch shapes of the scenario (:func:`warmup_batch_sizes`; with CUDA graphs
@@ -99,14 +115,15 @@ def build_backend(config: Config, per_image: bool | None = None, dataset: Any = 
     so torch.compile and CUDA graph capture happen here, never inside a timed run. ``per_image``
     runs each image of a batch on its own so that its response bytes do not depend on the batch
     (see harness/sut/guard.py); when not given, ``config.run.batch_invariant`` decides
-    ("auto" = on for a CPU).
+    ("auto" = on for a CPU). ``weights``: the checkpoint already read (``read_weights``), instead of
+    reading ``config.model.checkpoint``.
     """
     from backends.pytorch_backend import PyTorchBackend
-    if not config.model.checkpoint and not config.model.random_weights:
+    if not config.model.checkpoint and not config.model.random_weights and weights is None:
         raise ConfigError("model.checkpoint is not set: give a checkpoint, or set model.random_weights to run on "
                           "untrained weights (speed measurements only)")
     backend = PyTorchBackend(config.model, device=config.run.device, threads=config.run.threads,
-                             trust_pickle=config.model.trust_pickle)
+                             trust_pickle=config.model.trust_pickle, weights=weights)
     backend.load()
     on_cpu = str(getattr(backend, "device", "cpu")).startswith("cpu")
     if per_image is None:
@@ -123,12 +140,14 @@ def build_backend(config: Config, per_image: bool | None = None, dataset: Any = 
     return backend
 
 
-def make_backend(config: Config, kind: str, sim: Any = None):
-    """The backend named by --backend, loaded and warmed up.
+def make_backend(config: Config, kind: str, sim: Any = None, weights: Any = None):
+    """The backend named by --backend, loaded and warmed up; with ``--executor ray``, its workers on Ray.
 
     ``sim``: the devices of ``kind`` "simulated" (``backends.sim_profiles.SimSettings``; default one device
-    of the default profile).
+    of the default profile). ``weights``: the checkpoint already read (a Ray worker gets it from the driver).
     """
+    if config.run.executor == "ray":
+        return make_ray_backend(config, kind, sim)
     if kind == "null":
         from backends.null import NullBackend
         return NullBackend(config.model)
@@ -143,4 +162,57 @@ def make_backend(config: Config, kind: str, sim: Any = None):
                         sim.timing.source, "+".join(map(str, derived_for)),
                         "+".join(map(str, config.model.sizes)))
         return SimulatedBackend(config.model, sim)
-    return build_backend(config)
+    return build_backend(config, weights=weights)
+
+
+def close_backend(backend: Any) -> None:
+    """Release what ``backend`` holds beyond this process (Ray's workers); nothing for a local one."""
+    close = getattr(backend, "close", None)
+    if callable(close):
+        close()
+
+
+def call_deadline_s(config: Config) -> float:
+    """Seconds one batch may take on a Ray worker before the worker counts as lost."""
+    run = config.run
+    if run.ray_call_timeout_s is not None:
+        return float(run.ray_call_timeout_s)
+    if run.scenario != "Server":
+        return DEADLINE_S
+    from harness.settings.loadgen import make_test_settings
+    bound_s = make_test_settings(run.user_conf, "Server", "performance", run).server_target_latency_ns / 1e9
+    return max(SERVER_DEADLINE_FACTOR * bound_s, SERVER_DEADLINE_FLOOR_S)
+
+
+def worker_backend(config: Config, kind: str, sim: Any, device: str, threads: int, weights: Any) -> Any:
+    """On a Ray worker: the backend a local run of ``config`` builds, on ``device``, from ``weights``.
+
+    The checkpoint path is dropped: the worker's node need not have the file. A simulated backend
+    holds one device (a Ray worker is one device).
+    """
+    run = dataclasses.replace(config.run, device=device, threads=threads, executor="local", ray_address=None,
+                              ray_workers=None, ray_call_timeout_s=None)
+    model = dataclasses.replace(config.model, checkpoint=None)
+    if sim is not None:
+        sim = dataclasses.replace(sim, devices=1)
+    return make_backend(Config(model, config.data, run), kind, sim=sim, weights=weights)
+
+
+def make_ray_backend(config: Config, kind: str, sim: Any = None) -> Any:
+    """The backend of ``kind`` (--backend) with its workers on the Ray cluster of ``config.run``.
+
+    Simulated devices: one per Ray worker, ``sim.devices`` of them unless ``--ray-workers`` says otherwise.
+    """
+    from backends.ray.backend import RayBackend
+    weights = None
+    if kind == "pytorch":
+        from backends.pytorch_backend import read_weights
+        state, info = read_weights(config.model)
+        weights = (state, info) if state is not None else None
+    run = config.run
+    workers = run.ray_workers
+    if kind == "simulated" and workers is None and sim is not None:
+        workers = sim.devices
+    return RayBackend.start(functools.partial(worker_backend, config, kind, sim), address=run.ray_address,
+                            device=run.device, workers=workers, threads=run.threads, weights=weights,
+                            deadline_s=call_deadline_s(config))

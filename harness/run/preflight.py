@@ -87,7 +87,8 @@ def check_inputs(config: Config, given: Mapping[str, str], backend: str = "pytor
     if not loadgen or "accuracy" in MODE_RUNS[config.run.mode]:
         from harness.run.dataset import Dataset, check_num_classes
         check_num_classes(config.model.num_classes, Dataset(qsl=None, annotation_file=ann, num_categories=categories))
-    if config.run.device == "cuda" and backend == "pytorch":
+    # With --executor ray the GPUs are the cluster's, checked when its workers are placed (backends/ray/).
+    if config.run.device == "cuda" and backend == "pytorch" and config.run.executor == "local":
         import torch
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA GPU is available; use --device cpu or auto")

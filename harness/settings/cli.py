@@ -22,6 +22,7 @@ from backends.sim_profiles import DEFAULT_PROFILE, PROFILES, DeviceTiming
 from harness.settings.config import (
     BATCH_INVARIANT,
     DEVICES,
+    EXECUTORS,
     MODES,
     SCENARIOS,
     Config,
@@ -83,6 +84,19 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-bad-images", action="store_true", default=None, help="skip unreadable images")
 
 
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the workers run")
+    g.add_argument("--executor", choices=EXECUTORS,
+                   help="local = in this process (default); ray = one Ray actor per worker, on a Ray cluster")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="head of a running Ray cluster (host:6379, or auto); default: start a local Ray for the run")
+    g.add_argument("--ray-workers", type=int, metavar="N",
+                   help="Ray actors to start (default: one per GPU of the cluster, else one per node)")
+    g.add_argument("--ray-call-timeout", type=float, metavar="S", dest="ray_call_timeout_s",
+                   help="seconds one batch may take on a worker before it counts as lost "
+                        "(default: Server 10 x the latency bound, at least 5 s; others 600 s)")
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config with [model], [data], [run] tables")
     p.add_argument("--device", choices=DEVICES)
@@ -95,6 +109,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="null = fixed detections, no model (measures the harness itself); simulated = "
                         "simulated accelerators, no model (see --sim-*)")
     p.add_argument("--use-pycocotools", action="store_true", help="evaluate with pycocotools (slower)")
+    add_executor_args(p)
     add_model_args(p)
     add_data_args(p)
     add_sim_args(p)
@@ -179,8 +194,9 @@ def _positive(name: str, value: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Resolve the config and check the files and folders the flags name."""
     for flag in ("max_images", "batch_size", "num_classes", "dboxes_scale", "server_target_qps",
-                 "offline_expected_qps", "server_max_batch"):
+                 "offline_expected_qps", "server_max_batch", "ray_workers"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
+    _positive("--ray-call-timeout", getattr(args, "ray_call_timeout_s", None))
     if args.image_size is not None and any(s <= 0 for s in args.image_size):
         raise UsageError(f"--image-size must be two positive sizes in pixels, got {args.image_size}")
     if args.threads is not None and args.threads < 0:
@@ -195,7 +211,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     data = {"data_dir": args.data, "annotation_file": args.annotation_file, "cache_dir": args.cache_dir,
             "max_images": args.max_images, "skip_bad_images": args.skip_bad_images}
     run = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size,
-           "batch_invariant": args.batch_invariant}
+           "batch_invariant": args.batch_invariant, "executor": args.executor, "ray_address": args.ray_address,
+           "ray_workers": args.ray_workers, "ray_call_timeout_s": args.ray_call_timeout_s}
     for key in ("scenario", "mode", "system_name", "server_target_qps", "offline_expected_qps",
                 "server_max_batch", "server_max_wait_ms"):
         run[key] = getattr(args, key, None)
@@ -210,7 +227,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     except ConfigError as e:
         flags = [f"--{k.replace('_', '-')}" for section in (model, data, run) for k, v in section.items()
                  if v is not None and re.search(rf"\b(model|data|run)\.{k}\b", str(e))]
-        flagged = {"--checkpoint": "--model", "--data-dir": "--data", "--output-dir": "--output"}
+        flagged = {"--checkpoint": "--model", "--data-dir": "--data", "--output-dir": "--output",
+                   "--ray-call-timeout-s": "--ray-call-timeout"}
         raise ConfigError(f"{e}" + (f" (given by {', '.join(flagged.get(f, f) for f in flags)})" if flags else "")) \
             from None
     given = model_keys_given(args)

@@ -35,6 +35,7 @@ SCENARIOS = ("SingleStream", "MultiStream", "Offline", "Server")
 MODES = ("accuracy", "performance", "submission", "find-peak")
 DEVICES = ("auto", "cpu", "cuda")
 BATCH_INVARIANT = ("auto", "on", "off")
+EXECUTORS = ("local", "ray")
 
 
 # The harness's own expected-QPS / expected-latency hints, used when neither the config nor user.conf gives one.
@@ -79,12 +80,31 @@ class RunConfig:
     output_dir: str = "results"            # root of the submission layout
     system_name: str = "default"           # <system> folder name in the submission layout
     user_conf: str = "user.conf"           # LoadGen settings file
+    # Where the workers run: "local" = in this process (one per local device); "ray" = one Ray actor per
+    # worker, each holding a whole backend on one device of one node of a Ray cluster (backends/ray/).
+    executor: str = "local"
+    ray_address: str | None = None         # "host:port" of a running cluster's head, or "auto"; None = start a local one
+    ray_workers: int | None = None         # actors to start; None = one per GPU of the cluster, else one per node
+    # Seconds a worker may take for one call before it counts as lost; None = derived from the scenario
+    # (Server: 10 x the latency bound, at least 5 s; others 600 s).
+    ray_call_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("run.scenario", self.scenario, SCENARIOS)
         check_choice("run.mode", self.mode, MODES)
         check_choice("run.device", self.device, DEVICES)
         check_choice("run.batch_invariant", self.batch_invariant, BATCH_INVARIANT)
+        check_choice("run.executor", self.executor, EXECUTORS)
+        if self.executor != "ray":
+            for name in ("ray_address", "ray_workers", "ray_call_timeout_s"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"run.{name} needs run.executor = \"ray\" (it is {self.executor!r})")
+        if self.ray_workers is not None and (not isinstance(self.ray_workers, int) or self.ray_workers < 1):
+            raise ConfigError(f"run.ray_workers must be a whole number, at least 1, got {self.ray_workers!r}")
+        if self.ray_call_timeout_s is not None and (not _is_number(self.ray_call_timeout_s)
+                                                    or self.ray_call_timeout_s <= 0):
+            raise ConfigError(f"run.ray_call_timeout_s must be a positive number of seconds, "
+                              f"got {self.ray_call_timeout_s!r}")
         for name in ("batch_size", "server_max_batch", "multistream_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be at least 1, got {getattr(self, name)}")

@@ -72,12 +72,16 @@ class GuardedBackend:
         return self._oom_batches + sum(c.oom_batches for c in self._children)
 
     def workers(self) -> list["GuardedBackend"]:
-        """One guarded backend per worker of ``inner`` (itself when ``inner`` has no workers)."""
+        """One guarded backend per worker of ``inner``: itself for ``inner`` (or when it has no workers).
+
+        ``inner`` need not be one of its own workers (a backend of remote workers is none of them).
+        """
         inner = getattr(self.inner, "workers", None)
         if inner is None:
             return [self]
-        self._children = [GuardedBackend(w, self.per_image, self.hint) for w in inner() if w is not self.inner]
-        return [self, *self._children]
+        workers = list(inner())
+        self._children = [GuardedBackend(w, self.per_image, self.hint) for w in workers if w is not self.inner]
+        return [self, *self._children] if any(w is self.inner for w in workers) else list(self._children)
 
     def predict(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor) -> list[torch.Tensor]:
         """As the inner backend's ``predict``: {S: uint8 Tensor[B, 3, S, S]}, Tensor[B, 2] -> B x Tensor[K, 6]."""

@@ -1,0 +1,159 @@
+"""Remote efficiency: Offline samples/s with N simulated devices as Ray actors over the same N in this process.
+
+Goal >= 0.90. The simulated accelerator (``--backend simulated``, backends/simulated.py) holds each
+batch ``--sim-batch-ms A B`` milliseconds (A per batch + B per sample, sleeping, so it uses no CPU),
+each device served by two pipeline workers as a GPU is: what is measured is what the executor
+costs, not a model. Both sides are built by ``make_backend`` as ``run.py`` builds them and run the
+same LoadGen Offline performance run through the same pipeline on the same in-memory data, uint8
+images at ``--image-size`` (the demo's 300 and 600 by default), batches of ``--batch-size``:
+
+- local: ``--executor local --backend simulated --sim-devices N``, N devices in this process;
+- Ray: ``--executor ray --backend simulated --sim-devices N``, N actors of one device each on a Ray
+  cluster started on this machine with ``ray.cluster_utils`` (one node for N = 1, 2, 4; then two
+  nodes, the workers spread over both), each batch sent as numpy through Ray's object store.
+
+Each side first does one untimed run (the first run through Ray pays one-off costs: fresh shared
+memory for the object store, first calls), then pairs are alternated ``--repeats`` times and the
+median ratio quoted. LoadGen is told the ideal rate (N x batch / batch time), so that its Offline
+query lasts about ``--seconds``.
+
+    .venv/bin/python benchmarks/bench_ray.py [--sim-batch-ms 100 0] [--workers 1 2 4] [--seconds 10] [--repeats 3]
+
+Writes benchmarks/results/ray_efficiency.json and ray_efficiency.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backends.config import ModelConfig  # noqa: E402
+from backends.sim_profiles import DeviceTiming  # noqa: E402
+from backends.simulated import SimSettings  # noqa: E402
+from benchmarks import common  # noqa: E402
+from harness.run.backend import close_backend, make_backend  # noqa: E402
+from harness.run.dataset import Dataset  # noqa: E402
+from harness.settings.config import Config, RunConfig  # noqa: E402
+from qsl.memory_qsl import MemoryQSL  # noqa: E402
+
+GOAL = 0.90
+
+
+def _cluster(nodes: int, cpus_per_node: int, store_bytes: int):
+    """A Ray cluster of ``nodes`` on this machine, this process its driver.
+
+    ``ray.cluster_utils`` gives each node a 150 MB object store unless told otherwise: smaller than the
+    batches in flight here, which would then be spilled to disk. ``ray start`` gives 30% of the RAM.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from backends.ray.cluster import code_env
+    node = {"num_cpus": cpus_per_node, "object_store_memory": store_bytes}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    for _ in range(nodes - 1):
+        cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, runtime_env=code_env(("backends", "harness")), logging_level="WARNING")
+    return cluster
+
+
+def _backend(cfg: Config, sim: SimSettings, address: str | None = None):
+    """The simulated devices as run.py builds them: in this process, or on the Ray cluster at ``address``."""
+    if address is not None:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, executor="ray", ray_address=address))
+    return make_backend(cfg, "simulated", sim=sim)
+
+
+def _rate(cfg: Config, backend, dataset, out: Path, qps: float) -> tuple[float, object]:
+    run = common.loadgen_run(cfg, backend, dataset, out, "Offline", offline_expected_qps=qps)
+    return run.loadgen.samples_per_s or 0.0, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sim-batch-ms", type=float, nargs=2, default=(100.0, 0.0), metavar=("A", "B"),
+                   help="a simulated device holds a batch of b samples A + B x b milliseconds")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, nargs=2, default=(300, 600), metavar=("S0", "S1"))
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="N on one node")
+    p.add_argument("--two-node-workers", type=int, nargs="*", default=[2, 4], help="N spread over two nodes")
+    p.add_argument("--images", type=int, default=64, help="samples in the data set (all of them loaded)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each Offline run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--store-gb", type=float, default=2.0, help="object store per simulated node, GiB")
+    p.add_argument("--suffix", default="")
+    args = p.parse_args(argv)
+    import ray
+
+    model = ModelConfig(image_size=tuple(args.image_size))
+    dataset = Dataset(MemoryQSL(args.images, sizes=model.sizes))
+    timing = DeviceTiming(*args.sim_batch_ms, "--sim-batch-ms")
+    batch_ms = timing.batch_s(args.batch_size) * 1e3
+    batch_mb = args.batch_size * sum(3 * s * s for s in model.sizes) / 1e6
+    print(f"{common.machine()}\nsimulated device: {batch_ms:g} ms per batch of {args.batch_size} at "
+          f"{'+'.join(map(str, model.sizes))} ({batch_mb:.1f} MB of uint8 per batch), {args.seconds:g} s runs",
+          flush=True)
+    cases = [(1, n) for n in args.workers] + [(2, n) for n in args.two_node_workers]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        conf = common.write_conf(tmp / "bench.conf", args.seconds)
+        cfg = Config(model=model, run=RunConfig(batch_size=args.batch_size, user_conf=str(conf),
+                                                output_dir=str(tmp / "out")))
+        for nodes in sorted({c[0] for c in cases}):
+            cluster = _cluster(nodes, cpus_per_node=2, store_bytes=int(args.store_gb * 2**30))
+            try:
+                for n in [n for k, n in cases if k == nodes]:
+                    ideal = n * timing.samples_per_s(args.batch_size)
+                    local = _backend(cfg, SimSettings(timing, n))
+                    remote = _backend(cfg, SimSettings(timing, n), cluster.address)
+                    pairs = []
+                    try:
+                        for b in (local, remote):   # untimed: the first run's one-off costs (fresh shared memory)
+                            _rate(cfg, b, dataset, tmp / "out", ideal)
+                        for r in range(args.repeats):
+                            lo, lo_run = _rate(cfg, local, dataset, tmp / "out", ideal)
+                            ry, ry_run = _rate(cfg, remote, dataset, tmp / "out", ideal)
+                            failed = len(lo_run.failures) + len(ry_run.failures)
+                            pairs.append({"local_samples_per_s": lo, "ray_samples_per_s": ry, "ratio": ry / lo,
+                                          "local_validity": lo_run.loadgen.validity,
+                                          "ray_validity": ry_run.loadgen.validity, "failed": failed})
+                            print(f"  {nodes} node(s), N={n}, pair {r + 1}: local {lo:7.1f}, Ray {ry:7.1f} "
+                                  f"samples/s (ideal {ideal:.0f}), ratio {ry / lo:.3f}"
+                                  + (f", {failed} FAILED" if failed else ""), flush=True)
+                    finally:
+                        close_backend(remote)
+                    rows.append({"nodes": nodes, "workers": n, "ideal_samples_per_s": ideal,
+                                 "ratio_median": common.median([x["ratio"] for x in pairs]),
+                                 "local_median": common.median([x["local_samples_per_s"] for x in pairs]),
+                                 "ray_median": common.median([x["ray_samples_per_s"] for x in pairs]),
+                                 "pairs": pairs})
+            finally:
+                ray.shutdown()
+                cluster.shutdown()
+    worst = min(r["ratio_median"] for r in rows)
+    print("remote efficiency (medians): " + ", ".join(
+        f"{r['nodes']} node(s) N={r['workers']}: {r['ratio_median']:.3f}" for r in rows)
+        + f"; lowest {worst:.3f} (goal >= {GOAL})")
+    doc = {"benchmark": "Remote efficiency: Offline through --executor ray / the same devices in-process",
+           "goal": f">= {GOAL}", "date": common.header(Config(model=model), None, "")["date"],
+           "machine": common.machine(), "command": common.command(),
+           "model": f"simulated devices ({timing.describe()}: {batch_ms:g} ms per batch of {args.batch_size}), "
+                    f"uint8 inputs at {'+'.join(map(str, model.sizes))}",
+           "weights": "no model", "sim_batch_ms": list(args.sim_batch_ms), "batch_size": args.batch_size,
+           "batch_mb": batch_mb, "seconds": args.seconds, "store_gb_per_node": args.store_gb, "lowest_ratio": worst, "cases": rows}
+    table = ["| nodes | N | ideal samples/s | local samples/s | Ray samples/s | Ray / local |", "|---|---|---|---|---|---|"]
+    table += [f"| {r['nodes']} | {r['workers']} | {r['ideal_samples_per_s']:.0f} | {r['local_median']:.1f} | "
+              f"{r['ray_median']:.1f} | **{r['ratio_median']:.3f}** |" for r in rows]
+    table += ["", f"Medians of {args.repeats} alternated pairs; goal >= {GOAL}."]
+    common.save("ray_efficiency" + args.suffix, doc, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
