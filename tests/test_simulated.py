@@ -174,3 +174,32 @@ def test_an_offline_run_loses_a_device_midway_and_stays_valid_with_no_failure(tm
     assert run_.loadgen.validity == "VALID" and run_.failures == [] and result.exit_code == 0
     lost, kept = backend.devices[1], backend.devices[0]
     assert lost.lost and kept.samples > lost.samples > 0 and kept.samples + lost.samples == run_.issued
+
+
+def test_a_worker_lost_mid_run_is_recorded_and_shown_not_only_logged(tmp_path, fast_conf):
+    """A VALID run that lost a device says so where people and programs read it: the summary, report.md
+    and run_record.json, naming the worker and why."""
+    from harness.report.summary import format_summary
+    from harness.results.record import read_run_record
+    from harness.run.benchmark import run_benchmark
+    from harness.run.dataset import Dataset
+    from tests.test_harness_scenarios import _config
+
+    backend = _backend(devices=2, fixed_ms=1.0, per_sample_ms=0.1, sizes=(32, 32))
+
+    def lose_after_5_batches():
+        while backend.devices[1].batches < 5:
+            time.sleep(0.001)
+        backend.devices[1].lose()
+
+    lose = threading.Thread(target=lose_after_5_batches, daemon=True)
+    lose.start()
+    result = run_benchmark(_config(tmp_path, fast_conf, "Offline"), backend, Dataset(MemoryQSL(100)))
+    lose.join(5)
+    (run_,) = result.runs
+    assert run_.loadgen.validity == "VALID" and run_.failures == []
+    # two workers per simulated device: the lost device takes both of its workers with it
+    assert len(run_.lost_workers) == 2 and all("of 4" in w and "lost" in w for w in run_.lost_workers)
+    assert read_run_record(run_.out_dir)["lost_workers"] == run_.lost_workers
+    assert "workers lost during the run: 2 of 4" in format_summary(result)
+    assert "workers lost during the run: 2 of 4" in (run_.out_dir.parent.parent / "report.md").read_text()

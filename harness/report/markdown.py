@@ -153,6 +153,10 @@ def _run_section(mode: str, run_dir: Path, folder: Path, state: RunState) -> lis
             md.append(f"  - sample {f['index']} ({f['stage']}): {f['error']}")
         if record.get("worker_error"):
             md.append(f"- **Run ended early**: {record['worker_error']}")
+        if record.get("lost_workers"):
+            md.append(f"- **workers lost during the run: {len(record['lost_workers'])} of {record['workers']}** "
+                      "(their batches went to the others)")
+            md += [f"  - {w}" for w in record["lost_workers"][:10]]
         if record.get("oom_batches"):
             md.append(f"- {record['oom_batches']} batches ran out of device memory and were retried per image")
         if record.get("accuracy_error"):

@@ -63,6 +63,10 @@ def format_summary(result: RunResult) -> str:
         if r.oom_batches:
             lines.append(f"  {r.oom_batches} batch(es) ran out of device memory and were retried per image; "
                          "see harness.log for the setting to lower")
+        if r.lost_workers:
+            lines.append(f"  workers lost during the run: {len(r.lost_workers)} of {r.workers} (their batches "
+                         "went to the others)")
+            lines += [f"    {w}" for w in r.lost_workers[:5]]
         if r.worker_error:
             lines.append(f"  RUN ENDED EARLY: {r.worker_error}")
         if r.audit is not None:

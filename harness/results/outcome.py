@@ -60,6 +60,8 @@ class LoadGenRun:
     latencies_s: list[float] = field(default_factory=list)  # per completed sample, issue to completion
     worker_error: str | None = None      # why a pipeline thread died during this run
     oom_batches: int = 0                 # batches that ran out of device memory (retried per image)
+    workers: int = 1                     # workers the run computed on
+    lost_workers: list[str] = field(default_factory=list)   # "worker i of n lost: why", in the order they were lost
     audit: AuditResult | None = None     # TEST01 / TEST04 verification (audit runs only)
     simulated: bool = False              # the backend runs no model (null, simulated)
 

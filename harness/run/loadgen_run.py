@@ -166,7 +166,8 @@ def _run(config: Config, mode: str, settings: Any, backend: Any, dataset: Datase
     run = LoadGenRun(mode=mode, out_dir=out_dir, loadgen=read_detail_log(out_dir / "mlperf_log_detail.txt", spq),
                      failures=list(sut.completer.failures), issued=sut.issued, seconds=seconds,
                      latencies_s=list(sut.completer.latencies_s), worker_error=death,
-                     oom_batches=guarded.oom_batches)
+                     oom_batches=guarded.oom_batches, workers=len(sut.pipeline.pool.workers),
+                     lost_workers=list(sut.pipeline.pool.lost))
     if mode == "accuracy":
         _check_accuracy(run, dataset, use_pycocotools)
     write_run_record(run)

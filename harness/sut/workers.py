@@ -50,6 +50,7 @@ class WorkerPool:
     def __init__(self, backends: Sequence[Any]) -> None:
         self.workers = [Worker(i, b) for i, b in enumerate(backends)]
         self.alive = len(self.workers)
+        self.lost: list[str] = []   # "worker i of n lost: why", one per retired worker, in order
         self._lock = threading.Lock()
 
     def live(self) -> list[Worker]:
@@ -68,6 +69,7 @@ class WorkerPool:
             worker.retired = True
             self.alive = left = sum(not w.retired for w in self.workers)
         if first:
+            self.lost.append(f"worker {worker.index} of {len(self.workers)} lost: {why}")
             log.error("worker %d of %d was lost (%s); %d left%s", worker.index, len(self.workers), why, left,
                       ", its batches go to them" if left else "")
         return left
