@@ -154,20 +154,25 @@ def test_an_accuracy_run_logs_every_sample_with_its_own_detections(capsys, synth
     assert all(len(r) == 100 and (r[:, 0] == e["qsl_idx"]).all() for r, e in zip(rows, entries))
 
 
+def _lose_device_after(device, batches: int) -> threading.Thread:
+    """A started thread that makes ``device`` lost once it has computed ``batches`` batches."""
+    def lose():
+        while device.batches < batches:
+            time.sleep(0.001)
+        device.lose()
+
+    thread = threading.Thread(target=lose, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_an_offline_run_loses_a_device_midway_and_stays_valid_with_no_failure(tmp_path, fast_conf):
     from harness.run.benchmark import run_benchmark
     from harness.run.dataset import Dataset
     from tests.test_harness_scenarios import _config
 
     backend = _backend(devices=2, fixed_ms=1.0, per_sample_ms=0.1, sizes=(32, 32))   # 1.8 ms per batch of 8
-
-    def lose_after_20_batches():
-        while backend.devices[1].batches < 20:
-            time.sleep(0.001)
-        backend.devices[1].lose()
-
-    lose = threading.Thread(target=lose_after_20_batches, daemon=True)
-    lose.start()
+    lose = _lose_device_after(backend.devices[1], 20)
     result = run_benchmark(_config(tmp_path, fast_conf, "Offline"), backend, Dataset(MemoryQSL(100)))
     lose.join(5)
     (run_,) = result.runs
@@ -186,14 +191,7 @@ def test_a_worker_lost_mid_run_is_recorded_and_shown_not_only_logged(tmp_path, f
     from tests.test_harness_scenarios import _config
 
     backend = _backend(devices=2, fixed_ms=1.0, per_sample_ms=0.1, sizes=(32, 32))
-
-    def lose_after_5_batches():
-        while backend.devices[1].batches < 5:
-            time.sleep(0.001)
-        backend.devices[1].lose()
-
-    lose = threading.Thread(target=lose_after_5_batches, daemon=True)
-    lose.start()
+    lose = _lose_device_after(backend.devices[1], 5)
     result = run_benchmark(_config(tmp_path, fast_conf, "Offline"), backend, Dataset(MemoryQSL(100)))
     lose.join(5)
     (run_,) = result.runs
