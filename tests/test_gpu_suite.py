@@ -95,7 +95,8 @@ def test_install_puts_only_the_missing_wheels_into_the_side_folder(tmp_path):
     (argv,) = calls
     assert argv[:3] == ["py", "-m", "pip"] and {"--no-index", "--no-deps"} <= set(argv)
     assert _flag(argv, "--target") == str(tmp_path / "site") and _flag(argv, "--find-links") == str(tmp_path / "whl")
-    assert argv[-2:] == ["faster-coco-eval==1.8.0", "tqdm==4.70.1"]          # wrong pinned version, absent
+    # a wrong pinned version, and two absent ones
+    assert argv[-3:] == ["faster-coco-eval==1.8.0", "tqdm==4.70.1", "pytest-timeout==2.4.0"]
     done = suite.install(None, tmp_path / "site", installed=lambda n: dict(
         suite.requirements()).get(n), runner=pip)
     assert done.status == "ok" and len(calls) == 1                           # nothing missing: no pip
