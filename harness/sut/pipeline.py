@@ -235,8 +235,8 @@ class Pipeline:
                     lost = self.work.compute_parts(w, self.work.load(samples, w.backend), self.work.finish, whole)
                 except Lost as e:
                     lost = e
-                if lost is not None and self.routing.retire(w, lost.cause, lost.leftover):
-                    todo.append((self.completer.pending(lost.leftover), None))
+                if lost is not None:
+                    self.routing.retire(w, lost.cause, lost.leftover)   # what is left joins ``todo``
         except BaseException as e:  # noqa: BLE001 - LoadGen must never wait for these samples
             self._died("the work on LoadGen's issue thread failed", e)
         finally:
@@ -268,8 +268,7 @@ class Pipeline:
             try:
                 parts = self.work.load(batch.samples, w.backend, slot)
             except Lost as lost:
-                if self.routing.retire(w, lost.cause, lost.leftover):
-                    self.routing.hand_back(lost.leftover)
+                self.routing.retire(w, lost.cause, lost.leftover)
                 break
             if not self._put(q_compute, (batch, parts, slot)):
                 return
@@ -292,8 +291,8 @@ class Pipeline:
 
             lost = self.work.compute_parts(w, parts, emit, batch)
             free.put(slot)                  # predict returned: its inputs may be overwritten
-            if lost is not None and self.routing.retire(w, lost.cause, lost.leftover):
-                self.routing.hand_back(lost.leftover)
+            if lost is not None:
+                self.routing.retire(w, lost.cause, lost.leftover)
         self._put(self._q_finish, _STOP)
 
     def _finish_loop(self) -> None:

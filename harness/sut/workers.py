@@ -104,12 +104,14 @@ class Routing:
         self._live = live      # told the workers still running after each retirement (the batch source)
 
     def retire(self, w: Worker, cause: WorkerLost, samples: list[Sample]) -> bool:
-        """Retire the lost worker ``w``. True when workers are left to take ``samples``; otherwise they
-        fail, and so does every other outstanding and later sample (the completer closes)."""
+        """Retire the lost worker ``w`` and hand ``samples`` (those it did not finish) back to the workers
+        left (:meth:`hand_back`); True when there are any. Otherwise they fail, and so does every other
+        outstanding and later sample (the completer closes)."""
         left = self.pool.retire(w, f"{type(cause).__name__}: {cause}")
         if self._live is not None:
             self._live([x.index for x in self.pool.live()])
         if left:
+            self.hand_back(samples)
             return True
         self.completer.fail(samples, "predict", cause)
         self._close(f"no worker is left: the last one was lost ({type(cause).__name__}: {cause})")
