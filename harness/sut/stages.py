@@ -158,8 +158,6 @@ class StageWork:
             log.warning("a batch of %d failed (%s: %s); retrying its samples one by one",
                         len(batch), type(e).__name__, e)
         else:
-            w.batches += 1            # one compute thread per worker (inline: LoadGen's): no lock needed
-            w.samples += len(batch)
             if self.router is not None and (w.strikes or (whole is not None and whole.failed_on is not None)):
                 self.router.computed(w, whole)
             emit(batch, dets)
@@ -172,7 +170,6 @@ class StageWork:
             except Exception as e:  # noqa: BLE001
                 self.completer.fail([s], "predict", e)
             else:
-                w.samples += 1
                 emit([s], dets)
 
     def compute_parts(self, w: Worker, parts: Parts, emit: Emit, whole: Batch | None = None) -> Lost | None:

@@ -33,8 +33,6 @@ class Worker:
     index: int                 # position in the pool, the id a batch source knows it by
     backend: Any               # what computes: ``predict`` (and ``stage`` when it has one)
     retired: bool = False      # lost: takes no more batches
-    batches: int = 0           # batches it computed
-    samples: int = 0           # samples it computed
     strikes: int = 0           # its batches in a row that failed on it and then were computed elsewhere
 
 
