@@ -244,10 +244,11 @@ class Pipeline:
 
     def _inline_worker(self, batch: Batch | None) -> Worker | None:
         """The first worker still running, other than the one ``batch`` failed on while there is one."""
-        first = self.pool.first_live()
+        live = self.pool.live()
+        first = live[0] if live else None
         if first is None or batch is None or batch.failed_on != first.index:
             return first
-        return next((w for w in self.pool.live() if w.index != batch.failed_on), first)
+        return next((w for w in live if w.index != batch.failed_on), first)
 
     def _slot(self, w: Worker):
         """Wait until ``w`` may hold one more batch: its buffers (None without reuse), or _STOP when the
