@@ -32,7 +32,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from backends.base import WorkerLost
+from backends.base import WorkerLost, check_sizes
 from backends.config import ModelConfig
 from backends.sim_profiles import DeviceTiming, SimSettings
 
@@ -149,9 +149,7 @@ class SimulatedBackend:
 
     def predict(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor) -> list[torch.Tensor]:
         """Hold the batch on this worker's device, then return each image's detections (fp32 Tensor[K, 6])."""
-        missing = [s for s in self.sizes if s not in images]
-        if missing:
-            raise ValueError(f"no images given for size(s) {missing}; this model needs sizes {list(self.sizes)}")
+        check_sizes(images, self.sizes)
         seeds = sample_seeds(images[self.sizes[0]], image_hw)
         self.sim_device.run(len(seeds))
         return [self._detections(seed) for seed in seeds]
