@@ -40,7 +40,7 @@ from typing import Any, Mapping
 
 import torch
 
-from backends.base import check_sizes
+from backends.base import CUDA_WORKERS_PER_GPU, check_sizes
 from backends.config import ModelConfig
 from backends.ssd.normalize import scale_and_shift
 from harness.shared.errors import ConfigError
@@ -62,7 +62,6 @@ from .ssd.two_scale import TwoScaleDetector
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CUDA_WORKERS_PER_GPU = 2       # compute workers (own streams and graphs, shared weights) per GPU
 
 
 class StagedImages(dict):

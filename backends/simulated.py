@@ -32,11 +32,11 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from backends.base import WorkerLost, check_sizes
+from backends.base import CUDA_WORKERS_PER_GPU, WorkerLost, check_sizes
 from backends.config import ModelConfig
 from backends.sim_profiles import DeviceTiming, SimSettings
 
-WORKERS_PER_DEVICE = 2   # as the CUDA path's CUDA_WORKERS_PER_GPU (backends/pytorch_backend.py)
+WORKERS_PER_DEVICE = CUDA_WORKERS_PER_GPU   # each device is served as the CUDA path serves a GPU
 DETECTIONS = 100         # per image: of the order a trained SSD returns after NMS (at most 200)
 CACHED_SAMPLES = 4096     # detections kept per backend, by seed (LoadGen's sample set is far smaller)
 
