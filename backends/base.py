@@ -14,11 +14,22 @@ Output, per image, one fp32 CPU tensor ``[K, 6]``:
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, Sequence
 
 import torch
 
 Detections = list[torch.Tensor]  # per image: Tensor[K, 6] (x1, y1, x2, y2, score, label), fp32, CPU
+
+# Compute workers per GPU on the CUDA path (own streams and graphs, shared weights), so one worker's
+# post-processing overlaps another's network; a simulated device gets as many (backends/simulated.py).
+CUDA_WORKERS_PER_GPU = 2
+
+
+def check_sizes(images: Mapping[int, torch.Tensor], sizes: Sequence[int]) -> None:
+    """Raise ValueError unless ``images`` holds a batch for every input size in ``sizes``."""
+    missing = [s for s in sizes if s not in images]
+    if missing:
+        raise ValueError(f"no images given for size(s) {missing}; this model needs sizes {list(sizes)}")
 
 
 def slice_batch(images: Mapping[int, torch.Tensor], image_hw: torch.Tensor, start: int, stop: int

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 
 import torch
 
+from backends.base import CUDA_WORKERS_PER_GPU, check_sizes
 from backends.config import ModelConfig
 from backends.ssd.normalize import scale_and_shift
 from harness.shared.errors import ConfigError
@@ -61,7 +62,6 @@ from .ssd.two_scale import TwoScaleDetector
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CUDA_WORKERS_PER_GPU = 2       # compute workers (own streams and graphs, shared weights) per GPU
 
 
 class StagedImages(dict):
@@ -253,9 +253,7 @@ class PyTorchBackend:
         """
         if self.detector is None:
             raise RuntimeError("PyTorchBackend.predict called before load()")
-        missing = [s for s in self.sizes if s not in images]
-        if missing:
-            raise ValueError(f"no images given for size(s) {missing}; this model needs sizes {list(self.sizes)}")
+        check_sizes(images, self.sizes)
         if image_hw.dim() != 2 or image_hw.shape[1] != 2:
             raise ValueError(f"image_hw must be [B, 2] (height, width), got {list(image_hw.shape)}")
         batch = image_hw.shape[0]

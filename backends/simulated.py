@@ -32,11 +32,11 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from backends.base import WorkerLost
+from backends.base import CUDA_WORKERS_PER_GPU, WorkerLost, check_sizes
 from backends.config import ModelConfig
 from backends.sim_profiles import DeviceTiming, SimSettings
 
-WORKERS_PER_DEVICE = 2   # as the CUDA path's CUDA_WORKERS_PER_GPU (backends/pytorch_backend.py)
+WORKERS_PER_DEVICE = CUDA_WORKERS_PER_GPU   # each device is served as the CUDA path serves a GPU
 DETECTIONS = 100         # per image: of the order a trained SSD returns after NMS (at most 200)
 CACHED_SAMPLES = 4096     # detections kept per backend, by seed (LoadGen's sample set is far smaller)
 
@@ -149,9 +149,7 @@ class SimulatedBackend:
 
     def predict(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor) -> list[torch.Tensor]:
         """Hold the batch on this worker's device, then return each image's detections (fp32 Tensor[K, 6])."""
-        missing = [s for s in self.sizes if s not in images]
-        if missing:
-            raise ValueError(f"no images given for size(s) {missing}; this model needs sizes {list(self.sizes)}")
+        check_sizes(images, self.sizes)
         seeds = sample_seeds(images[self.sizes[0]], image_hw)
         self.sim_device.run(len(seeds))
         return [self._detections(seed) for seed in seeds]

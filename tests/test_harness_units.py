@@ -95,6 +95,43 @@ def test_completer_fails_samples_whose_responses_cannot_be_built_or_sent():
     assert c.closed_reason[1] == "LoadGen refused to complete samples: RuntimeError: LoadGen refused the call"
 
 
+def test_completer_records_a_failed_response_as_text_the_run_record_can_hold(tmp_path):
+    """A response that cannot be built fails its sample with the error as text, like ``fail`` does, so the
+    failure can be written to run_record.json."""
+    from pathlib import Path
+
+    from harness.results.loadgen_log import LoadGenResult
+    from harness.results.outcome import LoadGenRun
+    from harness.results.record import read_run_record, write_run_record
+
+    rec = Recorder()
+
+    def response(sample_id, ptr, nbytes):
+        if sample_id == 101 and nbytes:
+            raise RuntimeError("boom")
+        return rec.response(sample_id, ptr, nbytes)
+
+    c = Completer(rec.complete, response)
+    samples = [Sample(100, 0), Sample(101, 1)]
+    c.register(samples)
+    c.complete(samples, [np.ones((1, 7), np.float32)] * 2)
+    assert sorted(i for i, _ in rec.done) == [100, 101]
+    assert [(f.index, f.stage, f.error) for f in c.failures] == [(1, "complete", "RuntimeError: boom")]
+
+    def refuses(responses):
+        raise RuntimeError("refused")
+
+    c._complete_fn = refuses
+    c.register([Sample(102, 2)])
+    c.complete([Sample(102, 2)], [np.ones((1, 7), np.float32)])   # the completion call itself raises
+    assert c.failures[1].error == "RuntimeError: refused"
+
+    run = LoadGenRun("performance", Path(tmp_path), LoadGenResult(), c.failures, 3, 1.0)
+    write_run_record(run)
+    assert [f["error"] for f in read_run_record(tmp_path)["failures"]] == ["RuntimeError: boom",
+                                                                           "RuntimeError: refused"]
+
+
 def test_completer_times_each_completed_sample_from_issue():
     rec = Recorder()
     c = Completer(rec.complete, rec.response)

@@ -34,7 +34,7 @@ class Batch:
     """Samples that leave a source together, to be computed as one batch by one worker."""
 
     samples: list[Sample]
-    closed_at: float = field(default_factory=time.monotonic)  # when it left the source
+    closed_at: float = field(default_factory=time.monotonic)  # when it left the source; a requeued one is not timed
     requeued: bool = False             # handed back after a worker could not compute it
     failed_on: int | None = None       # the worker on which it raised (not WorkerLost): another one takes it
 
@@ -116,14 +116,13 @@ class _Source:
         self._finished.add(worker)
 
     def _take_requeued(self, worker: int) -> Batch | None:
-        """A handed-back batch for ``worker``, reopened now (caller holds the condition).
+        """A handed-back batch for ``worker``, taken off the queue (caller holds the condition).
 
         A batch that failed on ``worker`` goes to it only when no other live worker is taking batches.
         """
         for i, batch in enumerate(self._requeued):
             if batch.failed_on != worker or self._live is None or not self._takers(batch):
                 del self._requeued[i]
-                batch.closed_at = time.monotonic()
                 return batch
         return None
 

@@ -108,12 +108,13 @@ class LatencyBudget:
 
     def cap(self) -> int:
         """The largest batch whose service time fits twice in the budget; max_batch when none or all do."""
-        if self.budget_s is None or self.service.estimate(self.max_batch) is None:
+        largest = None if self.budget_s is None else self.service.estimate(self.max_batch)
+        if largest is None:
             return self.max_batch
         def fits(b: int) -> bool:   # monotone in b: the fitted slope is never negative
             return 2 * self.service.estimate(b) <= self.budget_s
 
-        if fits(self.max_batch) or not fits(1):   # no size keeps the bound: throughput drains the backlog
+        if 2 * largest <= self.budget_s or not fits(1):   # no size keeps the bound: throughput drains the backlog
             return self.max_batch
         lo, hi = 1, self.max_batch          # largest b with fits(b): bisection, fits(lo), not fits(hi)
         while hi - lo > 1:

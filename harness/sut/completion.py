@@ -125,10 +125,9 @@ class Completer:
 
     def fail(self, samples: Sequence[Sample], stage: str, error: BaseException | str) -> None:
         """Complete ``samples`` with empty responses and record why."""
-        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         with self._lock:
             mine = [s for s in samples if self._outstanding.pop(s.id, None) is not None]
-        self._fail_now(mine, stage, message)
+        self._fail_now(mine, stage, error)
 
     def close(self, stage: str, message: str) -> int:
         """Stop accepting work: fail everything outstanding and everything issued later.
@@ -166,10 +165,16 @@ class Completer:
         """(stage, message) of the first close, e.g. ("worker", "compute thread died: ..."); None while open."""
         return self._closed_reason
 
-    def _fail_now(self, samples: Sequence[Sample], stage: str, message: str, quiet: bool = False) -> None:
-        """Record and complete ``samples`` empty; log each (up to a cap) unless ``quiet`` (the caller logged)."""
+    def _fail_now(self, samples: Sequence[Sample], stage: str, error: BaseException | str,
+                  quiet: bool = False) -> None:
+        """Record and complete ``samples`` empty; log each (up to a cap) unless ``quiet`` (the caller logged).
+
+        ``error`` is recorded as text ("RuntimeError: boom" for an exception), whoever fails the samples:
+        the failures go into run_record.json as they are.
+        """
         if not samples:
             return
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         with self._lock:
             first = len(self.failures)
             self.failures.extend(SampleFailure(s.index, stage, message) for s in samples)

@@ -235,8 +235,8 @@ class Pipeline:
                     lost = self.work.compute_parts(w, self.work.load(samples, w.backend), self.work.finish, whole)
                 except Lost as e:
                     lost = e
-                if lost is not None and self.routing.retire(w, lost.cause, lost.leftover):
-                    todo.append((self.completer.pending(lost.leftover), None))
+                if lost is not None:
+                    self.routing.retire(w, lost.cause, lost.leftover)   # what is left joins ``todo``
         except BaseException as e:  # noqa: BLE001 - LoadGen must never wait for these samples
             self._died("the work on LoadGen's issue thread failed", e)
         finally:
@@ -244,10 +244,11 @@ class Pipeline:
 
     def _inline_worker(self, batch: Batch | None) -> Worker | None:
         """The first worker still running, other than the one ``batch`` failed on while there is one."""
-        first = self.pool.first_live()
+        live = self.pool.live()
+        first = live[0] if live else None
         if first is None or batch is None or batch.failed_on != first.index:
             return first
-        return next((w for w in self.pool.live() if w.index != batch.failed_on), first)
+        return next((w for w in live if w.index != batch.failed_on), first)
 
     def _slot(self, w: Worker):
         """Wait until ``w`` may hold one more batch: its buffers (None without reuse), or _STOP when the
@@ -268,8 +269,7 @@ class Pipeline:
             try:
                 parts = self.work.load(batch.samples, w.backend, slot)
             except Lost as lost:
-                if self.routing.retire(w, lost.cause, lost.leftover):
-                    self.routing.hand_back(lost.leftover)
+                self.routing.retire(w, lost.cause, lost.leftover)
                 break
             if not self._put(q_compute, (batch, parts, slot)):
                 return
@@ -292,8 +292,8 @@ class Pipeline:
 
             lost = self.work.compute_parts(w, parts, emit, batch)
             free.put(slot)                  # predict returned: its inputs may be overwritten
-            if lost is not None and self.routing.retire(w, lost.cause, lost.leftover):
-                self.routing.hand_back(lost.leftover)
+            if lost is not None:
+                self.routing.retire(w, lost.cause, lost.leftover)
         self._put(self._q_finish, _STOP)
 
     def _finish_loop(self) -> None:

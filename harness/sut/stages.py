@@ -19,14 +19,13 @@ the pipeline decides where they go (harness/sut/pipeline.py).
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from backends.base import WorkerLost
+from backends.base import WorkerLost, slice_batch
 from harness.sut.batching import Batch
 from harness.sut.completion import Completer, Sample
 from harness.sut.response import to_record
@@ -90,15 +89,6 @@ class Lost(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.leftover = leftover
-
-
-def _slice(inputs: tuple[Mapping[int, torch.Tensor], torch.Tensor], i: int):
-    """Sample ``i`` of a batch; a copy of the mapping, so a staged batch keeps its attributes (its copy event)."""
-    images, hw = inputs
-    one = copy.copy(images)
-    for s, t in images.items():
-        one[s] = t[i:i + 1]
-    return one, hw[i:i + 1]
 
 
 def _predict(backend: Any, inputs, n: int) -> list[torch.Tensor]:
@@ -168,21 +158,18 @@ class StageWork:
             log.warning("a batch of %d failed (%s: %s); retrying its samples one by one",
                         len(batch), type(e).__name__, e)
         else:
-            w.batches += 1            # one compute thread per worker (inline: LoadGen's): no lock needed
-            w.samples += len(batch)
             if self.router is not None and (w.strikes or (whole is not None and whole.failed_on is not None)):
                 self.router.computed(w, whole)
             emit(batch, dets)
             return
         for i, s in enumerate(batch):
             try:
-                dets = _predict(w.backend, _slice(inputs, i), 1)
+                dets = _predict(w.backend, slice_batch(*inputs, i, i + 1), 1)   # keeps a staged copy event
             except WorkerLost as e:
                 raise Lost(e, list(batch[i:])) from None
             except Exception as e:  # noqa: BLE001
                 self.completer.fail([s], "predict", e)
             else:
-                w.samples += 1
                 emit([s], dets)
 
     def compute_parts(self, w: Worker, parts: Parts, emit: Emit, whole: Batch | None = None) -> Lost | None:

@@ -33,8 +33,6 @@ class Worker:
     index: int                 # position in the pool, the id a batch source knows it by
     backend: Any               # what computes: ``predict`` (and ``stage`` when it has one)
     retired: bool = False      # lost: takes no more batches
-    batches: int = 0           # batches it computed
-    samples: int = 0           # samples it computed
     strikes: int = 0           # its batches in a row that failed on it and then were computed elsewhere
 
 
@@ -49,25 +47,18 @@ class WorkerPool:
 
     def __init__(self, backends: Sequence[Any]) -> None:
         self.workers = [Worker(i, b) for i, b in enumerate(backends)]
-        self.alive = len(self.workers)
         self.lost: list[str] = []   # "worker i of n lost: why", one per retired worker, in order
         self._lock = threading.Lock()
 
     def live(self) -> list[Worker]:
         return [w for w in self.workers if not w.retired]
 
-    def first_live(self) -> Worker | None:
-        for w in self.workers:
-            if not w.retired:
-                return w
-        return None
-
     def retire(self, worker: Worker, why: str) -> int:
         """Retire ``worker`` (a no-op the second time); returns how many workers are left."""
         with self._lock:
             first = not worker.retired
             worker.retired = True
-            self.alive = left = sum(not w.retired for w in self.workers)
+            left = len(self.live())
         if first:
             self.lost.append(f"worker {worker.index} of {len(self.workers)} lost: {why}")
             log.error("worker %d of %d was lost (%s); %d left%s", worker.index, len(self.workers), why, left,
@@ -104,12 +95,14 @@ class Routing:
         self._live = live      # told the workers still running after each retirement (the batch source)
 
     def retire(self, w: Worker, cause: WorkerLost, samples: list[Sample]) -> bool:
-        """Retire the lost worker ``w``. True when workers are left to take ``samples``; otherwise they
-        fail, and so does every other outstanding and later sample (the completer closes)."""
+        """Retire the lost worker ``w`` and hand ``samples`` (those it did not finish) back to the workers
+        left (:meth:`hand_back`); True when there are any. Otherwise they fail, and so does every other
+        outstanding and later sample (the completer closes)."""
         left = self.pool.retire(w, f"{type(cause).__name__}: {cause}")
         if self._live is not None:
             self._live([x.index for x in self.pool.live()])
         if left:
+            self.hand_back(samples)
             return True
         self.completer.fail(samples, "predict", cause)
         self._close(f"no worker is left: the last one was lost ({type(cause).__name__}: {cause})")
@@ -125,7 +118,7 @@ class Routing:
     def hand_off(self, w: Worker, batch: Batch | None, samples: list[Sample], error: Exception) -> bool:
         """A batch raised on ``w``: give it whole to another worker, unless it already failed on one (then
         a bad sample is the likelier cause) or no other worker runs."""
-        others = self.pool.alive - (0 if w.retired else 1)   # w may have been retired meanwhile (strikes)
+        others = sum(x is not w for x in self.pool.live())   # still running, w aside (retired or not)
         if (batch is not None and batch.failed_on is not None) or others < 1:
             return False
         if not self._requeue(Batch(list(samples), failed_on=w.index)):   # no other worker takes batches
