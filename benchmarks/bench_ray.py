@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['nodes']} node(s) N={r['workers']}: {r['ratio_median']:.3f}" for r in rows)
         + f"; lowest {worst:.3f} (goal >= {GOAL})")
     doc = {"benchmark": "Remote efficiency: Offline through --executor ray / the same devices in-process",
-           "goal": f">= {GOAL}", "date": common.header(Config(model=model), None, "")["date"],
+           "goal": f">= {GOAL}", "date": common.date(),
            "machine": common.machine(), "command": common.command(),
            "model": f"simulated devices ({timing.describe()}: {batch_ms:g} ms per batch of {args.batch_size}), "
                     f"uint8 inputs at {'+'.join(map(str, model.sizes))}",
