@@ -268,8 +268,6 @@ def read_facts(path: str | Path, trust_pickle: bool = False) -> CheckpointFacts:
             raise CheckpointError(f"{path} records variant = {facts['variant']!r} but its heads are those of "
                                   f"{info['variant']}: the file is inconsistent")
         facts["variant"] = info["variant"]
-    if "training_size" in recorded:
-        recorded.add("image_size")
     return CheckpointFacts(path=str(path), recorded=frozenset(recorded), **facts)
 
 
