@@ -80,15 +80,15 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def read_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+def read_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The network's weights from ``cfg.checkpoint``, read and checked once: (state dict, checkpoint info).
 
     The state dict is the one :class:`PyTorchBackend` would hold after loading the file itself (fp32, the
     network's own names), so a backend given it as ``weights`` computes the same bytes without reading
-    the file. (None, None) without a checkpoint. Raises CheckpointError naming the file.
+    the file. None without a checkpoint. Raises CheckpointError naming the file.
     """
     if not cfg.checkpoint:
-        return None, None
+        return None
     model = SSDResNet(cfg.num_classes, cfg.backbone, cfg.variant)
     info = load_checkpoint(cfg.checkpoint, model, trust_pickle=cfg.trust_pickle)
     return model.state_dict(), info

@@ -17,7 +17,8 @@ memory for the object store, first calls), then pairs are alternated ``--repeats
 median ratio quoted. LoadGen is told the ideal rate (N x batch / batch time), so that its Offline
 query lasts about ``--seconds``.
 
-    .venv/bin/python benchmarks/bench_ray.py [--sim-batch-ms 100 0] [--workers 1 2 4] [--seconds 10] [--repeats 3]
+    .venv/bin/python benchmarks/bench_ray.py [--sim-batch-ms 100 0 | --sim-profile NAME] [--workers 1 2 4]
+        [--seconds 10] [--repeats 3]
 
 Writes benchmarks/results/ray_efficiency.json and ray_efficiency.md.
 """
@@ -31,14 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.config import ModelConfig  # noqa: E402
-from backends.sim_profiles import DeviceTiming  # noqa: E402
 from backends.simulated import SimSettings  # noqa: E402
-from benchmarks import common  # noqa: E402
+from benchmarks import common, sim_common  # noqa: E402
 from harness.run.backend import close_backend, make_backend  # noqa: E402
-from harness.run.dataset import Dataset  # noqa: E402
-from harness.settings.config import Config, RunConfig  # noqa: E402
-from qsl.memory_qsl import MemoryQSL  # noqa: E402
+from harness.settings.config import Config  # noqa: E402
 
 GOAL = 0.90
 
@@ -76,35 +73,27 @@ def _rate(cfg: Config, backend, dataset, out: Path, qps: float) -> tuple[float, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sim-batch-ms", type=float, nargs=2, default=(100.0, 0.0), metavar=("A", "B"),
-                   help="a simulated device holds a batch of b samples A + B x b milliseconds")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, nargs=2, default=(300, 600), metavar=("S0", "S1"))
+    sim_common.add_flags(p, seconds=10.0, image_size=(300, 600), profile=None, batch_ms=(100.0, 0.0), batch=8)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="N on one node")
     p.add_argument("--two-node-workers", type=int, nargs="*", default=[2, 4], help="N spread over two nodes")
-    p.add_argument("--images", type=int, default=64, help="samples in the data set (all of them loaded)")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each Offline run")
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--store-gb", type=float, default=2.0, help="object store per simulated node, GiB")
-    p.add_argument("--suffix", default="")
     args = p.parse_args(argv)
     import ray
 
-    model = ModelConfig(image_size=tuple(args.image_size))
-    dataset = Dataset(MemoryQSL(args.images, sizes=model.sizes))
-    timing = DeviceTiming(*args.sim_batch_ms, "--sim-batch-ms")
+    timing = sim_common.timing(args)
     batch_ms = timing.batch_s(args.batch_size) * 1e3
-    batch_mb = args.batch_size * sum(3 * s * s for s in model.sizes) / 1e6
-    print(f"{common.machine()}\nsimulated device: {batch_ms:g} ms per batch of {args.batch_size} at "
-          f"{'+'.join(map(str, model.sizes))} ({batch_mb:.1f} MB of uint8 per batch), {args.seconds:g} s runs",
-          flush=True)
     cases = [(1, n) for n in args.workers] + [(2, n) for n in args.two_node_workers]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         conf = common.write_conf(tmp / "bench.conf", args.seconds)
-        cfg = Config(model=model, run=RunConfig(batch_size=args.batch_size, user_conf=str(conf),
-                                                output_dir=str(tmp / "out")))
+        cfg = sim_common.config(args, conf, tmp / "out")
+        dataset = sim_common.dataset(cfg, args.images)
+        sizes = cfg.model.sizes
+        batch_mb = args.batch_size * sum(3 * s * s for s in sizes) / 1e6
+        print(f"{common.machine()}\nsimulated device: {batch_ms:g} ms per batch of {args.batch_size} at "
+              f"{'+'.join(map(str, sizes))} ({batch_mb:.1f} MB of uint8 per batch), {args.seconds:g} s runs",
+              flush=True)
         for nodes in sorted({c[0] for c in cases}):
             cluster = _cluster(nodes, cpus_per_node=2, store_bytes=int(args.store_gb * 2**30))
             try:
@@ -141,11 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['nodes']} node(s) N={r['workers']}: {r['ratio_median']:.3f}" for r in rows)
         + f"; lowest {worst:.3f} (goal >= {GOAL})")
     doc = {"benchmark": "Remote efficiency: Offline through --executor ray / the same devices in-process",
-           "goal": f">= {GOAL}", "date": common.header(Config(model=model), None, "")["date"],
+           "goal": f">= {GOAL}", "date": common.date(),
            "machine": common.machine(), "command": common.command(),
            "model": f"simulated devices ({timing.describe()}: {batch_ms:g} ms per batch of {args.batch_size}), "
-                    f"uint8 inputs at {'+'.join(map(str, model.sizes))}",
-           "weights": "no model", "sim_batch_ms": list(args.sim_batch_ms), "batch_size": args.batch_size,
+                    f"uint8 inputs at {'+'.join(map(str, sizes))}",
+           "weights": "no model", "sim_batch_ms": [timing.fixed_ms, timing.per_sample_ms],
+           "batch_size": args.batch_size,
            "batch_mb": batch_mb, "seconds": args.seconds, "store_gb_per_node": args.store_gb, "lowest_ratio": worst, "cases": rows}
     table = ["| nodes | N | ideal samples/s | local samples/s | Ray samples/s | Ray / local |", "|---|---|---|---|---|---|"]
     table += [f"| {r['nodes']} | {r['workers']} | {r['ideal_samples_per_s']:.0f} | {r['local_median']:.1f} | "

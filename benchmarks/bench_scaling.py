@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.batch_size}; the host gathers {gather:.0f} samples/s on one thread", flush=True)
         for r in range(args.repeats):
             for n in devices:
-                run, _ = sim_common.run(cfg, n, t, data, tmp / "out", "Offline", offline_expected_qps=n * per_device)
+                run = sim_common.run(cfg, n, t, data, tmp / "out", "Offline", offline_expected_qps=n * per_device)
                 rates[n].append(run.loadgen.samples_per_s or 0.0)
                 print(f"  round {r + 1}: {n} device(s) {rates[n][-1]:9.1f} samples/s ({run.loadgen.validity}, "
                       f"{len(run.failures)} failed)", flush=True)

@@ -52,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         for n in args.devices:
             offline_runs = [sim_common.run(cfg, n, t, data, tmp / "out", "Offline",
-                                           offline_expected_qps=n * per_device)[0] for _ in range(args.offline_runs)]
+                                           offline_expected_qps=n * per_device) for _ in range(args.offline_runs)]
             offline = statistics.median([r.loadgen.samples_per_s or 0.0 for r in offline_runs])
             print(f"{n} device(s): Offline {offline:.1f} samples/s ({100 * offline / (n * per_device):.0f}% of the "
                   f"devices' rate)", flush=True)
             probes = peak_search(lambda qps: sim_common.run(
                 cfg, n, t, data, tmp / "out", "Server", server_target_qps=qps,
-                server_max_wait_ms=args.max_wait_ms)[0], offline, OFFICIAL_BOUND_MS, args.steps, first=GOAL)
+                server_max_wait_ms=args.max_wait_ms), offline, OFFICIAL_BOUND_MS, args.steps, first=GOAL)
             peak = max((x["target_qps"] for x in probes if x["passed"]), default=0.0)
             results.append({"devices": n, "offline_samples_per_s": offline,
                             "offline_runs": [r.loadgen.samples_per_s for r in offline_runs],

@@ -62,15 +62,11 @@ def dataset(cfg: Config, images: int) -> Dataset:
     return Dataset(qsl)
 
 
-def backend(cfg: Config, devices: int, device_timing: DeviceTiming) -> SimulatedBackend:
-    return SimulatedBackend(cfg.model, SimSettings(device_timing, devices))
-
-
 def run(cfg: Config, devices: int, device_timing: DeviceTiming, data: Dataset, out: Path, scenario: str,
         **run_settings: Any):
-    """One LoadGen run of ``scenario`` on ``devices`` fresh simulated devices; (LoadGenRun, backend)."""
-    sim = backend(cfg, devices, device_timing)
-    return common.loadgen_run(cfg, sim, data, out, scenario, **run_settings), sim
+    """One LoadGen run of ``scenario`` on ``devices`` fresh simulated devices; its LoadGenRun."""
+    sim = SimulatedBackend(cfg.model, SimSettings(device_timing, devices))
+    return common.loadgen_run(cfg, sim, data, out, scenario, **run_settings)
 
 
 def gather_rate(data: Dataset, batch: int, seconds: float = 1.0, repeats: int = 3) -> float:

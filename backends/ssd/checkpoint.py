@@ -230,7 +230,7 @@ class CheckpointFacts:
         return "recorded in the file" if name in self.recorded else "read off its tensor shapes"
 
 
-def _recorded_facts(path: Path, recorded: dict[str, Any]) -> dict[str, Any]:
+def _recorded_facts(recorded: dict[str, Any]) -> dict[str, Any]:
     """The container's own entries that make sense as facts; anything else is not trusted."""
     out: dict[str, Any] = {}
     size = recorded.get("image_size")
@@ -254,7 +254,7 @@ def read_facts(path: str | Path, trust_pickle: bool = False) -> CheckpointFacts:
     tensors (e.g. ``num_classes`` 7 recorded beside heads for 81 classes).
     """
     state, info = read_state_dict(path, trust_pickle)
-    facts = _recorded_facts(Path(path), info.get("recorded", {}))
+    facts = _recorded_facts(info.get("recorded", {}))
     recorded = set(facts)
     arch = infer_architecture(state)
     if arch["kind"] == "ssd":
@@ -268,8 +268,6 @@ def read_facts(path: str | Path, trust_pickle: bool = False) -> CheckpointFacts:
             raise CheckpointError(f"{path} records variant = {facts['variant']!r} but its heads are those of "
                                   f"{info['variant']}: the file is inconsistent")
         facts["variant"] = info["variant"]
-    if "training_size" in recorded:
-        recorded.add("image_size")
     return CheckpointFacts(path=str(path), recorded=frozenset(recorded), **facts)
 
 

@@ -207,8 +207,7 @@ def make_ray_backend(config: Config, kind: str, sim: Any = None) -> Any:
     weights = None
     if kind == "pytorch":
         from backends.pytorch_backend import read_weights
-        state, info = read_weights(config.model)
-        weights = (state, info) if state is not None else None
+        weights = read_weights(config.model)
     run = config.run
     workers = run.ray_workers
     if kind == "simulated" and workers is None and sim is not None:
