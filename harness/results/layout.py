@@ -20,14 +20,14 @@ folders this harness made are told apart from anyone else's by its own files
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from harness.settings.loadgen import LOADGEN_MODEL
 from harness.shared.errors import OutputError
-from harness.shared.files import open_lock, prove_writable, take
+from harness.shared.files import open_lock, prove_writable, read_json_object, take
 
 RUN_DIRS = {"accuracy": ("accuracy",), "performance": ("performance", "run_1"),
             "find-peak": ("performance", "find_peak"),
@@ -132,22 +132,22 @@ def clear_run(folder: Path, mode: str) -> list[Path]:
     return removed
 
 
-def _json(path: Path) -> dict | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+def read_status(out_dir: Path) -> dict[str, Any] | None:
+    """The run's ``run_status.json`` as written by this harness, or None (missing, unreadable, someone else's).
+
+    Written by harness/results/status.py; read here too, where it tells this harness's run folders apart.
+    """
+    doc = read_json_object(Path(out_dir) / STATUS_NAME)
+    return doc if doc is not None and doc.get("written_by") == WRITER else None
 
 
 def is_harness_run(folder: Path) -> bool:
     """Whether this harness made the run folder ``folder``: it holds the harness's run_status.json
     (marked ``"written_by": WRITER``), or (runs from before that file) its run_record.json. LoadGen's
     logs, or a config.json, prove nothing: other programs write those too."""
-    status = _json(folder / STATUS_NAME)
-    if status is not None and status.get("written_by") == WRITER:
+    if read_status(folder) is not None:
         return True
-    record = _json(folder / RECORD_NAME)
+    record = read_json_object(folder / RECORD_NAME)
     return record is not None and {"mode", "issued", "failed", "failures"} <= record.keys()
 
 
