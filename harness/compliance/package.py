@@ -52,9 +52,9 @@ from harness.results.layout import (
     ACCURACY_TXT,
     DETAIL_LOG,
     RUN_DIRS,
-    STATUS_NAME,
     SUMMARY_LOG,
     find_runs,
+    is_run_folder,
 )
 from harness.results.status import audit_is_stale, run_state
 from harness.shared.errors import InputError, OutputError
@@ -153,8 +153,7 @@ def _check(scenarios: list[Path], results: Path) -> tuple[dict[Path, list[str]],
             refusals.append(f"{scenario} is not <system>/ssd-resnet34/<scenario> below {results}: give the "
                             "--output root of the runs")
             continue
-        modes = [m for m in SUBMITTED if any((scenario.joinpath(*RUN_DIRS[m]) / name).is_file()
-                                             for name in (DETAIL_LOG, STATUS_NAME))]
+        modes = [m for m in SUBMITTED if is_run_folder(scenario.joinpath(*RUN_DIRS[m]))]
         for mode in modes:
             state = run_state(scenario.joinpath(*RUN_DIRS[mode]))
             if not state.is_result:

@@ -32,7 +32,7 @@ from harness.results.layout import (
     LATENCIES_NAME,
     LATENCY_PNG,
     RUN_DIRS,
-    STATUS_NAME,
+    is_run_folder,
 )
 from harness.results.loadgen_log import read_detail_log, read_mllog
 from harness.results.record import read_run_record
@@ -58,7 +58,7 @@ def write_report(folder: str | Path) -> Path:
 
 def build_report(folder: Path) -> str:
     runs = [(mode, folder.joinpath(*parts)) for mode, parts in RUN_DIRS.items()
-            if any((folder.joinpath(*parts) / name).is_file() for name in (DETAIL_LOG, STATUS_NAME))]
+            if is_run_folder(folder.joinpath(*parts))]
     states = {mode: run_state(d) for mode, d in runs}
     md = [f"# {folder.name}: {folder.parent.parent.name} / {folder.parent.name}", ""]
     configs = [d / "config.json" for _, d in runs if (d / "config.json").is_file()]

@@ -46,6 +46,7 @@ LATENCIES_NAME = "latencies_s.npy"     # per-sample latencies of a timed run
 LATENCY_PNG = "latency.png"            # their histogram, drawn by the report
 ACCURACY_TXT = "accuracy.txt"
 WRITER = "ssd-large harness"         # the run_status.json mark of this harness's run folders
+RUN_MARKERS = (DETAIL_LOG, STATUS_NAME)   # a folder holding either is a run folder
 HARNESS_FILES = (STATUS_NAME, RECORD_NAME, LATENCIES_NAME, LATENCY_PNG, ACCURACY_TXT,
                  "config.json", "user.conf", "harness.log")
 # What an audit's verification writes outside its run folder, relative to <scenario>/<TEST>/.
@@ -151,6 +152,11 @@ def is_harness_run(folder: Path) -> bool:
     return record is not None and {"mode", "issued", "failed", "failures"} <= record.keys()
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run: LoadGen's detail log or the harness's status file (RUN_MARKERS)."""
+    return any((folder / name).is_file() for name in RUN_MARKERS)
+
+
 def scenario_of(run: Path) -> Path | None:
     """The scenario folder of the run folder ``run`` (the longest RUN_DIRS suffix it ends with), or None."""
     for parts in sorted(RUN_DIRS.values(), key=len, reverse=True):
@@ -163,13 +169,13 @@ def find_runs(path: str | Path) -> tuple[list[Path], list[Path]]:
     """(scenario folders holding runs this harness made, folders with LoadGen logs it did not make)
     at or under ``path`` (a results root, a scenario folder or one run folder).
 
-    A run folder holds LoadGen's detail log or the harness's status file. FileNotFoundError when
-    ``path`` is not a folder.
+    A run folder holds one of RUN_MARKERS: LoadGen's detail log or the harness's status file.
+    FileNotFoundError when ``path`` is not a folder.
     """
     path = Path(path).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder of results")
-    runs = {f.parent for marker in (DETAIL_LOG, STATUS_NAME) for f in path.rglob(marker)}
+    runs = {f.parent for marker in RUN_MARKERS for f in path.rglob(marker)}
     found, foreign = set(), set()
     for run in runs:
         if not is_harness_run(run):
