@@ -47,12 +47,15 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.compliance.verdicts import passes, verify_lines
 from harness.results.layout import (
     ACCURACY_LOG,
     ACCURACY_TXT,
     DETAIL_LOG,
     RUN_DIRS,
     SUMMARY_LOG,
+    VERIFY_ACCURACY,
+    VERIFY_PERFORMANCE,
     find_runs,
     is_run_folder,
 )
@@ -68,11 +71,11 @@ LOGS = (SUMMARY_LOG, DETAIL_LOG)
 # What is copied, relative to the scenario folder, per run mode (accuracy logs are truncated on the way).
 COPIED = {"accuracy": [f"accuracy/{n}" for n in (*LOGS, ACCURACY_LOG, ACCURACY_TXT)],
           "performance": [f"performance/run_1/{n}" for n in LOGS],
-          "TEST01": [f"TEST01/{n}" for n in ("verify_accuracy.txt", "verify_performance.txt")]
+          "TEST01": [f"TEST01/{n}" for n in (VERIFY_ACCURACY, VERIFY_PERFORMANCE)]
           + [f"TEST01/accuracy/{n}" for n in (ACCURACY_LOG, ACCURACY_TXT, "baseline_accuracy.txt",
                                               "compliance_accuracy.txt")]
           + [f"TEST01/performance/run_1/{n}" for n in LOGS],
-          "TEST04": ["TEST04/verify_performance.txt"] + [f"TEST04/performance/run_1/{n}" for n in LOGS]}
+          "TEST04": [f"TEST04/{VERIFY_PERFORMANCE}"] + [f"TEST04/performance/run_1/{n}" for n in LOGS]}
 SUBMITTED = tuple(COPIED)
 
 
@@ -132,13 +135,9 @@ def write_truncated_log(source: Path, target: Path, accuracy_txt: Path) -> Trunc
 
 def _audit_failure(scenario: Path, test: str) -> str | None:
     """Why the ``test`` audit of ``scenario`` is no pass (its verify files), or None when it passed."""
-    checks = {"verify_performance.txt": ("TEST PASS",)}
-    if test == "TEST01":
-        checks["verify_accuracy.txt"] = ("TEST PASS", "mAP check: PASS")
-    for name, passes in checks.items():
-        path = scenario / test / name
-        lines = path.read_text().splitlines() if path.is_file() else []
-        if not any(line.startswith(passes) for line in lines):
+    for name in (VERIFY_PERFORMANCE, VERIFY_ACCURACY) if test == "TEST01" else (VERIFY_PERFORMANCE,):
+        lines = verify_lines(scenario / test / name) or []
+        if not passes(name, lines):
             return f"{test}/{name} " + (f"says {lines[-1]!r}" if lines else "is missing: run `run.py verify`")
     if audit_is_stale(scenario, test):
         return f"{test} is older than the performance run, which it did not audit: rerun --mode submission"

@@ -25,6 +25,7 @@ import re
 import shlex
 from pathlib import Path
 
+from harness.compliance.verdicts import verdict_line, verify_lines
 from harness.report.summary import early_stopping_label
 from harness.results.environment import environment_line
 from harness.results.layout import (
@@ -32,6 +33,8 @@ from harness.results.layout import (
     LATENCIES_NAME,
     LATENCY_PNG,
     RUN_DIRS,
+    VERIFY_ACCURACY,
+    VERIFY_PERFORMANCE,
     is_run_folder,
 )
 from harness.results.loadgen_log import read_detail_log, read_mllog
@@ -203,12 +206,10 @@ def _cell(text: str) -> str:
 
 def _verdicts(audit: Path) -> list[str]:
     md = []
-    for name in ("verify_accuracy.txt", "verify_performance.txt"):
-        path = audit / name
-        if path.is_file():
-            text = path.read_text().splitlines()
-            last = next((t for t in reversed(text) if t.startswith(("TEST ", "mAP check"))), text[-1] if text else "")
-            md.append(f"- `{name}`: **{last}**")
+    for name in (VERIFY_ACCURACY, VERIFY_PERFORMANCE):
+        lines = verify_lines(audit / name)
+        if lines is not None:
+            md.append(f"- `{name}`: **{verdict_line(lines)}**")
     return md
 
 

@@ -49,11 +49,13 @@ WRITER = "ssd-large harness"         # the run_status.json mark of this harness'
 RUN_MARKERS = (DETAIL_LOG, STATUS_NAME)   # a folder holding either is a run folder
 HARNESS_FILES = (STATUS_NAME, RECORD_NAME, LATENCIES_NAME, LATENCY_PNG, ACCURACY_TXT,
                  "config.json", "user.conf", "harness.log")
+VERIFY_ACCURACY = "verify_accuracy.txt"         # TEST01's verdict on the responses (harness/compliance/verdicts.py)
+VERIFY_PERFORMANCE = "verify_performance.txt"   # an audit's verdict on the speed
 # What an audit's verification writes outside its run folder, relative to <scenario>/<TEST>/.
-AUDIT_FILES = {"TEST01": ("verify_accuracy.txt", "verify_performance.txt", f"accuracy/{ACCURACY_LOG}",
+AUDIT_FILES = {"TEST01": (VERIFY_ACCURACY, VERIFY_PERFORMANCE, f"accuracy/{ACCURACY_LOG}",
                           f"accuracy/{ACCURACY_TXT}", "accuracy/baseline_accuracy.txt",
                           "accuracy/compliance_accuracy.txt"),
-               "TEST04": ("verify_performance.txt",)}
+               "TEST04": (VERIFY_PERFORMANCE,)}
 
 
 @contextlib.contextmanager
