@@ -58,6 +58,7 @@ from harness.results.layout import (
     VERIFY_PERFORMANCE,
     find_runs,
     is_run_folder,
+    read_status,
 )
 from harness.results.status import audit_is_stale, run_state
 from harness.shared.errors import InputError, OutputError
@@ -166,7 +167,7 @@ def _check(scenarios: list[Path], results: Path) -> tuple[dict[Path, list[str]],
 def _measurements(scenario: Path, modes: list[str]) -> dict[str, str]:
     """The checker's measurements.json, from what the performance (else first) run recorded it ran."""
     source = scenario.joinpath(*RUN_DIRS["performance" if "performance" in modes else modes[0]])
-    env = (run_state(source).status or {}).get("environment") or {}
+    env = (read_status(source) or {}).get("environment") or {}
     precision = env.get("precision") or "fp32"
     return {"input_data_types": "uint8",                  # the QSL hands resized uint8 RGB images to the SUT
             "retraining": "no",

@@ -64,10 +64,11 @@ def build_report(folder: Path) -> str:
             if is_run_folder(folder.joinpath(*parts))]
     states = {mode: run_state(d) for mode, d in runs}
     md = [f"# {folder.name}: {folder.parent.parent.name} / {folder.parent.name}", ""]
-    configs = [d / "config.json" for _, d in runs if (d / "config.json").is_file()]
-    config = max(configs, key=lambda c: c.stat().st_mtime_ns, default=None)   # the latest run's
+    configured = [(mode, d / "config.json") for mode, d in runs if (d / "config.json").is_file()]
+    latest = max(configured, key=lambda c: c[1].stat().st_mtime_ns, default=None)   # the latest run's
+    config, status = (latest[1], states[latest[0]].status) if latest else (None, None)
     md += _status_table(runs, states, folder)
-    md += _settings(config, runs, folder)
+    md += _settings(config, status, runs, folder)
     for mode, run_dir in runs:
         md += _run_section(mode, run_dir, folder, states[mode])
     md += _pictures(folder)
@@ -101,11 +102,12 @@ def _in_force(section: str, key: str, value: object, env: dict) -> str:
     return f"{key}={value}"
 
 
-def _settings(config: Path | None, runs: list[tuple[str, Path]], folder: Path) -> list[str]:
+def _settings(config: Path | None, status: dict | None, runs: list[tuple[str, Path]], folder: Path) -> list[str]:
+    """``config``: the latest run's config.json; ``status``: that run's run_status.json."""
     md = ["## Settings", ""]
     if config is not None:
         doc = json.loads(config.read_text())
-        env = ((run_state(config.parent).status or {}).get("environment")) or {}
+        env = ((status or {}).get("environment")) or {}
         md.append(f"_Of the latest run (`{config.parent.relative_to(folder)}/`); each run's own are in its section._")
         md.append("")
         for section in ("model", "data", "run"):
