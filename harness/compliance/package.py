@@ -66,7 +66,6 @@ from harness.shared.files import write_text_atomic
 
 VIEWABLE_CHARS = 4096
 MAX_TRUNCATED_BYTES = 10 * 1024
-LOG_NAME = ACCURACY_LOG
 ELLIPSIS = "\n\n...\n\n"
 LOGS = (SUMMARY_LOG, DETAIL_LOG)
 # What is copied, relative to the scenario folder, per run mode (accuracy logs are truncated on the way).
