@@ -47,14 +47,18 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.compliance.verdicts import passes, verify_lines
 from harness.results.layout import (
     ACCURACY_LOG,
     ACCURACY_TXT,
     DETAIL_LOG,
     RUN_DIRS,
-    STATUS_NAME,
     SUMMARY_LOG,
+    VERIFY_ACCURACY,
+    VERIFY_PERFORMANCE,
     find_runs,
+    is_run_folder,
+    read_status,
 )
 from harness.results.status import audit_is_stale, run_state
 from harness.shared.errors import InputError, OutputError
@@ -62,17 +66,16 @@ from harness.shared.files import write_text_atomic
 
 VIEWABLE_CHARS = 4096
 MAX_TRUNCATED_BYTES = 10 * 1024
-LOG_NAME = ACCURACY_LOG
 ELLIPSIS = "\n\n...\n\n"
 LOGS = (SUMMARY_LOG, DETAIL_LOG)
 # What is copied, relative to the scenario folder, per run mode (accuracy logs are truncated on the way).
 COPIED = {"accuracy": [f"accuracy/{n}" for n in (*LOGS, ACCURACY_LOG, ACCURACY_TXT)],
           "performance": [f"performance/run_1/{n}" for n in LOGS],
-          "TEST01": [f"TEST01/{n}" for n in ("verify_accuracy.txt", "verify_performance.txt")]
+          "TEST01": [f"TEST01/{n}" for n in (VERIFY_ACCURACY, VERIFY_PERFORMANCE)]
           + [f"TEST01/accuracy/{n}" for n in (ACCURACY_LOG, ACCURACY_TXT, "baseline_accuracy.txt",
                                               "compliance_accuracy.txt")]
           + [f"TEST01/performance/run_1/{n}" for n in LOGS],
-          "TEST04": ["TEST04/verify_performance.txt"] + [f"TEST04/performance/run_1/{n}" for n in LOGS]}
+          "TEST04": [f"TEST04/{VERIFY_PERFORMANCE}"] + [f"TEST04/performance/run_1/{n}" for n in LOGS]}
 SUBMITTED = tuple(COPIED)
 
 
@@ -132,13 +135,9 @@ def write_truncated_log(source: Path, target: Path, accuracy_txt: Path) -> Trunc
 
 def _audit_failure(scenario: Path, test: str) -> str | None:
     """Why the ``test`` audit of ``scenario`` is no pass (its verify files), or None when it passed."""
-    checks = {"verify_performance.txt": ("TEST PASS",)}
-    if test == "TEST01":
-        checks["verify_accuracy.txt"] = ("TEST PASS", "mAP check: PASS")
-    for name, passes in checks.items():
-        path = scenario / test / name
-        lines = path.read_text().splitlines() if path.is_file() else []
-        if not any(line.startswith(passes) for line in lines):
+    for name in (VERIFY_PERFORMANCE, VERIFY_ACCURACY) if test == "TEST01" else (VERIFY_PERFORMANCE,):
+        lines = verify_lines(scenario / test / name) or []
+        if not passes(name, lines):
             return f"{test}/{name} " + (f"says {lines[-1]!r}" if lines else "is missing: run `run.py verify`")
     if audit_is_stale(scenario, test):
         return f"{test} is older than the performance run, which it did not audit: rerun --mode submission"
@@ -153,8 +152,7 @@ def _check(scenarios: list[Path], results: Path) -> tuple[dict[Path, list[str]],
             refusals.append(f"{scenario} is not <system>/ssd-resnet34/<scenario> below {results}: give the "
                             "--output root of the runs")
             continue
-        modes = [m for m in SUBMITTED if any((scenario.joinpath(*RUN_DIRS[m]) / name).is_file()
-                                             for name in (DETAIL_LOG, STATUS_NAME))]
+        modes = [m for m in SUBMITTED if is_run_folder(scenario.joinpath(*RUN_DIRS[m]))]
         for mode in modes:
             state = run_state(scenario.joinpath(*RUN_DIRS[mode]))
             if not state.is_result:
@@ -168,7 +166,7 @@ def _check(scenarios: list[Path], results: Path) -> tuple[dict[Path, list[str]],
 def _measurements(scenario: Path, modes: list[str]) -> dict[str, str]:
     """The checker's measurements.json, from what the performance (else first) run recorded it ran."""
     source = scenario.joinpath(*RUN_DIRS["performance" if "performance" in modes else modes[0]])
-    env = (run_state(source).status or {}).get("environment") or {}
+    env = (read_status(source) or {}).get("environment") or {}
     precision = env.get("precision") or "fp32"
     return {"input_data_types": "uint8",                  # the QSL hands resized uint8 RGB images to the SUT
             "retraining": "no",

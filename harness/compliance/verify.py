@@ -39,7 +39,8 @@ from pathlib import Path
 from harness.accuracy.coco import AccuracyError, load_ground_truth
 from harness.accuracy.evaluate import AccuracyReport, decode_entries, evaluate_records
 from harness.accuracy.log import AccuracyLogReader
-from harness.results.layout import RUN_DIRS
+from harness.compliance.verdicts import MAP_CHECK, TEST_FAIL, TEST_PASS
+from harness.results.layout import RUN_DIRS, VERIFY_ACCURACY, VERIFY_PERFORMANCE
 from harness.results.loadgen_log import read_mllog
 from harness.results.outcome import AuditResult, Verdict
 from harness.results.record import read_run_record
@@ -117,7 +118,7 @@ def _perf_verdict(check: str, ref_log: Path, test_log: Path, two_sided: bool) ->
         passed = ratio <= 1.0 + tol
         reason = f"speed {100 * ratio:.1f}% of the performance run, allowed up to {100 * (1 + tol):.0f}%"
     lines += [f"speed ratio (test / reference): {ratio:.4f}", f"tolerance: {100 * tol:.0f}%",
-              "TEST PASS" if passed else f"TEST FAIL: {reason}"]
+              TEST_PASS if passed else f"{TEST_FAIL}: {reason}"]
     return Verdict(check, passed, reason, lines)
 
 
@@ -179,21 +180,21 @@ def verify_test01_accuracy(accuracy_log: Path, test01_log: Path, annotation_file
     maps = _subset_maps(accuracy_log, test01_log, sampled, annotation_file, out_dir, use_pycocotools)
     if exact:
         reason = f"{matched} sampled responses identical byte for byte"
-        lines += ["byte-for-byte check: PASS", "TEST PASS"]
+        lines += ["byte-for-byte check: PASS", TEST_PASS]
         return Verdict("TEST01 accuracy", True, reason, lines)
     if matched + mismatched == 0:
         reason = "the TEST01 log shares no qsl_idx with the accuracy run"
-        return Verdict("TEST01 accuracy", False, reason, lines + [f"TEST FAIL: {reason}"])
+        return Verdict("TEST01 accuracy", False, reason, lines + [f"{TEST_FAIL}: {reason}"])
     lines.append(f"byte-for-byte check: FAIL ({mismatched} of {matched + mismatched} differ, {missing} missing)")
     if maps is None:
         reason = f"{mismatched} responses differ and there is no annotation file for the mAP fallback"
-        return Verdict("TEST01 accuracy", False, reason, lines + [f"TEST FAIL: {reason}"])
+        return Verdict("TEST01 accuracy", False, reason, lines + [f"{TEST_FAIL}: {reason}"])
     base, comp = maps
     delta = abs(1.0 - base / comp) * 100.0 if comp > 0 else float("inf")
     passed = delta <= MAP_DELTA_PCT and base > 0
     reason = (f"{mismatched} responses differ; mAP of the {len(sampled)} sampled images: baseline "
               f"{100 * base:.3f}%, compliance {100 * comp:.3f}%, delta {delta:.2f}% (allowed {MAP_DELTA_PCT:g}%)")
-    lines += [f"mAP check: {'PASS' if passed else 'FAIL'} ({reason})"]
+    lines += [f"{MAP_CHECK}: {'PASS' if passed else 'FAIL'} ({reason})"]
     return Verdict("TEST01 accuracy", passed, reason, lines)
 
 
@@ -247,7 +248,7 @@ def verify_audit(test: str, scenario_dir: Path, annotation_file: Path | None = N
     simulated = any(state.label == "SIMULATED" for state in states.values())
     try:
         verdicts = [verify_performance(test, ref_detail, test_run / "mlperf_log_detail.txt")]
-        write_text_atomic(audit / "verify_performance.txt", "\n".join(verdicts[0].lines) + "\n")
+        write_text_atomic(audit / VERIFY_PERFORMANCE, "\n".join(verdicts[0].lines) + "\n")
         if test == "TEST01":
             acc_dir = audit / "accuracy"
             acc_dir.mkdir(exist_ok=True)
@@ -258,7 +259,7 @@ def verify_audit(test: str, scenario_dir: Path, annotation_file: Path | None = N
                 raise ComplianceError(f"{sampled} is missing: the TEST01 run logged no responses")
             acc = verify_test01_accuracy(scenario_dir / "accuracy" / "mlperf_log_accuracy.json", sampled,
                                          annotation_file, acc_dir, use_pycocotools)
-            write_text_atomic(audit / "verify_accuracy.txt", "\n".join(acc.lines) + "\n")
+            write_text_atomic(audit / VERIFY_ACCURACY, "\n".join(acc.lines) + "\n")
             verdicts.insert(0, acc)
     except (ComplianceError, AccuracyError, OSError) as e:
         return AuditResult(test, [], str(e), simulated)

@@ -25,6 +25,7 @@ import re
 import shlex
 from pathlib import Path
 
+from harness.compliance.verdicts import verdict_line, verify_lines
 from harness.report.summary import early_stopping_label
 from harness.results.environment import environment_line
 from harness.results.layout import (
@@ -32,7 +33,9 @@ from harness.results.layout import (
     LATENCIES_NAME,
     LATENCY_PNG,
     RUN_DIRS,
-    STATUS_NAME,
+    VERIFY_ACCURACY,
+    VERIFY_PERFORMANCE,
+    is_run_folder,
 )
 from harness.results.loadgen_log import read_detail_log, read_mllog
 from harness.results.record import read_run_record
@@ -58,13 +61,14 @@ def write_report(folder: str | Path) -> Path:
 
 def build_report(folder: Path) -> str:
     runs = [(mode, folder.joinpath(*parts)) for mode, parts in RUN_DIRS.items()
-            if any((folder.joinpath(*parts) / name).is_file() for name in (DETAIL_LOG, STATUS_NAME))]
+            if is_run_folder(folder.joinpath(*parts))]
     states = {mode: run_state(d) for mode, d in runs}
     md = [f"# {folder.name}: {folder.parent.parent.name} / {folder.parent.name}", ""]
-    configs = [d / "config.json" for _, d in runs if (d / "config.json").is_file()]
-    config = max(configs, key=lambda c: c.stat().st_mtime_ns, default=None)   # the latest run's
+    configured = [(mode, d / "config.json") for mode, d in runs if (d / "config.json").is_file()]
+    latest = max(configured, key=lambda c: c[1].stat().st_mtime_ns, default=None)   # the latest run's
+    config, status = (latest[1], states[latest[0]].status) if latest else (None, None)
     md += _status_table(runs, states, folder)
-    md += _settings(config, runs, folder)
+    md += _settings(config, status, runs, folder)
     for mode, run_dir in runs:
         md += _run_section(mode, run_dir, folder, states[mode])
     md += _pictures(folder)
@@ -98,11 +102,12 @@ def _in_force(section: str, key: str, value: object, env: dict) -> str:
     return f"{key}={value}"
 
 
-def _settings(config: Path | None, runs: list[tuple[str, Path]], folder: Path) -> list[str]:
+def _settings(config: Path | None, status: dict | None, runs: list[tuple[str, Path]], folder: Path) -> list[str]:
+    """``config``: the latest run's config.json; ``status``: that run's run_status.json."""
     md = ["## Settings", ""]
     if config is not None:
         doc = json.loads(config.read_text())
-        env = ((run_state(config.parent).status or {}).get("environment")) or {}
+        env = ((status or {}).get("environment")) or {}
         md.append(f"_Of the latest run (`{config.parent.relative_to(folder)}/`); each run's own are in its section._")
         md.append("")
         for section in ("model", "data", "run"):
@@ -203,12 +208,10 @@ def _cell(text: str) -> str:
 
 def _verdicts(audit: Path) -> list[str]:
     md = []
-    for name in ("verify_accuracy.txt", "verify_performance.txt"):
-        path = audit / name
-        if path.is_file():
-            text = path.read_text().splitlines()
-            last = next((t for t in reversed(text) if t.startswith(("TEST ", "mAP check"))), text[-1] if text else "")
-            md.append(f"- `{name}`: **{last}**")
+    for name in (VERIFY_ACCURACY, VERIFY_PERFORMANCE):
+        lines = verify_lines(audit / name)
+        if lines is not None:
+            md.append(f"- `{name}`: **{verdict_line(lines)}**")
     return md
 
 

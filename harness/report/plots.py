@@ -70,22 +70,28 @@ def draw_detections(images: Sequence[tuple[str | Path, int]], results: Sequence[
     return out_png
 
 
-def loadgen_percentile(values: Sequence[float], percent: float) -> float:
-    """The ``percent`` percentile (0 <= percent < 100) as LoadGen computes it: sorted[floor(n * percent / 100)]."""
-    ordered = sorted(values)
-    if not ordered:
+def loadgen_percentile(values: Sequence[float], percent: float, *, ordered: bool = False) -> float:
+    """The ``percent`` percentile (0 <= percent < 100) as LoadGen computes it: sorted[floor(n * percent / 100)].
+
+    ``ordered``: ``values`` is already sorted ascending (one sort for several percentiles of the same values).
+    """
+    values = values if ordered else np.sort(np.asarray(values, dtype=np.float64))
+    if len(values) == 0:
         raise ValueError("no values")
-    return float(ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))])
+    return float(values[min(len(values) - 1, int(len(values) * percent / 100))])
 
 
 def latency_marks(latencies_s: Sequence[float], percentiles: Sequence[float] = (50, 90, 99),
                   bound_ms: float | None = None, bound_percentile: float | None = None) -> list[tuple[str, float]]:
     """The vertical lines of a latency histogram: (label, ms) per percentile (LoadGen's definition), then the bound."""
-    ms = [1e3 * float(v) for v in latencies_s]
-    marks = [(f"p{p:g} = {loadgen_percentile(ms, p):.1f} ms", loadgen_percentile(ms, p)) for p in percentiles]
+    ms = np.sort(np.asarray(latencies_s, dtype=np.float64) * 1e3)
+    marks = []
+    for p in percentiles:
+        value = loadgen_percentile(ms, p, ordered=True)
+        marks.append((f"p{p:g} = {value:.1f} ms", value))
     if bound_ms is not None:
         at = f" at p{bound_percentile:g}" if bound_percentile is not None else ""
-        over = sum(v > bound_ms for v in ms)
+        over = int(np.count_nonzero(ms > bound_ms))
         marks.append((f"bound {bound_ms:g} ms{at} ({over} of {len(ms)} over)", bound_ms))
     return marks
 

@@ -20,14 +20,14 @@ folders this harness made are told apart from anyone else's by its own files
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from harness.settings.loadgen import LOADGEN_MODEL
 from harness.shared.errors import OutputError
-from harness.shared.files import open_lock, prove_writable, take
+from harness.shared.files import open_lock, prove_writable, read_json_object, take
 
 RUN_DIRS = {"accuracy": ("accuracy",), "performance": ("performance", "run_1"),
             "find-peak": ("performance", "find_peak"),
@@ -46,13 +46,16 @@ LATENCIES_NAME = "latencies_s.npy"     # per-sample latencies of a timed run
 LATENCY_PNG = "latency.png"            # their histogram, drawn by the report
 ACCURACY_TXT = "accuracy.txt"
 WRITER = "ssd-large harness"         # the run_status.json mark of this harness's run folders
+RUN_MARKERS = (DETAIL_LOG, STATUS_NAME)   # a folder holding either is a run folder
 HARNESS_FILES = (STATUS_NAME, RECORD_NAME, LATENCIES_NAME, LATENCY_PNG, ACCURACY_TXT,
                  "config.json", "user.conf", "harness.log")
+VERIFY_ACCURACY = "verify_accuracy.txt"         # TEST01's verdict on the responses (harness/compliance/verdicts.py)
+VERIFY_PERFORMANCE = "verify_performance.txt"   # an audit's verdict on the speed
 # What an audit's verification writes outside its run folder, relative to <scenario>/<TEST>/.
-AUDIT_FILES = {"TEST01": ("verify_accuracy.txt", "verify_performance.txt", f"accuracy/{ACCURACY_LOG}",
+AUDIT_FILES = {"TEST01": (VERIFY_ACCURACY, VERIFY_PERFORMANCE, f"accuracy/{ACCURACY_LOG}",
                           f"accuracy/{ACCURACY_TXT}", "accuracy/baseline_accuracy.txt",
                           "accuracy/compliance_accuracy.txt"),
-               "TEST04": ("verify_performance.txt",)}
+               "TEST04": (VERIFY_PERFORMANCE,)}
 
 
 @contextlib.contextmanager
@@ -132,23 +135,28 @@ def clear_run(folder: Path, mode: str) -> list[Path]:
     return removed
 
 
-def _json(path: Path) -> dict | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+def read_status(out_dir: Path) -> dict[str, Any] | None:
+    """The run's ``run_status.json`` as written by this harness, or None (missing, unreadable, someone else's).
+
+    Written by harness/results/status.py; read here too, where it tells this harness's run folders apart.
+    """
+    doc = read_json_object(Path(out_dir) / STATUS_NAME)
+    return doc if doc is not None and doc.get("written_by") == WRITER else None
 
 
 def is_harness_run(folder: Path) -> bool:
     """Whether this harness made the run folder ``folder``: it holds the harness's run_status.json
     (marked ``"written_by": WRITER``), or (runs from before that file) its run_record.json. LoadGen's
     logs, or a config.json, prove nothing: other programs write those too."""
-    status = _json(folder / STATUS_NAME)
-    if status is not None and status.get("written_by") == WRITER:
+    if read_status(folder) is not None:
         return True
-    record = _json(folder / RECORD_NAME)
+    record = read_json_object(folder / RECORD_NAME)
     return record is not None and {"mode", "issued", "failed", "failures"} <= record.keys()
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run: LoadGen's detail log or the harness's status file (RUN_MARKERS)."""
+    return any((folder / name).is_file() for name in RUN_MARKERS)
 
 
 def scenario_of(run: Path) -> Path | None:
@@ -163,13 +171,13 @@ def find_runs(path: str | Path) -> tuple[list[Path], list[Path]]:
     """(scenario folders holding runs this harness made, folders with LoadGen logs it did not make)
     at or under ``path`` (a results root, a scenario folder or one run folder).
 
-    A run folder holds LoadGen's detail log or the harness's status file. FileNotFoundError when
-    ``path`` is not a folder.
+    A run folder holds one of RUN_MARKERS: LoadGen's detail log or the harness's status file.
+    FileNotFoundError when ``path`` is not a folder.
     """
     path = Path(path).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder of results")
-    runs = {f.parent for marker in (DETAIL_LOG, STATUS_NAME) for f in path.rglob(marker)}
+    runs = {f.parent for marker in RUN_MARKERS for f in path.rglob(marker)}
     found, foreign = set(), set()
     for run in runs:
         if not is_harness_run(run):

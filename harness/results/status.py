@@ -34,7 +34,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.results.layout import DETAIL_LOG, RUN_DIRS, STATUS_NAME, WRITER
+# read_status lives in layout.py, which also reads the file to tell this harness's run folders apart.
+from harness.results.layout import (
+    DETAIL_LOG,
+    RUN_DIRS,
+    STATUS_NAME,
+    WRITER,
+    read_status,
+)
 from harness.shared.files import write_text_atomic
 
 FORMAT = 1
@@ -70,15 +77,6 @@ def end_status(out_dir: Path, doc: dict[str, Any], status: str, reasons: list[st
     incomplete; ``reasons`` one line each (empty when finished). OutputError on failure."""
     done = {**doc, "status": status, "reasons": reasons, "ended": _now(), "loadgen_finished": loadgen_finished}
     write_text_atomic(out_dir / STATUS_NAME, json.dumps(done, indent=1) + "\n")
-
-
-def read_status(out_dir: Path) -> dict[str, Any] | None:
-    """The run's status as written by this harness, or None (missing, unreadable, someone else's)."""
-    try:
-        doc = json.loads((Path(out_dir) / STATUS_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("written_by") == WRITER else None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@
   either the old file or the new one, never half of one.
 - :func:`write_text_atomic`: the same for the harness's own outputs, with
   :class:`~harness.shared.errors.OutputError` naming the file and the free space.
+- :func:`read_json_object`: a JSON object written by the harness, or None
+  when the file is missing, unreadable, not JSON or not an object.
 - :func:`open_lock` / :func:`take`: one exclusive ``flock`` per folder
   (preparation of a cache, a scenario's run folders). The kernel drops the
   lock when its holder exits, also on a crash or ``kill -9``, so a lock is
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
@@ -45,6 +48,15 @@ def write_text_atomic(path: Path, data: bytes | str) -> None:
     except OSError as e:
         raise OutputError(f"cannot write {path} ({e.strerror or e}){space_hint(Path(path).parent)}; files "
                           "written earlier are intact") from None
+
+
+def read_json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable, not JSON or not an object."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def space_hint(folder: Path) -> str:
