@@ -43,7 +43,7 @@ from .cache_store import (
     reusable_rows,
     room_problem,
 )
-from .coco_layout import find_image_dir, read_image_list
+from .coco_layout import find_image_dir, first_images, read_image_list
 from .decode import RESIZE_METHOD
 from .prepare_pool import run_tasks
 
@@ -108,7 +108,7 @@ def build(cache_dir: Path, ann: Path, data_dir: str | Path | None, sizes: list[i
     """Prepare the sizes that cannot serve the request (``accept``: decoder they must have, None = any);
     the caller holds the folder's lock. Returns the sizes prepared."""
     images = read_image_list(ann)
-    count = len(images if max_images is None else images[:max_images])
+    count = len(first_images(images, max_images, ann))
     meta, stale = current_meta(cache_dir, ann)
     if stale:
         log.warning("replacing the cache in %s: %s", cache_dir, stale)

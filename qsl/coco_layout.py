@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .cache import PrepareError
+from .cache import PrepareError, check_max_images
 
 DEFAULT_CACHE_NAME = "ssd_cache"
 
@@ -70,10 +70,14 @@ def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, 
     problem = repeated_ids(ann, out, "image id", "images")
     if problem:
         raise PrepareError(problem)
-    if max_images is not None:
-        if max_images < 1:
-            raise PrepareError(f"max_images must be at least 1, got {max_images}")
-        out = out[:max_images]
+    return first_images(out, max_images, ann)
+
+
+def first_images(images: list[dict[str, Any]], max_images: int | None, ann: Path) -> list[dict[str, Any]]:
+    """The first ``max_images`` of ``ann``'s image list ``images`` (None = all); PrepareError for
+    ``max_images`` below 1 or when none are left."""
+    check_max_images(max_images)
+    out = images if max_images is None else images[:max_images]
     if not out:
         raise PrepareError(f"annotation file {ann} lists no images")
     return out
