@@ -59,10 +59,17 @@ def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, 
     """The annotation file's ``images`` list (first ``max_images``), as [{qsl_idx, id, file_name, width, height}]."""
     try:
         doc = json.loads(ann.read_text())
-        images = doc["images"]
-        out = [{"qsl_idx": i, "id": int(im["id"]), "file_name": str(im["file_name"]),
-                "width": int(im["width"]), "height": int(im["height"])} for i, im in enumerate(images)]
     except (OSError, ValueError) as e:
+        raise PrepareError(f"annotation file {ann} is not readable JSON ({e})") from None
+    return image_list(doc, ann, max_images)
+
+
+def image_list(doc: Any, ann: Path, max_images: int | None = None) -> list[dict[str, Any]]:
+    """:func:`read_image_list` for the annotation file ``ann`` already parsed into ``doc``; the same checks."""
+    try:
+        out = [{"qsl_idx": i, "id": int(im["id"]), "file_name": str(im["file_name"]),
+                "width": int(im["width"]), "height": int(im["height"])} for i, im in enumerate(doc["images"])]
+    except ValueError as e:
         raise PrepareError(f"annotation file {ann} is not readable JSON ({e})") from None
     except (KeyError, TypeError) as e:
         raise PrepareError(f"annotation file {ann} is not COCO format: an image entry lacks {e} "
