@@ -26,8 +26,8 @@ from harness.settings.config import (
     MODES,
     SCENARIOS,
     Config,
-    config_file_table,
     load_config,
+    model_keys_in_file,
 )
 from harness.settings.model_checks import (
     check_geometry,
@@ -259,7 +259,7 @@ def model_keys_given(args: argparse.Namespace) -> dict[str, str]:
     E.g. {"num_classes": "--num-classes 7", "image_size": "configs/x.toml [model] image_size = [300, 600]"}; keys left
     to their defaults are absent (a checkpoint may then fill them in, harness/settings/from_checkpoint.py).
     """
-    given = {k: f"{args.config} [model] {k} = {v!r}" for k, v in config_file_table(args.config, "model").items()}
+    given = model_keys_in_file(args.config)
     for key, value in _model_flags(args).items():
         if value is not None:
             shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else \
