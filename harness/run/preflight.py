@@ -50,8 +50,8 @@ def check_loadgen_inputs(config: Config) -> None:
     """
     run = config.run
     check_no_stray_audit_config()
-    for mode in MODE_RUNS[run.mode]:
-        make_test_settings(run.user_conf, run.scenario, "performance" if mode in AUDITS else mode, run)
+    for mode in dict.fromkeys("performance" if m in AUDITS else m for m in MODE_RUNS[run.mode]):
+        make_test_settings(run.user_conf, run.scenario, mode, run)   # the audits run with performance settings
     with exclusive_scenario(scenario_dir(run.output_dir, run.system_name, run.scenario)):
         pass   # created, writable, and no other run holds it right now
 
