@@ -36,6 +36,7 @@ from .cache import (
 )
 from .cache_store import (
     GB,
+    array_bytes,
     commit,
     current_meta,
     missing_sizes,
@@ -124,7 +125,7 @@ def build(cache_dir: Path, ann: Path, data_dir: str | Path | None, sizes: list[i
     fingerprint = {"version": CACHE_VERSION, "sizes": sorted(todo), "decoder": decoder, "num_images": count,
                    "start": start, "annotation_sha256": ann_fp["sha256"], "image_dir": str(image_dir.resolve())}
     partials = {s: cache_dir / (array_file(s, count, decoder) + ".partial") for s in sorted(todo)}
-    need = sum(3 * s * s * count for s in partials)
+    need = sum(array_bytes(s, count) for s in partials)
     done, skipped = _resume_point(cache_dir, fingerprint, partials)
     if done == 0:
         remove_unlisted(cache_dir, meta)   # stale partial arrays and superseded files
