@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from harness.shared.files import prove_writable
 
 from .build import DEFAULT_DECODER, build, check_sizes
-from .cache import CacheError, PrepareError, open_cache, read_meta
+from .cache import CacheError, PrepareError, check_max_images, open_cache, read_meta
 from .cache_lock import cache_lock
 from .cache_store import GB, current_meta, listing, missing_sizes, prune, room_problem
 from .coco_layout import (
@@ -97,6 +97,7 @@ def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: 
     if decoder not in DECODERS:
         raise PrepareError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
     ann = find_annotation_file(data_dir, annotation_file)
+    check_max_images(max_images)   # before the folder is made
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
     _writable(cache_dir)
     with cache_lock(cache_dir):
@@ -114,6 +115,7 @@ def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: s
     use the default). A complete cache opens without the image folder and without taking the lock.
     """
     ann = find_annotation_file(data_dir, annotation_file)
+    check_max_images(max_images)   # before the folder is made
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
     try:
         return open_cache(where, sizes, ann, max_images, decoder)

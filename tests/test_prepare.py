@@ -293,12 +293,15 @@ def test_max_images_below_one_is_refused_naming_the_value(dataset, cache_dir, tm
     refused = rf"max_images must be at least 1, got {n}\b"
     with pytest.raises(PrepareError, match=refused):
         prepare_cache(dataset, [257], tmp_path / "c", max_images=n, workers=1, progress=False)
-    assert not (tmp_path / "c" / "meta.json").exists() and not list((tmp_path / "c").glob("images_*"))
+    assert not (tmp_path / "c").exists()   # refused before the folder or its lock file is made
     assert main(["--data", str(dataset), "--image-size", "257", "--cache-dir", str(tmp_path / "d"),
                  "--max-images", str(n), "--quiet", "--workers", "1"]) == 2
     out = capsys.readouterr()
     assert f"max_images must be at least 1, got {n}" in out.err and "cache ready" not in out.out
     with pytest.raises(CacheError, match=refused):   # a complete cache does not serve such a request either
         ensure_cache(dataset, SIZES, cache_dir, max_images=n, workers=1, progress=False)
+    with pytest.raises(CacheError, match=refused):
+        ensure_cache(dataset, SIZES, tmp_path / "e", max_images=n, workers=1, progress=False)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
     with pytest.raises(CacheError, match=refused):
         open_cache(cache_dir, SIZES, max_images=n)
