@@ -36,6 +36,7 @@ from .cache import (
 )
 from .cache_store import (
     GB,
+    array_bytes,
     commit,
     current_meta,
     missing_sizes,
@@ -43,7 +44,7 @@ from .cache_store import (
     reusable_rows,
     room_problem,
 )
-from .coco_layout import find_image_dir, read_image_list
+from .coco_layout import find_image_dir, first_images, read_image_list
 from .decode import RESIZE_METHOD
 from .prepare_pool import run_tasks
 
@@ -108,7 +109,7 @@ def build(cache_dir: Path, ann: Path, data_dir: str | Path | None, sizes: list[i
     """Prepare the sizes that cannot serve the request (``accept``: decoder they must have, None = any);
     the caller holds the folder's lock. Returns the sizes prepared."""
     images = read_image_list(ann)
-    count = len(images if max_images is None else images[:max_images])
+    count = len(first_images(images, max_images, ann))
     meta, stale = current_meta(cache_dir, ann)
     if stale:
         log.warning("replacing the cache in %s: %s", cache_dir, stale)
@@ -124,7 +125,7 @@ def build(cache_dir: Path, ann: Path, data_dir: str | Path | None, sizes: list[i
     fingerprint = {"version": CACHE_VERSION, "sizes": sorted(todo), "decoder": decoder, "num_images": count,
                    "start": start, "annotation_sha256": ann_fp["sha256"], "image_dir": str(image_dir.resolve())}
     partials = {s: cache_dir / (array_file(s, count, decoder) + ".partial") for s in sorted(todo)}
-    need = sum(3 * s * s * count for s in partials)
+    need = sum(array_bytes(s, count) for s in partials)
     done, skipped = _resume_point(cache_dir, fingerprint, partials)
     if done == 0:
         remove_unlisted(cache_dir, meta)   # stale partial arrays and superseded files

@@ -175,8 +175,15 @@ def open_array(cache_dir: Path, entry: dict[str, Any], size: int) -> np.memmap:
     return np.load(path, mmap_mode="r")
 
 
+def check_max_images(max_images: int | None) -> None:
+    """Refuse a request for fewer than one image (0 would be an empty run, -1 the last image dropped)."""
+    if max_images is not None and max_images < 1:
+        raise PrepareError(f"max_images must be at least 1, got {max_images}")
+
+
 def wanted_count(meta: dict[str, Any], max_images: int | None) -> int | None:
     """Images a request for ``max_images`` (None = all) needs, or None when the cache cannot tell."""
+    check_max_images(max_images)
     total = meta.get("total_images")
     if max_images is None:
         return total

@@ -121,12 +121,19 @@ def commit(cache_dir: Path, meta: dict[str, Any] | None, annotation: dict[str, A
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for s, entry in built.items():
         arrays[str(s)] = {**entry, "created": now}
-    longest = max(e["num_images"] for e in arrays.values())
     new = {"version": CACHE_VERSION, "layout": LAYOUT, "annotation_file": annotation, "total_images": len(images),
-           "image_dir": str(image_dir), "images": images[:longest], "arrays": arrays}
-    write_json_atomic(cache_dir / META_NAME, new)
-    remove_unlisted(cache_dir, new)
+           "image_dir": str(image_dir), "images": images, "arrays": arrays}
+    _rewrite(cache_dir, new)
     return new
+
+
+def _rewrite(cache_dir: Path, meta: dict[str, Any]) -> int:
+    """Cut ``meta``'s image list to the images its longest array holds, write it as meta.json, then delete
+    the array files it no longer lists; return the bytes freed."""
+    longest = max(e["num_images"] for e in meta["arrays"].values())
+    meta["images"] = meta["images"][:longest]
+    write_json_atomic(cache_dir / META_NAME, meta)
+    return remove_unlisted(cache_dir, meta)
 
 
 def remove_unlisted(cache_dir: Path, meta: dict[str, Any] | None) -> int:
@@ -153,10 +160,7 @@ def prune(cache_dir: Path, sizes: Sequence[int]) -> int:
     if not arrays:
         (cache_dir / META_NAME).unlink()
         return remove_unlisted(cache_dir, None)
-    longest = max(e["num_images"] for e in arrays.values())
-    meta = {**meta, "arrays": arrays, "images": meta["images"][:longest]}
-    write_json_atomic(cache_dir / META_NAME, meta)
-    return remove_unlisted(cache_dir, meta)
+    return _rewrite(cache_dir, {**meta, "arrays": arrays})
 
 
 def listing(cache_dir: Path) -> str:

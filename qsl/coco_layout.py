@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .cache import PrepareError
+from .cache import PrepareError, check_max_images
 
 DEFAULT_CACHE_NAME = "ssd_cache"
 
@@ -59,10 +59,17 @@ def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, 
     """The annotation file's ``images`` list (first ``max_images``), as [{qsl_idx, id, file_name, width, height}]."""
     try:
         doc = json.loads(ann.read_text())
-        images = doc["images"]
-        out = [{"qsl_idx": i, "id": int(im["id"]), "file_name": str(im["file_name"]),
-                "width": int(im["width"]), "height": int(im["height"])} for i, im in enumerate(images)]
     except (OSError, ValueError) as e:
+        raise PrepareError(f"annotation file {ann} is not readable JSON ({e})") from None
+    return image_list(doc, ann, max_images)
+
+
+def image_list(doc: Any, ann: Path, max_images: int | None = None) -> list[dict[str, Any]]:
+    """:func:`read_image_list` for the annotation file ``ann`` already parsed into ``doc``; the same checks."""
+    try:
+        out = [{"qsl_idx": i, "id": int(im["id"]), "file_name": str(im["file_name"]),
+                "width": int(im["width"]), "height": int(im["height"])} for i, im in enumerate(doc["images"])]
+    except ValueError as e:
         raise PrepareError(f"annotation file {ann} is not readable JSON ({e})") from None
     except (KeyError, TypeError) as e:
         raise PrepareError(f"annotation file {ann} is not COCO format: an image entry lacks {e} "
@@ -70,10 +77,14 @@ def read_image_list(ann: Path, max_images: int | None = None) -> list[dict[str, 
     problem = repeated_ids(ann, out, "image id", "images")
     if problem:
         raise PrepareError(problem)
-    if max_images is not None:
-        if max_images < 1:
-            raise PrepareError(f"max_images must be at least 1, got {max_images}")
-        out = out[:max_images]
+    return first_images(out, max_images, ann)
+
+
+def first_images(images: list[dict[str, Any]], max_images: int | None, ann: Path) -> list[dict[str, Any]]:
+    """The first ``max_images`` of ``ann``'s image list ``images`` (None = all); PrepareError for
+    ``max_images`` below 1 or when none are left."""
+    check_max_images(max_images)
+    out = images if max_images is None else images[:max_images]
     if not out:
         raise PrepareError(f"annotation file {ann} lists no images")
     return out

@@ -30,18 +30,19 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from harness.shared.files import prove_writable
 
 from .build import DEFAULT_DECODER, build, check_sizes
-from .cache import CacheError, PrepareError, open_cache, read_meta
+from .cache import CacheError, PrepareError, check_max_images, open_cache, read_meta
 from .cache_lock import cache_lock
 from .cache_store import GB, current_meta, listing, missing_sizes, prune, room_problem
 from .coco_layout import (
     default_cache_dir,
     find_annotation_file,
     find_image_dir,
+    image_list,
     read_image_list,
 )
 from .decode import DECODERS
@@ -51,14 +52,16 @@ log = logging.getLogger("qsl")
 
 def check_can_prepare(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: str | Path | None = None,
                       annotation_file: str | Path | None = None, max_images: int | None = None,
-                      decoder: str | None = None) -> list[int]:
+                      decoder: str | None = None, annotations: Any = None) -> list[int]:
     """The sizes a run would have to prepare, after checking it can: images found, folder writable, room on disk.
 
     Cheap (reads meta.json and the annotation file's image list); the preparation checks again under its lock.
+    ``annotations``: the annotation file already parsed, when the caller has it (it is not read again).
     """
     ann = find_annotation_file(data_dir, annotation_file)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
-    count = len(read_image_list(ann, max_images))
+    images = read_image_list(ann, max_images) if annotations is None else image_list(annotations, ann, max_images)
+    count = len(images)
     meta, _ = current_meta(cache_dir, ann)
     build = sorted(missing_sizes(cache_dir, meta, check_sizes(sizes), count, decoder))
     if build:
@@ -94,6 +97,7 @@ def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: 
     if decoder not in DECODERS:
         raise PrepareError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
     ann = find_annotation_file(data_dir, annotation_file)
+    check_max_images(max_images)   # before the folder is made
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
     _writable(cache_dir)
     with cache_lock(cache_dir):
@@ -111,6 +115,7 @@ def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: s
     use the default). A complete cache opens without the image folder and without taking the lock.
     """
     ann = find_annotation_file(data_dir, annotation_file)
+    check_max_images(max_images)   # before the folder is made
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, ann)
     try:
         return open_cache(where, sizes, ann, max_images, decoder)

@@ -229,6 +229,21 @@ def test_the_early_check_names_what_would_be_prepared(data):
         check_can_prepare(data, [5000])
 
 
+
+def test_the_early_check_takes_the_parsed_annotation_file_and_checks_it_the_same(data, monkeypatch):
+    ann = data / "annotations" / "instances_val2017.json"
+    doc = json.loads(ann.read_text())
+    monkeypatch.setattr("qsl.prepare.read_image_list", None)   # the file is not read again
+    assert check_can_prepare(data, [257, 260], max_images=2, annotations=doc) == [257, 260]
+    with pytest.raises(PrepareError, match="max_images must be at least 1, got 0"):
+        check_can_prepare(data, [257], max_images=0, annotations=doc)
+    del doc["images"][1]["file_name"]
+    with pytest.raises(PrepareError, match=r"an image entry lacks 'file_name' \(need images\[\]\.id, file_name"):
+        check_can_prepare(data, [257], annotations=doc)
+    doc["images"][1]["file_name"], doc["images"][2]["width"] = "x.jpg", "wide"
+    with pytest.raises(PrepareError, match="invalid literal for int"):
+        check_can_prepare(data, [257], annotations=doc)
+
 def test_workers_of_a_preparation_killed_outright_end_quietly(data):
     """kill -9 of the preparing process: its workers end with it, without broken-pipe tracebacks."""
     import subprocess

@@ -285,3 +285,23 @@ def test_an_image_listed_twice_is_refused_naming_its_id(dataset, tmp_path):
     with pytest.raises(PrepareError, match=rf"lists image id {repeated} more than once \(images\[1\] and "
                                            rf"images\[{NUM}\]\)"):
         prepare_cache(data, [257], workers=1, progress=False)
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_max_images_below_one_is_refused_naming_the_value(dataset, cache_dir, tmp_path, capsys, n):
+    """0 would make an empty cache and -1 would drop the last image: both are mistakes, refused with the value."""
+    refused = rf"max_images must be at least 1, got {n}\b"
+    with pytest.raises(PrepareError, match=refused):
+        prepare_cache(dataset, [257], tmp_path / "c", max_images=n, workers=1, progress=False)
+    assert not (tmp_path / "c").exists()   # refused before the folder or its lock file is made
+    assert main(["--data", str(dataset), "--image-size", "257", "--cache-dir", str(tmp_path / "d"),
+                 "--max-images", str(n), "--quiet", "--workers", "1"]) == 2
+    out = capsys.readouterr()
+    assert f"max_images must be at least 1, got {n}" in out.err and "cache ready" not in out.out
+    with pytest.raises(CacheError, match=refused):   # a complete cache does not serve such a request either
+        ensure_cache(dataset, SIZES, cache_dir, max_images=n, workers=1, progress=False)
+    with pytest.raises(CacheError, match=refused):
+        ensure_cache(dataset, SIZES, tmp_path / "e", max_images=n, workers=1, progress=False)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+    with pytest.raises(CacheError, match=refused):
+        open_cache(cache_dir, SIZES, max_images=n)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.settings.config import SCENARIOS, Config, config_file_table, load_config
+from harness.settings.config import SCENARIOS, Config, load_config, model_keys_in_file
 from harness.shared.errors import InputError
 from qsl.coco_layout import default_annotation_file
 
@@ -126,8 +126,7 @@ def main(argv: list[str]) -> int:
     ann = ensure_demo_data(Path(args.data), args.num_images)
     config = demo_config(args)
     from harness.run.preflight import check_inputs
-    given = {k: f"{args.config} [model] {k} = {v!r}" for k, v in config_file_table(args.config, "model").items()}
-    config = check_inputs(config, given)
+    config = check_inputs(config, model_keys_in_file(args.config))
     from harness.report.markdown import write_report
     from harness.report.summary import format_summary
     from harness.results.layout import scenario_dir

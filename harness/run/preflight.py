@@ -50,8 +50,8 @@ def check_loadgen_inputs(config: Config) -> None:
     """
     run = config.run
     check_no_stray_audit_config()
-    for mode in MODE_RUNS[run.mode]:
-        make_test_settings(run.user_conf, run.scenario, "performance" if mode in AUDITS else mode, run)
+    for mode in dict.fromkeys("performance" if m in AUDITS else m for m in MODE_RUNS[run.mode]):
+        make_test_settings(run.user_conf, run.scenario, mode, run)   # the audits run with performance settings
     with exclusive_scenario(scenario_dir(run.output_dir, run.system_name, run.scenario)):
         pass   # created, writable, and no other run holds it right now
 
@@ -79,11 +79,14 @@ def check_inputs(config: Config, given: Mapping[str, str], backend: str = "pytor
     from qsl.prepare import check_can_prepare
     data = config.data
     ann = find_annotation_file(data.data_dir, data.annotation_file)
-    categories = len(read_annotations(ann)["categories"])
+    doc = read_annotations(ann)
+    categories = len(doc["categories"])
     config = apply_checkpoint(config, given)
     if backend == "pytorch":
         check_geometry(config.model, size_setting(config.model, given))
-    check_can_prepare(data.data_dir, config.model.sizes, data.cache_dir, data.annotation_file, data.max_images)
+    check_can_prepare(data.data_dir, config.model.sizes, data.cache_dir, data.annotation_file, data.max_images,
+                      annotations=doc)
+    del doc
     if not loadgen or "accuracy" in MODE_RUNS[config.run.mode]:
         from harness.run.dataset import Dataset, check_num_classes
         check_num_classes(config.model.num_classes, Dataset(qsl=None, annotation_file=ann, num_categories=categories))

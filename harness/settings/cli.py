@@ -26,8 +26,8 @@ from harness.settings.config import (
     MODES,
     SCENARIOS,
     Config,
-    config_file_table,
     load_config,
+    model_keys_in_file,
 )
 from harness.settings.model_checks import (
     check_geometry,
@@ -193,10 +193,9 @@ def _positive(name: str, value: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Resolve the config and check the files and folders the flags name."""
-    for flag in ("max_images", "batch_size", "num_classes", "dboxes_scale", "server_target_qps",
-                 "offline_expected_qps", "server_max_batch", "ray_workers"):
-        _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
-    _positive("--ray-call-timeout", getattr(args, "ray_call_timeout_s", None))
+    for key in ("max_images", "batch_size", "num_classes", "dboxes_scale", "server_target_qps",
+                "offline_expected_qps", "server_max_batch", "ray_workers", "ray_call_timeout_s"):
+        _positive(_flag(key), getattr(args, key, None))
     if args.image_size is not None and any(s <= 0 for s in args.image_size):
         raise UsageError(f"--image-size must be two positive sizes in pixels, got {args.image_size}")
     if args.threads is not None and args.threads < 0:
@@ -225,12 +224,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     try:
         config = load_config(args.config, {"model": model, "data": data, "run": run})
     except ConfigError as e:
-        flags = [f"--{k.replace('_', '-')}" for section in (model, data, run) for k, v in section.items()
+        flags = [_flag(k) for section in (model, data, run) for k, v in section.items()
                  if v is not None and re.search(rf"\b(model|data|run)\.{k}\b", str(e))]
-        flagged = {"--checkpoint": "--model", "--data-dir": "--data", "--output-dir": "--output",
-                   "--ray-call-timeout-s": "--ray-call-timeout"}
-        raise ConfigError(f"{e}" + (f" (given by {', '.join(flagged.get(f, f) for f in flags)})" if flags else "")) \
-            from None
+        raise ConfigError(f"{e}" + (f" (given by {', '.join(flags)})" if flags else "")) from None
     given = model_keys_given(args)
     check_geometry(config.model, size_setting(config.model, given),
                    network=getattr(args, "backend", "pytorch") == "pytorch")
@@ -239,8 +235,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return _check_paths(config, args)
 
 
-# Model keys whose flag has another name.
-_FLAG_OF = {"checkpoint": "--model", "precision": "--precision / --use-fp16"}
+# Config keys whose flag has another name than --key-with-dashes.
+_FLAG_OF = {"checkpoint": "--model", "data_dir": "--data", "output_dir": "--output",
+            "ray_call_timeout_s": "--ray-call-timeout"}
+
+
+def _flag(key: str) -> str:
+    """The flag that sets config key ``key`` ("num_classes" -> "--num-classes", "checkpoint" -> "--model")."""
+    return _FLAG_OF.get(key, "--" + key.replace("_", "-"))
 
 
 def _model_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,19 +261,20 @@ def model_keys_given(args: argparse.Namespace) -> dict[str, str]:
     E.g. {"num_classes": "--num-classes 7", "image_size": "configs/x.toml [model] image_size = [300, 600]"}; keys left
     to their defaults are absent (a checkpoint may then fill them in, harness/settings/from_checkpoint.py).
     """
-    given = {k: f"{args.config} [model] {k} = {v!r}" for k, v in config_file_table(args.config, "model").items()}
+    given = model_keys_in_file(args.config)
     for key, value in _model_flags(args).items():
         if value is not None:
             shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else \
                 ("" if isinstance(value, bool) else str(value))
-            given[key] = f"{_FLAG_OF.get(key, '--' + key.replace('_', '-'))} {shown}".rstrip()
+            flag = "--precision / --use-fp16" if key == "precision" else _flag(key)
+            given[key] = f"{flag} {shown}".rstrip()
     return given
 
 
 def _named(keys: tuple[str, ...], args: argparse.Namespace) -> str:
     """The flags that set ``keys`` ("--small-mask and --large-mask"), else the config file's keys."""
     if any(getattr(args, k, None) is not None for k in keys) or args.config is None:
-        return " and ".join("--" + k.replace("_", "-") for k in keys)
+        return " and ".join(map(_flag, keys))
     return f"{args.config} " + " and ".join(keys)
 
 

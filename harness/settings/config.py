@@ -210,6 +210,14 @@ def config_file_table(path: str | Path | None, section: str) -> dict[str, Any]:
     return dict(table) if isinstance(table, dict) else {}
 
 
+def model_keys_in_file(path: str | Path | None) -> dict[str, str]:
+    """{model key: where the config file ``path`` sets it}: {"image_size": "x.toml [model] image_size = [300, 600]"}.
+
+    None (no file) gives {}; :func:`harness.settings.cli.model_keys_given` adds the flags on top.
+    """
+    return {k: f"{path} [model] {k} = {v!r}" for k, v in config_file_table(path, "model").items()}
+
+
 def load_config(path: str | Path | None = None,
                 overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read ``path`` (TOML) if given, then apply ``overrides`` {section: {key: value}}.
