@@ -68,8 +68,13 @@ def test_completer_completes_each_sample_once():
     assert rec.done[-1] == (200, b"") and c.failures[-1].index == 9
 
 
-def test_completer_fails_samples_whose_responses_cannot_be_built_or_sent():
-    """What goes wrong after a sample leaves the register still completes it, empty, exactly once."""
+def test_completer_fails_samples_whose_responses_cannot_be_built_or_sent(tmp_path):
+    """What goes wrong after a sample leaves the register still completes it, empty, exactly once, and is
+    recorded as text (as ``fail`` records it), so the failures can be written to run_record.json."""
+    from harness.results.loadgen_log import LoadGenResult
+    from harness.results.outcome import LoadGenRun
+    from harness.results.record import read_run_record, write_run_record
+
     rec = Recorder()
 
     def response(sample_id, ptr, nbytes):
@@ -93,43 +98,12 @@ def test_completer_fails_samples_whose_responses_cannot_be_built_or_sent():
     c.complete(samples[3:], [good])              # the completion call itself raises: nothing escapes ...
     assert c.outstanding == 0 and c.failures[-1].index == 3     # ... and the sample is failed, not lost
     assert c.closed_reason[1] == "LoadGen refused to complete samples: RuntimeError: LoadGen refused the call"
+    errors = {f.index: f.error for f in c.failures}
+    assert errors[2] == "RuntimeError: no response for 102's buffer"
+    assert errors[3] == "RuntimeError: LoadGen refused the call" and isinstance(errors[1], str)
 
-
-def test_completer_records_a_failed_response_as_text_the_run_record_can_hold(tmp_path):
-    """A response that cannot be built fails its sample with the error as text, like ``fail`` does, so the
-    failure can be written to run_record.json."""
-    from pathlib import Path
-
-    from harness.results.loadgen_log import LoadGenResult
-    from harness.results.outcome import LoadGenRun
-    from harness.results.record import read_run_record, write_run_record
-
-    rec = Recorder()
-
-    def response(sample_id, ptr, nbytes):
-        if sample_id == 101 and nbytes:
-            raise RuntimeError("boom")
-        return rec.response(sample_id, ptr, nbytes)
-
-    c = Completer(rec.complete, response)
-    samples = [Sample(100, 0), Sample(101, 1)]
-    c.register(samples)
-    c.complete(samples, [np.ones((1, 7), np.float32)] * 2)
-    assert sorted(i for i, _ in rec.done) == [100, 101]
-    assert [(f.index, f.stage, f.error) for f in c.failures] == [(1, "complete", "RuntimeError: boom")]
-
-    def refuses(responses):
-        raise RuntimeError("refused")
-
-    c._complete_fn = refuses
-    c.register([Sample(102, 2)])
-    c.complete([Sample(102, 2)], [np.ones((1, 7), np.float32)])   # the completion call itself raises
-    assert c.failures[1].error == "RuntimeError: refused"
-
-    run = LoadGenRun("performance", Path(tmp_path), LoadGenResult(), c.failures, 3, 1.0)
-    write_run_record(run)
-    assert [f["error"] for f in read_run_record(tmp_path)["failures"]] == ["RuntimeError: boom",
-                                                                           "RuntimeError: refused"]
+    write_run_record(LoadGenRun("performance", tmp_path, LoadGenResult(), c.failures, 4, 1.0))
+    assert {f["index"]: f["error"] for f in read_run_record(tmp_path)["failures"]} == errors
 
 
 def test_completer_times_each_completed_sample_from_issue():
