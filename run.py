@@ -13,7 +13,7 @@ TEST01 and TEST04 for one scenario, and verifies the audits.
 The work lives in harness/ (``harness.run.benchmark.run_benchmark``,
 ``harness.run.evaluate.evaluate_direct``); this file only parses flags, turns bad
 input into one clear line with exit status 2, and prints the summary.
-Exit statuses (the table for every subcommand is in harness/shared/errors.py and the README):
+Exit statuses (the table for every subcommand is in ground/errors.py and the README):
 0 done, 1 not a whole result (failed samples, no or an incomplete mAP, a LoadGen error, a failed
 audit, a run ended by a fault), 2 bad input (also ``package`` refusing a tree), 130 interrupted
 (SIGINT), 143 terminated (SIGTERM).
@@ -35,7 +35,7 @@ from harness.settings.cli import (
     config_from_args,
     model_keys_given,
 )
-from harness.shared.errors import INTERRUPTS, ExitStatus, InputError, RunStopped
+from ground.errors import INTERRUPTS, ExitStatus, InputError, RunStopped
 
 NOTHING_TO_RUN = ("nothing to run: try `python run.py demo` (the shipped demo detector on generated data, nothing "
                   "to download) or `python run.py --help` for a benchmark run on your own data")
@@ -45,7 +45,7 @@ _signal_exit = {"code": 130}   # 143 once SIGTERM arrived
 
 def _on_sigterm(signum, frame) -> None:
     """SIGTERM ends a run like Ctrl-C: outstanding samples complete, logs close, exit status 143."""
-    from harness.run.thread import Terminated
+    from harness.run.loadgen_thread import Terminated
     _signal_exit["code"] = 128 + signum
     raise Terminated
 
@@ -62,8 +62,8 @@ def benchmark_main(argv: list[str]) -> int:
     from harness.report.summary import format_summary
     from harness.run.backend import close_backend, make_backend
     from harness.run.benchmark import run_benchmark
-    from harness.run.thread import Interrupted, WorkerDied
-    from harness.shared.errors import OutputError
+    from harness.run.loadgen_thread import Interrupted, WorkerDied
+    from ground.errors import OutputError
     backend = make_backend(config, args.backend, **options)
     try:
         result = run_benchmark(config, backend=backend, use_pycocotools=args.use_pycocotools, progress=True)
@@ -87,7 +87,7 @@ def benchmark_main(argv: list[str]) -> int:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from harness.shared.files import check_output_file
+    from ground.files import check_output_file
     p = argparse.ArgumentParser(prog="run.py evaluate", description="COCO mAP of the model, without LoadGen.")
     p.add_argument("--dump-detections", metavar="FILE", help="write the COCO results list (JSON) here")
     add_common_args(p)

@@ -21,7 +21,7 @@ import torch
 Detections = list[torch.Tensor]  # per image: Tensor[K, 6] (x1, y1, x2, y2, score, label), fp32, CPU
 
 # Compute workers per GPU on the CUDA path (own streams and graphs, shared weights), so one worker's
-# post-processing overlaps another's network; a simulated device gets as many (backends/simulated.py).
+# post-processing overlaps another's network; a simulated device gets as many (backends/simulated/backend.py).
 CUDA_WORKERS_PER_GPU = 2
 
 

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import torch
 
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 
 
 class NullBackend:

@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.network import prepare_network  # noqa: E402
+from backends.pytorch.network import prepare_network  # noqa: E402
 from backends.ssd.checkpoint import load_checkpoint  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from backends.ssd.two_scale import build_passes  # noqa: E402

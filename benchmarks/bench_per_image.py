@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.run.backend import build_backend  # noqa: E402
 from harness.settings.config import load_config  # noqa: E402
-from harness.sut.guard import GuardedBackend  # noqa: E402
+from harness.sut.per_image import GuardedBackend  # noqa: E402
 
 
 def main() -> None:

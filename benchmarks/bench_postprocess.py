@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from backends.ssd.decode import class_scores, decode_boxes  # noqa: E402
+from backends.ssd.boxes import class_scores, decode_boxes  # noqa: E402
 from backends.ssd.default_boxes import default_boxes  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from backends.ssd.postprocess import postprocess  # noqa: E402

@@ -3,7 +3,7 @@
 For each option (CPU: fp32 NCHW, fp32 channels_last, bf16 NCHW, bf16
 channels_last and, with ``--compile``, bf16 channels_last compiled; CUDA:
 fp32, fp16 NCHW, fp16 channels_last without and with CUDA graphs, bf16; CUDA fp32
-is IEEE fp32: the backend turns TF32 off, see backends/network.py) the
+is IEEE fp32: the backend turns TF32 off, see backends/pytorch/network.py) the
 backend is built from the same config, warmed up, timed on the same
 preloaded batch (median ms per sample of ``--reps`` calls of ``predict``), then
 run over the whole synthetic demo set (seed 0) to get COCO mAP and the
@@ -78,7 +78,7 @@ def time_predict(backend, batch, reps: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backends.pytorch_backend import resolve_device
+    from backends.pytorch.backend import resolve_device
     from harness.accuracy.evaluate import evaluate_records
     from harness.run.evaluate import predict_all
 

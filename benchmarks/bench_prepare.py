@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qsl.cache import open_cache
+from qsl.cache.reader import open_cache
 from qsl.coco_layout import find_inputs, read_image_list
 from qsl.coco_qsl import CocoQSL
-from qsl.decode import DECODERS, decode_rgb
-from qsl.prepare import prepare_cache
-from qsl.synthetic import make_synthetic_coco
+from qsl.cache.jpeg import DECODERS, decode_rgb
+from qsl.cache.prepare import prepare_cache
+from qsl.synthetic.dataset import make_synthetic_coco
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 2

@@ -1,6 +1,6 @@
 """Remote efficiency: Offline samples/s with N simulated devices as Ray actors over the same N in this process.
 
-Goal >= 0.90. The simulated accelerator (``--backend simulated``, backends/simulated.py) holds each
+Goal >= 0.90. The simulated accelerator (``--backend simulated``, backends/simulated/backend.py) holds each
 batch ``--sim-batch-ms A B`` milliseconds (A per batch + B per sample, sleeping, so it uses no CPU),
 each device served by two pipeline workers as a GPU is: what is measured is what the executor
 costs, not a model. Both sides are built by ``make_backend`` as ``run.py`` builds them and run the
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.simulated import SimSettings  # noqa: E402
+from backends.simulated.backend import SimSettings  # noqa: E402
 from benchmarks import common, sim_common  # noqa: E402
 from harness.run.backend import close_backend, make_backend  # noqa: E402
 from harness.settings.config import Config  # noqa: E402

@@ -2,7 +2,7 @@
 devices, >= 0.90 at 8.
 
 One process, ``--repeats`` rounds; each round runs LoadGen Offline on 1, 2, 4 and 8 fresh simulated devices
-in turn (``backends/simulated.py``: a measuring instrument, not a model), and each N's ratio is taken against
+in turn (``backends/simulated/backend.py``: a measuring instrument, not a model), and each N's ratio is taken against
 the one-device run of the same round; the median over rounds is quoted. Every run's expected rate is N
 devices' rate at the batch size, so each lasts about ``--seconds`` when the devices set the pace.
 

@@ -5,7 +5,7 @@ One process. For each device count: LoadGen Offline runs (median of ``--offline-
 a bisection over ``server_target_qps`` as a fraction of it (first probe at the goal; benchmarks/bench_server.py's
 ``peak_search``) runs LoadGen Server at the official 100 ms p99 bound and keeps the highest rate whose p99
 meets it (VALID, or INVALID only because early stopping wants more queries than a short run has). Every
-run gets fresh simulated devices (``backends/simulated.py``: a measuring instrument, not a model) of the
+run gets fresh simulated devices (``backends/simulated/backend.py``: a measuring instrument, not a model) of the
 ``--sim-profile`` (default h100-300-600: SSD-ResNet34 300+600 at 40% of the H100's dense fp16 peak).
 
 The images gathered default to 300 only: the devices keep the profile's 300+600 time, while the host

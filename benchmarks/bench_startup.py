@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--baseline", type=Path, help="another checkout to time alternately with this one")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_startup_") as tmp:
-        from qsl.synthetic import make_synthetic_coco  # noqa: E402 - after the path is set
+        from qsl.synthetic.dataset import make_synthetic_coco  # noqa: E402 - after the path is set
         make_synthetic_coco(Path(tmp), 2, seed=0)
         commands = {"--bogus": ["--bogus"], "--help": ["--help"],
                     "--image-size 300 5000": ["--data", tmp, "--image-size", "300", "5000"]}

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.config import PRECISIONS  # noqa: E402
+from backends.model_config import PRECISIONS  # noqa: E402
 from harness.settings.config import Config, load_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -80,7 +80,7 @@ def with_run(cfg: Config, **run: Any) -> Config:
 
 def build_backend(cfg: Config, batch_sizes: Sequence[int]):
     """The PyTorch backend for ``cfg``, loaded and warmed up on ``batch_sizes`` (compile time measured)."""
-    from backends.pytorch_backend import PyTorchBackend
+    from backends.pytorch.backend import PyTorchBackend
     backend = PyTorchBackend(cfg.model, device=cfg.run.device, threads=cfg.run.threads,
                              trust_pickle=cfg.model.trust_pickle)
     backend.load()
@@ -112,8 +112,8 @@ def make_dataset(tmp: Path, num_images: int, sizes: Sequence[int], pin_memory: b
     """The held-out synthetic set (seed 0) in ``tmp``, cached at ``sizes``, all of it one LoadGen sample set."""
     from harness.run.dataset import Dataset
     from qsl.coco_qsl import CocoQSL
-    from qsl.prepare import ensure_cache
-    from qsl.synthetic import make_synthetic_coco
+    from qsl.cache.prepare import ensure_cache
+    from qsl.synthetic.dataset import make_synthetic_coco
 
     ann = make_synthetic_coco(tmp / "data", num_images, seed=0)
     cache = ensure_cache(tmp / "data", sizes, tmp / "cache", progress=False)

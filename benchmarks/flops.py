@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 from backends.ssd.model import SSDResNet
 from backends.ssd.two_scale import build_passes
 

@@ -15,7 +15,7 @@ synthetic images (seed 0) from the benchmarks' shared data set.
   (``--images``: by default three full ones and the remainder) at once from
   their own threads: no shape runs eagerly, and the two agree byte for byte;
 - memory: device memory the warm-up left reserved (the graph pools and input
-  buffers, after ``empty_cache``) against backends/graph_memory.py's estimate;
+  buffers, after ``empty_cache``) against backends/pytorch/graph_memory.py's estimate;
 - detections: CUDA (the config's precision) against the CPU in fp32 on the
   same images: the share of the CPU's best detections per image that have a
   same-label twin in the CUDA output, and the largest score difference.
@@ -91,7 +91,7 @@ def _concurrent(workers: list, batches: list) -> list[list]:
 
 
 def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
-    from backends.pytorch_backend import PyTorchBackend
+    from backends.pytorch.backend import PyTorchBackend
     from harness.run.backend import warmup_batch_sizes
     b = args.batch_size
     offline = common.with_run(cfg, scenario="Offline", batch_size=b)
@@ -151,7 +151,7 @@ def profile(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from backends.pytorch_backend import PyTorchBackend
+    from backends.pytorch.backend import PyTorchBackend
     out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "batch_size": args.batch_size,
            "iters": args.iters, "runs": {}}
     dataset = None

@@ -1,6 +1,6 @@
 """What the simulated-accelerator benchmarks share: flags, the devices, the data, the host's gather.
 
-Assumptions: the devices are ``backends/simulated.py`` devices (a measuring
+Assumptions: the devices are ``backends/simulated/backend.py`` devices (a measuring
 instrument, not a model: each holds a batch for A + B x b ms), so every
 figure measures the harness (LoadGen, batching, the workers' threads, the
 host's gather of uint8 batches, records and completions) against devices of a
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.sim_profiles import PROFILES, DeviceTiming, SimSettings
-from backends.simulated import SimulatedBackend
+from backends.simulated.profiles import PROFILES, DeviceTiming, SimSettings
+from backends.simulated.backend import SimulatedBackend
 from benchmarks import common
 from harness.run.dataset import Dataset
 from harness.settings.config import Config, load_config

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .cache import PrepareError, check_max_images
+from qsl.cache.reader import PrepareError, check_max_images
 
 DEFAULT_CACHE_NAME = "ssd_cache"
 

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .cache import Cache
+from qsl.cache.reader import Cache
 
 DEFAULT_PERF_COUNT = 64  # MLPerf performance_sample_count for SSD-ResNet34
 

@@ -28,7 +28,7 @@ def fast_conf(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory) -> Path:
     """A COCO-layout folder with 8 synthetic images (6 categories), made once per test session."""
-    from qsl.synthetic import make_synthetic_coco
+    from qsl.synthetic.dataset import make_synthetic_coco
     root = tmp_path_factory.mktemp("coco")
     make_synthetic_coco(root, 8, seed=0)
     return root

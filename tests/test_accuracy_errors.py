@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import run
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 from backends.null import NullBackend
 from harness.accuracy.cli import main
 from harness.accuracy.coco import AccuracyError
@@ -24,7 +24,7 @@ from harness.accuracy.evaluate import evaluate_accuracy_log, evaluate_records
 from harness.run.dataset import Dataset, open_dataset
 from harness.run.evaluate import evaluate_direct
 from harness.settings.config import DataConfig
-from harness.shared.errors import OutputError
+from ground.errors import OutputError
 from qsl.memory_qsl import MemoryQSL
 from tests.test_accuracy import _annotations, _records, _write_log
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from backends.config import ModelConfig
-from backends.pytorch_backend import PyTorchBackend
+from backends.model_config import ModelConfig
+from backends.pytorch.backend import PyTorchBackend
 from backends.ssd.model import SSDResNet
 from backends.ssd.normalize import MEAN_RGB, STD_RGB
 

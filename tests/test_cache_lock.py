@@ -1,4 +1,4 @@
-"""Processes preparing the same cache folder take turns (qsl/cache_lock.py), and a waiter reuses the result."""
+"""Processes preparing the same cache folder take turns (qsl/cache/lock.py), and a waiter reuses the result."""
 from __future__ import annotations
 
 import logging
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import qsl.build as prep
-from qsl.cache import open_cache
-from qsl.cache_lock import LOCK_NAME, cache_lock
-from qsl.prepare import ensure_cache
-from qsl.synthetic import make_synthetic_coco
+import qsl.cache.build as prep
+from qsl.cache.reader import open_cache
+from qsl.cache.lock import LOCK_NAME, cache_lock
+from qsl.cache.prepare import ensure_cache
+from qsl.synthetic.dataset import make_synthetic_coco
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import qsl.build as prep
-import qsl.prepare_pool as pool
-from qsl.cache import CacheError, PrepareError, open_cache
-from qsl.prepare import check_can_prepare, ensure_cache, main, prepare_cache
-from qsl.synthetic import make_synthetic_coco
+import qsl.cache.build as prep
+import qsl.cache.decode_pool as pool
+from qsl.cache.reader import CacheError, PrepareError, open_cache
+from qsl.cache.prepare import check_can_prepare, ensure_cache, main, prepare_cache
+from qsl.synthetic.dataset import make_synthetic_coco
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
@@ -233,7 +233,7 @@ def test_the_early_check_names_what_would_be_prepared(data):
 def test_the_early_check_takes_the_parsed_annotation_file_and_checks_it_the_same(data, monkeypatch):
     ann = data / "annotations" / "instances_val2017.json"
     doc = json.loads(ann.read_text())
-    monkeypatch.setattr("qsl.prepare.read_image_list", None)   # the file is not read again
+    monkeypatch.setattr("qsl.cache.prepare.read_image_list", None)   # the file is not read again
     assert check_can_prepare(data, [257, 260], max_images=2, annotations=doc) == [257, 260]
     with pytest.raises(PrepareError, match="max_images must be at least 1, got 0"):
         check_can_prepare(data, [257], max_images=0, annotations=doc)
@@ -249,9 +249,9 @@ def test_workers_of_a_preparation_killed_outright_end_quietly(data):
     import subprocess
     import sys
     import time
-    slow_workers = ("import sys, time\nimport qsl.prepare_pool as pool\nreal = pool._work\n"
+    slow_workers = ("import sys, time\nimport qsl.cache.decode_pool as pool\nreal = pool._work\n"
                     "def slow(task):\n    time.sleep(0.2)\n    return real(task)\npool._work = slow\n"
-                    "from qsl.prepare import main\nsys.exit(main(sys.argv[1:]))\n")
+                    "from qsl.cache.prepare import main\nsys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.Popen([sys.executable, "-c", slow_workers, "--data", str(data), "--image-size", "257",
                              "--workers", "2", "--quiet"], cwd=Path(__file__).resolve().parent.parent,
                             stderr=subprocess.PIPE, text=True)

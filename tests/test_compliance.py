@@ -22,7 +22,7 @@ from harness.compliance.verify import verify_performance, verify_test01_accuracy
 from harness.report.summary import format_summary
 from harness.run.benchmark import run_benchmark
 from harness.run.dataset import Dataset
-from harness.run.thread import Interrupted
+from harness.run.loadgen_thread import Interrupted
 from harness.settings.config import load_config
 from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_scenarios import HINTS
@@ -217,7 +217,7 @@ def test_reader_streams_across_chunks_and_stops_at_a_cut(tmp_path):
 # -- the submission copy ----------------------------------------------------------------------------------------
 def finished(run_dir: Path, simulated: bool = False, **env) -> Path:
     """Mark ``run_dir`` as a run that finished (with a model unless ``simulated``), as the harness would."""
-    from harness.results.status import begin_status, end_status
+    from harness.results.run_status import begin_status, end_status
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = begin_status(run_dir, "x", "Offline", {"backend": "model", "simulated": simulated, **env})
     end_status(run_dir, doc, "finished", [], True)
@@ -250,7 +250,7 @@ def test_package_truncates_and_hashes_like_the_checker(tmp_path):
     assert (copy / "TEST01" / "accuracy" / "accuracy.txt").read_text() == f"hash={small_hash}\n"
     assert (copy / "performance" / "run_1" / "mlperf_log_summary.txt").is_file()
     assert (scen / "accuracy" / "mlperf_log_accuracy.json").read_bytes() == original     # original untouched
-    from harness.shared.errors import OutputError
+    from ground.errors import OutputError
     with pytest.raises(OutputError, match="already exists"):
         package_submission(tmp_path / "res", tmp_path / "sub")
 

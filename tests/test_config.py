@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 from harness.settings.config import Config, load_config
-from harness.shared.errors import ConfigError
+from ground.errors import ConfigError
 
 
 def write(tmp_path, text, name="c.toml"):

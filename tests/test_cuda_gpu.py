@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from backends.graph_memory import GraphMemoryError
-from harness.sut.guard import GuardedBackend
+from backends.pytorch.graph_memory import GraphMemoryError
+from harness.sut.per_image import GuardedBackend
 from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -84,7 +84,7 @@ def test_cuda_refuses_graphs_that_cannot_fit_before_capturing(monkeypatch):
 
 
 def test_cuda_compile_per_worker_with_graphs(monkeypatch):
-    from backends import network
+    from backends.pytorch import network
     monkeypatch.setattr(network, "COMPILE_BACKEND", "aot_eager")
     backend = tiny_backend("cuda:0", precision="fp16", compile=True)
     eager = tiny_backend("cuda:0", precision="fp16", cuda_graphs=False)

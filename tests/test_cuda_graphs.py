@@ -1,6 +1,6 @@
 """CUDA-graph scheduling on the CPU, with a stand-in for ``torch.cuda``: when shapes are captured, on which
-stream and pool, and what runs eagerly (backends/cuda_graphs.py); graph memory and its up-front refusal
-(backends/graph_memory.py); torch.compile's worker rule (backends/network.py)."""
+stream and pool, and what runs eagerly (backends/pytorch/cuda_graphs.py); graph memory and its up-front refusal
+(backends/pytorch/graph_memory.py); torch.compile's worker rule (backends/pytorch/network.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from backends.config import ModelConfig
-from backends.cuda_graphs import GraphedForward
-from backends.graph_memory import (
+from backends.model_config import ModelConfig
+from backends.pytorch.cuda_graphs import GraphedForward
+from backends.pytorch.graph_memory import (
     GIB,
     GraphMemoryError,
     PassMemory,
@@ -21,9 +21,9 @@ from backends.graph_memory import (
     estimate,
     model_passes,
 )
-from backends.network import compile_refusal, configure_cuda_math
+from backends.pytorch.network import compile_refusal, configure_cuda_math
 from backends.ssd.model import SSDResNet
-from harness.shared.errors import InputError
+from ground.errors import InputError
 from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
 
 
@@ -130,7 +130,7 @@ def test_graphs_of_one_input_size_share_one_input_buffer():
 
 def test_backend_warmup_opens_the_window_largest_batch_first_and_a_run_never_captures(monkeypatch):
     """The backend's own warm-up (tiny model, CPU) with its network wrapped in a graph runner on the stand-in."""
-    from backends import cuda_graphs
+    from backends.pytorch import cuda_graphs
     monkeypatch.setattr(cuda_graphs, "WARMUP_RUNS", 0)          # the stand-in needs no cuDNN warm-up
     backend = tiny_backend()
     fake = FakeCuda()
@@ -182,7 +182,7 @@ def test_backend_refuses_graphs_that_cannot_fit_a_fake_device():
 
 def test_traced_pass_memory_matches_the_layer_arithmetic():
     """SSD-ResNet34 at 300, fp16, BatchNorm folded: the input, the outputs and the stem's two buffers."""
-    from backends.network import prepare_network
+    from backends.pytorch.network import prepare_network
     with torch.device("meta"):
         model = SSDResNet(81, "resnet34").eval()
     prepare_network(model, "meta", torch.float16, channels_last=True)
@@ -195,7 +195,7 @@ def test_traced_pass_memory_matches_the_layer_arithmetic():
 
 def test_estimate_for_700_1400_batch_32_offline_against_every_size():
     """The README's figures: Offline captures its batch, the remainder and 1, not every size up to 32."""
-    from backends.network import prepare_network
+    from backends.pytorch.network import prepare_network
     with torch.device("meta"):
         model = SSDResNet(81, "resnet34").eval()
     prepare_network(model, "meta", torch.float16, channels_last=True)
@@ -217,7 +217,7 @@ def test_compile_with_several_workers_needs_graphs():
 
 
 def test_compiled_runner_per_worker_and_uncompiled_eager_fallback(monkeypatch):
-    from backends import network
+    from backends.pytorch import network
     monkeypatch.setattr(network, "COMPILE_BACKEND", "eager")
     model = torch.nn.Identity()
     cuda = torch.device("cuda", 0)

@@ -119,7 +119,7 @@ def test_steps_that_do_not_fit_are_a_clear_error_whose_advice_works():
 
 
 def test_one_list_of_steps_for_two_sizes_says_to_drop_the_flag():
-    from backends.config import ModelConfig
+    from backends.model_config import ModelConfig
     from backends.ssd.two_scale import build_passes
     cfg = ModelConfig(image_size=(300, 600), dboxes_steps=(8, 16, 32, 64, 100, 300))
     with pytest.raises(GeometryError, match="no list fits both 300 and 600: drop --dboxes-steps"):
@@ -163,7 +163,7 @@ def test_ssd1200_config_gives_the_inference_references_boxes():
 
 def test_ssd1200_steps_given_as_the_reference_writes_them_place_the_same_boxes():
     """The seed-style flags --dboxes-steps 24 48 92 171 400 400 mean the reference's cells, 1200 // step."""
-    from backends.config import ModelConfig
+    from backends.model_config import ModelConfig
     model = ModelConfig(variant="ssd1200", image_size=(1200, 1200), dboxes_scale=4.0,
                         dboxes_steps=(24, 48, 92, 171, 400, 400))
     boxes = _ssd1200_boxes(model)

@@ -60,7 +60,7 @@ def _digest(folder: Path) -> dict[str, bytes]:
 
 def test_demo_never_overwrites_a_data_set_it_did_not_generate(tmp_path, capsys):
     import run
-    from qsl.synthetic import make_synthetic_coco
+    from qsl.synthetic.dataset import make_synthetic_coco
     own = tmp_path / "own"
     make_synthetic_coco(own, 2, seed=7, min_size=64, max_size=96)        # someone's data: not the demo's set
     ann = own / "annotations" / "instances_val2017.json"

@@ -3,7 +3,7 @@
 The tiny model uses only the last three feature maps (5x5, 3x3, 1x1 at 257 px): there the CPU convolution
 kernels block across the batch, so a batched forward differs from a single one in the last bits, and every
 detection comes from those maps. The per-image execution the harness uses on a CPU
-(harness/sut/guard.py, on by default in ``build_backend``) is what keeps the bytes identical.
+(harness/sut/per_image.py, on by default in ``build_backend``) is what keeps the bytes identical.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from harness.run.backend import build_backend
 from harness.run.benchmark import run_benchmark
 from harness.run.dataset import open_dataset
 from harness.settings.config import load_config
-from harness.sut.guard import GuardedBackend
+from harness.sut.per_image import GuardedBackend
 from harness.sut.response import to_record
 
 TINY_MODEL = {"backbone": "resnet18", "image_size": [257, 257], "num_classes": 7, "random_weights": True,
@@ -108,7 +108,7 @@ def test_test01_passes_byte_for_byte_with_the_real_network(tiny, tmp_path, monke
 @pytest.mark.parametrize("setting, per_image, guarded", [
     ("auto", None, True), ("on", None, True), ("off", None, False), ("off", True, True), ("on", False, False)])
 def test_batch_invariant_setting_and_explicit_per_image(tiny, setting, per_image, guarded, monkeypatch):
-    from backends.pytorch_backend import PyTorchBackend
+    from backends.pytorch.backend import PyTorchBackend
     monkeypatch.setattr(PyTorchBackend, "warmup", lambda self, batch_sizes=None: None)
     backend = build_backend(_config(tiny, batch_invariant=setting), per_image=per_image)
     assert isinstance(backend, GuardedBackend) == guarded
@@ -120,7 +120,7 @@ def test_batch_invariant_setting_and_explicit_per_image(tiny, setting, per_image
     ("SingleStream", "off", (1,)), ("Offline", "auto", (1,))])
 def test_build_backend_warms_up_the_batch_sizes_of_the_run(tiny, scenario, setting, expected, monkeypatch):
     """So that no compile or graph capture happens in a timed run; per image the network sees only 1."""
-    from backends.pytorch_backend import PyTorchBackend
+    from backends.pytorch.backend import PyTorchBackend
     seen = []
     monkeypatch.setattr(PyTorchBackend, "warmup", lambda self, batch_sizes=None: seen.append(batch_sizes))
     build_backend(_config(tiny, scenario=scenario, batch_invariant=setting, server_max_batch=6,

@@ -25,8 +25,8 @@ from harness.report.summary import format_summary
 from harness.run.benchmark import run_benchmark
 from harness.run.dataset import Dataset
 from harness.settings.config import load_config
-from harness.shared.errors import OutputError
-from harness.shared.files import write_text_atomic
+from ground.errors import OutputError
+from ground.files import write_text_atomic
 from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_scenarios import HINTS
 
@@ -194,7 +194,7 @@ def test_full_disk_for_loadgen_logs_is_a_clear_error(tmp_path, fast_conf, monkey
                       Dataset(MemoryQSL(20)))
     acc = e.value.result.runs[0].out_dir
     assert (acc / "mlperf_log_summary.txt").stat().st_size > 0
-    from harness.results.status import run_state
+    from harness.results.run_status import run_state
     perf = acc.parent / "performance" / "run_1"
     assert run_state(perf).label == "INCOMPLETE" and "could not write its logs" in run_state(perf).reason
 
@@ -214,7 +214,7 @@ def test_atomic_write_keeps_the_earlier_file_when_the_disk_is_full(tmp_path, mon
 
 
 def test_truncated_cache_is_found_at_load(tmp_path, synthetic_coco, fast_conf, capsys):
-    from qsl.cache import CacheError, open_cache
+    from qsl.cache.reader import CacheError, open_cache
     args = ["--mode", "accuracy", "--backend", "null", "--num-classes", "7", "--user-conf", str(fast_conf),
             *_run_args(synthetic_coco, tmp_path)]
     assert run.main(args) == 0
@@ -231,7 +231,8 @@ def test_truncated_cache_is_found_at_load(tmp_path, synthetic_coco, fast_conf, c
 
 def test_guard_covers_every_worker_of_a_multi_worker_backend():
     """A backend with several compute workers (one per GPU): each is guarded, their OOM batches add up."""
-    from harness.sut.guard import DeviceMemoryError, GuardedBackend
+    from harness.sut.out_of_memory import DeviceMemoryError
+    from harness.sut.per_image import GuardedBackend
 
     class TwoWorkers(OutOfMemoryAbove):
         def workers(self):

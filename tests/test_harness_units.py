@@ -72,8 +72,8 @@ def test_completer_fails_samples_whose_responses_cannot_be_built_or_sent(tmp_pat
     """What goes wrong after a sample leaves the register still completes it, empty, exactly once, and is
     recorded as text (as ``fail`` records it), so the failures can be written to run_record.json."""
     from harness.results.loadgen_log import LoadGenResult
-    from harness.results.outcome import LoadGenRun
-    from harness.results.record import read_run_record, write_run_record
+    from harness.results.result_types import LoadGenRun
+    from harness.results.run_record import read_run_record, write_run_record
 
     rec = Recorder()
 

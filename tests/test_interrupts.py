@@ -51,7 +51,7 @@ def test_ctrl_c_while_the_loadgen_thread_starts_is_handled_as_an_interrupt(monke
 
     import mlperf_loadgen as lg
 
-    from harness.run.thread import Interrupted, start_test
+    from harness.run.loadgen_thread import Interrupted, start_test
     from harness.sut.completion import Completer, Sample
 
     release = threading.Event()
@@ -87,7 +87,7 @@ class SlowAndInterrupted(NullBackend):
 
 def test_ctrl_c_during_a_slow_stream_query_waits_for_it_so_loadgen_ends(tmp_path, monkeypatch):
     """SingleStream computes on LoadGen's thread: LoadGen can only end once the query in flight is done."""
-    from harness.run.thread import INTERRUPT_GRACE_S, Interrupted
+    from harness.run.loadgen_thread import INTERRUPT_GRACE_S, Interrupted
     monkeypatch.chdir(tmp_path)
     slow_s = INTERRUPT_GRACE_S + 1.5
     t0 = time.monotonic()
@@ -123,7 +123,7 @@ class NeverDone:
 
 
 def test_the_wait_after_ctrl_c_is_bounded_and_a_second_ctrl_c_ends_it():
-    from harness.run.thread import wait_after_interrupt
+    from harness.run.loadgen_thread import wait_after_interrupt
     t0 = time.monotonic()
     assert not wait_after_interrupt(FakeSUT(busy=False), NeverDone(), grace_s=0.01, inflight_s=60)
     assert time.monotonic() - t0 < 1                                   # nothing in flight: the grace only

@@ -1,17 +1,29 @@
 """The architecture as a test: every import goes down the layers, and no module imports itself in a circle.
 
-Layers, lowest first (the README's architecture section draws the same):
+Layers, lowest first (the README's architecture section draws the same). A module belongs to the room
+with the longest matching name, so ``backends.ssd`` is a room below ``backends.pytorch``:
 
-    harness.shared                     errors and crash-safe files; imports nothing of the project
-    backends, qsl                      the model side and the data side; neither imports the other
+    ground                             errors, crash-safe files, progress; imports nothing of the project
+    backends.base, backends.model_config   the backend interface and the model's configuration
+    backends.ssd                       the network, default boxes, box maths, NMS, checkpoints
+    backends (null, simulated, pytorch)    the backends themselves
+    backends.ray                       a backend made of remote ones
+    qsl.cache.reader                   the cache's layout and errors, and opening it
+    qsl.coco_layout                    where a COCO folder keeps its files; the annotation's image list
+    qsl.cache, qsl.synthetic           the image cache; the synthetic data set
+    qsl                                the Query Sample Libraries (coco_qsl, memory_qsl)
     harness.settings                   config, flags, user.conf, LoadGen's TestSettings
     harness.sut                        the System Under Test
     harness.accuracy                   the accuracy script
     harness.results                    what a run leaves on disk, and the result types
-    harness.compliance                 TEST01/TEST04 and the submission copy
+    harness.compliance                 the audits and the submission tree
     harness.report                     what people read
     harness.run                        one benchmark invocation
     harness.demo                       the embedded default
+    run, tools, benchmarks             entry points: they may import anything; nothing imports them
+
+backends and qsl never import each other, and neither imports harness: a Ray worker needs only
+``ground`` and ``backends``.
 
 Every import counts: at module level, inside functions, and under ``TYPE_CHECKING``.
 """
@@ -21,22 +33,28 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = [("harness.shared",), ("backends", "qsl"), ("harness.settings",), ("harness.sut",),
-          ("harness.accuracy",), ("harness.results",), ("harness.compliance",), ("harness.report",),
-          ("harness.run",), ("harness.demo",)]
-PACKAGES = ("harness", "backends", "qsl")
+LAYERS = [("ground",),
+          ("backends.base", "backends.model_config"), ("backends.ssd",), ("backends",), ("backends.ray",),
+          ("qsl.cache.reader",), ("qsl.coco_layout",), ("qsl.cache", "qsl.synthetic"), ("qsl",),
+          ("harness.settings",), ("harness.sut",), ("harness.accuracy",), ("harness.results",),
+          ("harness.compliance",), ("harness.report",), ("harness.run",), ("harness.demo",),
+          ("run", "tools", "benchmarks")]
+
+PACKAGES = ("ground", "backends", "qsl", "harness", "tools", "benchmarks")
 
 
 def _room(module: str) -> tuple[int, str] | None:
+    """(rank, room) of the room with the longest name that ``module`` is in or under."""
+    best = None
     for rank, rooms in enumerate(LAYERS):
         for room in rooms:
-            if module == room or module.startswith(room + "."):
-                return rank, room
-    return None
+            if (module == room or module.startswith(room + ".")) and (best is None or len(room) > len(best[1])):
+                best = rank, room
+    return best
 
 
 def _modules() -> dict[str, Path]:
-    out = {}
+    out = {"run": ROOT / "run.py"}
     for pkg in PACKAGES:
         for path in (ROOT / pkg).rglob("*.py"):
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -59,7 +77,7 @@ def _imports(module: str, path: Path) -> set[str]:
                 base = ".".join(parent + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m.split(".")[0] in PACKAGES}
+    return {m for m in found if m.split(".")[0] in PACKAGES or m == "run"}
 
 
 def _graph() -> dict[str, set[str]]:
@@ -110,3 +128,17 @@ def test_the_check_sees_a_wrong_import(tmp_path):
     path.write_text("def f():\n    from harness.run.benchmark import run_benchmark\n")
     assert "harness.run.benchmark" in _imports("harness.sut.x", path)
     assert _room("harness.run.benchmark")[0] > _room("harness.sut.x")[0]
+
+
+def test_the_model_side_and_the_data_side_never_meet():
+    """backends never imports qsl and qsl never imports backends (a Ray worker ships only ground + backends)."""
+    wrong = [f"{m} imports {t}" for m, targets in _graph().items() for t in targets
+             if m.split(".")[0] in ("backends", "qsl") and t.split(".")[0] in ("backends", "qsl")
+             and t.split(".")[0] != m.split(".")[0]]
+    assert wrong == []
+
+
+def test_every_top_level_package_is_covered():
+    """A new top-level Python package must get a room: none is left out of the check."""
+    found = {p.parent.name for p in ROOT.glob("*/__init__.py")} | {p.stem for p in ROOT.glob("*.py")}
+    assert found - {"tests"} <= set(PACKAGES) | {"run"}

@@ -7,7 +7,7 @@ from pathlib import Path
 from harness.report.markdown import build_report
 from harness.report.summary import format_summary
 from harness.results.loadgen_log import read_detail_log
-from harness.results.outcome import LoadGenRun, RunResult
+from harness.results.result_types import LoadGenRun, RunResult
 
 
 def _log(path: Path, entries: dict) -> Path:

@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from backends import network
-from backends.config import ModelConfig
+from backends.pytorch import network
+from backends.model_config import ModelConfig
 from backends.null import NullBackend
 from benchmarks.flops import flops_per_sample, mfu, peak_fp16_tflops
 from harness.sut.batching import BatchQueue
@@ -204,7 +204,7 @@ def test_workers_complete_every_sample_once_with_staged_inputs(threaded):
 
 def test_per_image_guard_keeps_the_staged_copy_event():
     """--batch-invariant on with CUDA: every one-image slice still carries the batch's copy-ready event."""
-    from harness.sut.guard import GuardedBackend
+    from harness.sut.per_image import GuardedBackend
     worker = StagingWorker("w0")
     qsl = MemoryQSL(4)
     qsl.load(range(4))
@@ -241,7 +241,7 @@ def test_cuda_staged_pinned_batch_equals_plain_predict(inputs, reference):
 
 @CUDA
 def test_cuda_has_workers_on_every_visible_gpu():
-    from backends.pytorch_backend import CUDA_WORKERS_PER_GPU
+    from backends.pytorch.backend import CUDA_WORKERS_PER_GPU
     backend = make_backend("cuda")
     gpus = torch.cuda.device_count()
     assert sorted(w.device.index for w in backend.workers()) == sorted(list(range(gpus)) * CUDA_WORKERS_PER_GPU)
@@ -268,7 +268,7 @@ def test_batches_are_pinned_for_a_cuda_backend_only(synthetic_coco, fast_conf, t
     from harness.run import benchmark as runner
     from harness.run.dataset import open_dataset, pin_memory_for
     from harness.settings.config import load_config
-    from harness.sut.guard import GuardedBackend
+    from harness.sut.per_image import GuardedBackend
     cuda = SimpleNamespace(device=torch.device("cuda", 0), sizes=(SIZE,))
     assert pin_memory_for(cuda) and pin_memory_for(GuardedBackend(cuda))
     assert not pin_memory_for(SimpleNamespace(device=torch.device("cpu"))) and not pin_memory_for(object())

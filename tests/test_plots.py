@@ -54,7 +54,7 @@ def test_a_server_picture_draws_its_latency_bound(tmp_path, monkeypatch, scenari
 
 def test_the_report_picture_of_a_server_run_has_the_bound(tmp_path, monkeypatch):
     from harness.report.markdown import _latency_picture
-    from harness.results.record import LATENCIES_NAME
+    from harness.results.run_record import LATENCIES_NAME
     run_dir = tmp_path / "Server" / "performance" / "run_1"
     _detail_log(run_dir, "Server", 50_000_000)
     np.save(run_dir / LATENCIES_NAME, np.full(20, 0.01, dtype=np.float32))

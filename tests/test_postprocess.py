@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from backends.ssd.decode import box_area_px, class_scores, cxcywh_to_xyxy, decode_boxes
+from backends.ssd.boxes import box_area_px, class_scores, cxcywh_to_xyxy, decode_boxes
 from backends.ssd.postprocess import postprocess
 
 

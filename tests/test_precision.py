@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from backends.config import ModelConfig
-from backends.pytorch_backend import PyTorchBackend
+from backends.model_config import ModelConfig
+from backends.pytorch.backend import PyTorchBackend
 from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
 
 

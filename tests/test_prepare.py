@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-import qsl.build as prep
-from qsl.cache import CacheError, PrepareError, open_cache
-from qsl.decode import load_resized
-from qsl.prepare import ensure_cache, main, prepare_cache
-from qsl.synthetic import make_synthetic_coco
+import qsl.cache.build as prep
+from qsl.cache.reader import CacheError, PrepareError, open_cache
+from qsl.cache.jpeg import load_resized
+from qsl.cache.prepare import ensure_cache, main, prepare_cache
+from qsl.synthetic.dataset import make_synthetic_coco
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
@@ -225,8 +225,8 @@ def test_ensure_cache_reuses_or_prepares(dataset, tmp_path, caplog):
 
 
 def test_progress_is_logged_in_lines_when_stderr_is_not_a_terminal(dataset, tmp_path, capfd, caplog, monkeypatch):
-    import harness.shared.progress
-    monkeypatch.setattr(harness.shared.progress, "LOG_EVERY_S", 0.0)
+    import ground.progress
+    monkeypatch.setattr(ground.progress, "LOG_EVERY_S", 0.0)
     caplog.set_level(logging.INFO, logger="qsl")
     prepare_cache(dataset, [257], tmp_path / "c", workers=1, progress=True)   # stderr is captured: no TTY
     assert "\r" not in capfd.readouterr().err                                   # no bar written into a log
@@ -267,7 +267,7 @@ def test_workers_end_quietly_under_a_sigterm_handler_that_interrupts(dataset, tm
 
 @pytest.mark.parametrize("decoder", ["torchvision", "pil"])
 def test_a_file_that_is_no_image_says_so_without_internal_object_names(tmp_path, decoder):
-    from qsl.decode import BadImageError, decode_rgb
+    from qsl.cache.jpeg import BadImageError, decode_rgb
     path = tmp_path / "notes.jpg"
     path.write_bytes(b"this is a text file, not a picture\n" * 4)
     with pytest.raises(BadImageError, match="cannot be decoded") as e:

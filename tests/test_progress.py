@@ -7,12 +7,12 @@ import math
 
 import pytest
 
-import harness.shared.progress as progress
+import ground.progress as progress
 import run
-from harness.run.thread import planned_samples
+from harness.run.loadgen_thread import planned_samples
 from harness.settings.config import RunConfig
 from harness.settings.loadgen import make_test_settings
-from harness.shared.progress import Progress
+from ground.progress import Progress
 
 
 class Terminal(io.StringIO):
@@ -80,8 +80,8 @@ def test_run_py_without_arguments_points_to_the_demo_and_help(capsys):
 
 
 def test_the_checkpoint_line_is_readable(caplog):
-    from backends.config import ModelConfig
-    from backends.pytorch_backend import PyTorchBackend
+    from backends.model_config import ModelConfig
+    from backends.pytorch.backend import PyTorchBackend
     caplog.set_level(logging.INFO)
     cfg = ModelConfig(checkpoint="models/demo_ssd18_300.pt", backbone="resnet18", num_classes=7)
     PyTorchBackend(cfg, device="cpu").load()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from qsl.cache import open_cache
+from qsl.cache.reader import open_cache
 from qsl.coco_qsl import CocoQSL, QSLError
-from qsl.prepare import prepare_cache
-from qsl.synthetic import make_synthetic_coco
+from qsl.cache.prepare import prepare_cache
+from qsl.synthetic.dataset import make_synthetic_coco
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 

@@ -11,7 +11,7 @@ from backends.ray.cluster import (
     plan_workers,
 )
 from harness.settings.cli import benchmark_parser, config_from_args
-from harness.shared.errors import ConfigError
+from ground.errors import ConfigError
 
 A = Node("a", "10.0.0.1", "gpu-a", cpus=8, gpus=2)
 B = Node("b", "10.0.0.2", "gpu-b", cpus=4, gpus=1)
@@ -99,7 +99,7 @@ def test_bad_executor_flags_are_one_clear_error(synthetic_coco, flags, message):
 def test_the_guard_hands_out_only_the_workers_of_a_backend_that_is_none_of_them():
     """A backend of remote workers is not one of its own workers: the pipeline gets exactly its workers."""
     from backends.null import NullBackend
-    from harness.sut.guard import GuardedBackend
+    from harness.sut.per_image import GuardedBackend
 
     class Remote(NullBackend):
         def __init__(self):

@@ -6,7 +6,7 @@ from pathlib import Path
 from harness.accuracy.evaluate import AccuracyReport
 from harness.report.summary import format_summary
 from harness.results.loadgen_log import LoadGenResult
-from harness.results.outcome import LoadGenRun, RunResult
+from harness.results.result_types import LoadGenRun, RunResult
 
 
 def _accuracy_run(skipped: list[str]) -> RunResult:

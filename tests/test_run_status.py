@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import run
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 from backends.null import NullBackend
 from harness.report.summary import format_summary
 from harness.run.benchmark import run_benchmark
@@ -40,7 +40,7 @@ class B(NullBackend):
 
 
 def run_state(run_dir: Path):
-    from harness.results.status import run_state
+    from harness.results.run_status import run_state
     return run_state(run_dir)
 
 
@@ -190,7 +190,7 @@ class CtrlCDuringTest04(Model):
 
 
 def test_verify_shows_an_audit_cut_by_ctrl_c_as_interrupted(tmp_path, fast_conf, monkeypatch, capsys):
-    from harness.run.thread import Interrupted
+    from harness.run.loadgen_thread import Interrupted
     monkeypatch.chdir(tmp_path)
     config = load_config(None, {"run": {"scenario": "Offline", "mode": "submission", "user_conf": str(fast_conf),
                                         "output_dir": str(tmp_path / "o"), **HINTS}})

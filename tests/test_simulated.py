@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import run
-from backends.config import ModelConfig
-from backends.sim_profiles import (
+from backends.model_config import ModelConfig
+from backends.simulated.profiles import (
     H100_SXM_FP16_TFLOPS,
     PROFILES,
     UTILIZATION,
     DeviceTiming,
 )
-from backends.simulated import (
+from backends.simulated.backend import (
     WORKERS_PER_DEVICE,
     SimSettings,
     SimulatedBackend,
@@ -185,7 +185,7 @@ def test_a_worker_lost_mid_run_is_recorded_and_shown_not_only_logged(tmp_path, f
     """A VALID run that lost a device says so where people and programs read it: the summary, report.md
     and run_record.json, naming the worker and why."""
     from harness.report.summary import format_summary
-    from harness.results.record import read_run_record
+    from harness.results.run_record import read_run_record
     from harness.run.benchmark import run_benchmark
     from harness.run.dataset import Dataset
     from tests.test_harness_scenarios import _config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qsl.synthetic import SyntheticError, main, make_synthetic_coco
+from qsl.synthetic.dataset import SyntheticError, main, make_synthetic_coco
 
 NUM = 24
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from backends.ssd.decode import cxcywh_to_xyxy, decode_boxes
+from backends.ssd.boxes import cxcywh_to_xyxy, decode_boxes
 from tools import train_demo
 from tools.demo_data import DemoDataError, augment, load_coco_set
 from tools.eval_demo import coco_map, postprocess

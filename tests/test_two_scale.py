@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends.config import ModelConfig
-from backends.ssd.decode import cxcywh_to_xyxy
+from backends.model_config import ModelConfig
+from backends.ssd.boxes import cxcywh_to_xyxy
 from backends.ssd.default_boxes import GeometryError, boxes_per_map, default_boxes
 from backends.ssd.model import SSDResNet
 from backends.ssd.two_scale import FILTER_AREA_PX, TwoScaleDetector

@@ -1,6 +1,6 @@
 """Warm-up sees every batch shape a run gives the network, the Offline remainder included.
 
-With CUDA graphs a shape first seen during a run would run eagerly (backends/cuda_graphs.py), so
+With CUDA graphs a shape first seen during a run would run eagerly (backends/pytorch/cuda_graphs.py), so
 harness/run/backend.py predicts the shapes from LoadGen's settings. These tests hold the
 prediction against LoadGen 6.0.17 itself: its Offline query sizes, and every batch a real
 Offline run (accuracy, performance, TEST01, TEST04) hands the backend.

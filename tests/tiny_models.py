@@ -5,8 +5,8 @@ import warnings
 
 import torch
 
-from backends.config import ModelConfig
-from backends.pytorch_backend import PyTorchBackend
+from backends.model_config import ModelConfig
+from backends.pytorch.backend import PyTorchBackend
 
 SIZE = 257   # the smallest input this SSD accepts
 

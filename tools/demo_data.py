@@ -4,7 +4,7 @@ Assumptions:
 - Layout ``<root>/annotations/instances_<split>.json`` with images in ``<root>/<split>/``.
 - Labels: label i (1..K) is the i-th category id of ``sorted(category ids)``; 0 is background.
   This is the accuracy script's mapping ``[0] + sorted(getCatIds())``.
-- Pre-processing is the product's own (qsl/decode.py, its default decoder: the pixels the
+- Pre-processing is the product's own (qsl/cache/jpeg.py, its default decoder: the pixels the
   benchmark's cache holds). Images are stored resized as uint8 ``[N, 3, S, S]``; normalization
   (backends/ssd/normalize.py) happens per batch.
 - Boxes are ``xyxy`` fp32 normalized to [0, 1] of the image; crowd boxes and boxes under one
@@ -20,7 +20,7 @@ import torch
 
 from harness.demo.command import DemoDataError
 from qsl.coco_layout import default_annotation_file
-from qsl.decode import BadImageError, load_resized
+from qsl.cache.jpeg import BadImageError, load_resized
 
 
 @dataclass

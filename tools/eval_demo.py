@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.ssd.decode import class_scores, decode_boxes  # noqa: E402
+from backends.ssd.boxes import class_scores, decode_boxes  # noqa: E402
 from backends.ssd.default_boxes import default_boxes  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from backends.ssd.normalize import normalize  # noqa: E402
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not default_annotation_file(args.data, args.split).is_file():
-        from qsl.synthetic import make_synthetic_coco
+        from qsl.synthetic.dataset import make_synthetic_coco
         make_synthetic_coco(args.data, args.num_images, seed=args.seed, split=args.split)
     data = load_coco_set(args.data, args.split, limit=args.num_images, progress=True)
     stats = coco_map(predict(load_demo_model(args.checkpoint), data), data, default_annotation_file(args.data, args.split))

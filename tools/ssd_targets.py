@@ -8,7 +8,7 @@ Follows the MLPerf training reference (single_stage_detector, v0.5/v0.6):
   (forced match, wins over the IoU rule). A default box is positive when its IoU
   with its ground truth is >= ``iou_threshold`` (0.5) or it was force-matched.
 - Encoding: ``t_xy = (g_xy - d_xy) / (0.1 * d_wh)``, ``t_wh = log(g_wh / d_wh) / 0.2``
-  with ``g`` and ``d`` in ``cxcywh``; ``backends.ssd.decode.decode_boxes`` inverts it.
+  with ``g`` and ``d`` in ``cxcywh``; ``backends.ssd.boxes.decode_boxes`` inverts it.
 - Loss: smooth-L1 on positive boxes' offsets (summed over the 4 coordinates) plus
   cross-entropy on positives and the hardest ``3 * positives`` negatives (ranked
   by their cross-entropy), divided by the image's number of positives, averaged
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from backends.ssd.decode import SCALE_WH, SCALE_XY, cxcywh_to_xyxy
+from backends.ssd.boxes import SCALE_WH, SCALE_XY, cxcywh_to_xyxy
 
 NEG_POS_RATIO = 3
 

@@ -4,7 +4,7 @@ The result, ``models/demo_ssd18_300.pt``, lets a fresh clone run the whole bench
 real detections and a meaningful mAP, without COCO or any download.
 
 Assumptions:
-- Data: ``qsl.synthetic.make_synthetic_coco`` output (COCO layout); the train split is
+- Data: ``qsl.synthetic.dataset.make_synthetic_coco`` output (COCO layout); the train split is
   generated with seed ``1000 + --seed`` so it never equals the default validation set (seed 0).
 - Labels 1..K are ``sorted(category ids)``, background 0 (the accuracy script's mapping).
 - Default boxes: ``default_boxes(300)`` (no steps), the order of the model's outputs.
@@ -40,7 +40,7 @@ from backends.ssd.default_boxes import default_boxes  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from backends.ssd.normalize import normalize  # noqa: E402
 from harness.demo.command import DemoDataError  # noqa: E402
-from harness.shared.files import replace_atomically  # noqa: E402
+from ground.files import replace_atomically  # noqa: E402
 from qsl.coco_layout import default_annotation_file  # noqa: E402
 from tools.demo_data import DetectionSet, augment, load_coco_set  # noqa: E402
 from tools.ssd_targets import build_targets, multibox_loss  # noqa: E402
@@ -96,7 +96,7 @@ def train_step(model: SSDResNet, optimizer: torch.optim.Optimizer, data: Detecti
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save ``obj`` to ``path`` crash-safely (harness/shared/files.py: temporary name, fsync, rename)."""
+    """torch.save ``obj`` to ``path`` crash-safely (ground/files.py: temporary name, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -118,7 +118,7 @@ def ensure_data(root: Path, split: str, num_images: int, seed: int) -> None:
     if default_annotation_file(root, split).is_file():
         return
     try:
-        from qsl.synthetic import make_synthetic_coco
+        from qsl.synthetic.dataset import make_synthetic_coco
     except ImportError as exc:
         raise TrainError(f"no data at {root} and the synthetic generator is unavailable ({exc}); "
                          f"pass --data pointing to a COCO-format folder") from exc

@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from backends.base import WorkerLost
 
-from .cluster import (
+from backends.ray.cluster import (
     Connection,
     RayClusterError,
     Slot,
@@ -36,8 +36,8 @@ from .cluster import (
     plan_workers,
     software_versions,
 )
-from .proxy import ActorState, WorkerProxy, one_line
-from .worker import CONCURRENCY_GROUPS, BackendFactory, WorkerActor
+from backends.ray.proxy import ActorState, WorkerProxy, one_line
+from backends.ray.worker import CONCURRENCY_GROUPS, BackendFactory, WorkerActor
 
 log = logging.getLogger(__name__)
 

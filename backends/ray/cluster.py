@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.shared.errors import InputError
+from ground.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .cluster import software_versions
+from backends.ray.cluster import software_versions
 
 MAX_WORKERS_PER_ACTOR = 8
 # Ray's concurrency groups: "control" for start/ping, one per backend worker for its batches.

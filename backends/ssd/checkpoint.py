@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.shared.errors import InputError
+from ground.errors import InputError
 
-from .model import BOXES_PER_LOCATION
+from backends.ssd.model import BOXES_PER_LOCATION
 
 PREFIXES = ("module.1.", "module.", "1.")   # longest first
 RECORDED = ("backbone", "num_classes", "variant", "image_size", "dboxes_scale")   # container keys read as facts

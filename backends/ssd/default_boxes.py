@@ -27,14 +27,14 @@ from typing import Sequence
 
 import torch
 
-from .geometry import (  # noqa: F401 - the geometry checks are part of this module's interface
+from backends.ssd.geometry import (  # noqa: F401 - the geometry checks are part of this module's interface
     CELLS_PER_SIDE,
     GeometryError,
     check_steps,
     fitting_steps,
     map_sizes,
 )
-from .model import BOXES_PER_LOCATION
+from backends.ssd.model import BOXES_PER_LOCATION
 
 BASE_SCALES_PX = (21, 45, 99, 153, 207, 261, 315)
 ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))

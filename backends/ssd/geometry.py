@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from harness.shared.errors import InputError
+from ground.errors import InputError
 
 # Per variant: (head stride, [(stride, padding) of each extra block's 3x3 conv]).
 VARIANT_STRIDES = {

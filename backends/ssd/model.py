@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .geometry import VARIANT_STRIDES, feature_sizes, min_image_size  # noqa: F401 - part of this interface
+from backends.ssd.geometry import VARIANT_STRIDES, feature_sizes, min_image_size  # noqa: F401 - part of this interface
 
 MAP_CHANNELS = (256, 512, 512, 256, 256, 256)
 BOXES_PER_LOCATION = (4, 6, 6, 6, 4, 4)

@@ -23,17 +23,17 @@ from typing import Mapping, Sequence
 import torch
 from torch.func import functional_call
 
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 
-from .decode import box_area_px, class_scores, decode_boxes
-from .default_boxes import (
+from backends.ssd.boxes import box_area_px, class_scores, decode_boxes
+from backends.ssd.default_boxes import (
     BOXES_PER_LOCATION,
     GeometryError,
     check_steps,
     default_boxes,
     map_sizes,
 )
-from .postprocess import postprocess
+from backends.ssd.postprocess import postprocess
 
 FILTER_AREA_PX = 96 * 96  # COCO's large-object threshold
 

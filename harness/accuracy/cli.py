@@ -16,8 +16,8 @@ from pathlib import Path
 
 from harness.accuracy.coco import AccuracyError, MapNotComputed
 from harness.accuracy.evaluate import evaluate_accuracy_log
-from harness.shared.errors import OutputError
-from harness.shared.files import check_output_file, write_text_atomic
+from ground.errors import OutputError
+from ground.files import check_output_file, write_text_atomic
 from qsl.coco_layout import default_annotation_file
 
 

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from harness.shared.errors import InputError
+from ground.errors import InputError
 from harness.sut.response import RECORD_FLOATS
 from qsl.coco_layout import repeated_ids
 

@@ -39,8 +39,8 @@ from harness.accuracy.coco import (
     why_no_map,
 )
 from harness.accuracy.log import AccuracyLogReader
-from harness.shared.errors import OutputError
-from harness.shared.files import write_text_atomic
+from ground.errors import OutputError
+from ground.files import write_text_atomic
 
 
 @dataclass

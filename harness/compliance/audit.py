@@ -37,7 +37,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from harness.shared.errors import InputError
+from ground.errors import InputError
 
 log = logging.getLogger("harness")
 

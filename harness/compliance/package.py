@@ -9,7 +9,7 @@ out as ``<system>/ssd-resnet34/<scenario>/``.
 Refused (:class:`PackageRefused`, exit status 2, each folder named with why)
 when a run folder holds anything but a finished run of a model (its
 ``run_status.json`` says INTERRUPTED, INCOMPLETE, FAILED, SIMULATED or
-RUNNING; see harness/results/status.py), or an audit failed or is older than
+RUNNING; see harness/results/run_status.py), or an audit failed or is older than
 the performance run it should cover. Nothing is written then.
 
 File lists, from mlcommons/inference ``tools/submission/submission_checker``
@@ -60,9 +60,9 @@ from harness.results.layout import (
     is_run_folder,
     read_status,
 )
-from harness.results.status import audit_is_stale, run_state
-from harness.shared.errors import InputError, OutputError
-from harness.shared.files import write_text_atomic
+from harness.results.run_status import audit_is_stale, run_state
+from ground.errors import InputError, OutputError
+from ground.files import write_text_atomic
 
 VIEWABLE_CHARS = 4096
 MAX_TRUNCATED_BYTES = 10 * 1024

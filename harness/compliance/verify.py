@@ -21,7 +21,7 @@ Server completed samples/s, SingleStream / MultiStream early-stopping latency
   system that caches results would be much faster. Slower is not a finding.
 
 An audit is verified only when every run it compares has whole responses
-(``run_status.json``, harness/results/status.py): a run that was interrupted,
+(``run_status.json``, harness/results/run_status.py): a run that was interrupted,
 killed, or had failed samples or a dead worker makes the audit FAIL, naming
 the run and why (a run FAILED only for its mAP, say with no annotation file,
 still has whole responses). Runs of a backend with no model (null,
@@ -42,10 +42,10 @@ from harness.accuracy.log import AccuracyLogReader
 from harness.compliance.verdicts import MAP_CHECK, TEST_FAIL, TEST_PASS
 from harness.results.layout import RUN_DIRS, VERIFY_ACCURACY, VERIFY_PERFORMANCE
 from harness.results.loadgen_log import read_mllog
-from harness.results.outcome import AuditResult, Verdict
-from harness.results.record import read_run_record
-from harness.results.status import RunState, run_state
-from harness.shared.files import write_text_atomic
+from harness.results.result_types import AuditResult, Verdict
+from harness.results.run_record import read_run_record
+from harness.results.run_status import RunState, run_state
+from ground.files import write_text_atomic
 
 MAP_DELTA_PCT = 1.0
 PERF_TOLERANCE = 0.10

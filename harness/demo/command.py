@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.settings.config import SCENARIOS, Config, load_config, model_keys_in_file
-from harness.shared.errors import InputError
+from ground.errors import InputError
 from qsl.coco_layout import default_annotation_file
 
 if TYPE_CHECKING:   # the run's modules import torch: only once the flags are known to be good
-    from harness.results.outcome import RunResult
+    from harness.results.result_types import RunResult
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
@@ -51,7 +51,7 @@ def _demo_made(ann: Path) -> dict | None:
     """The annotation file's contents if the demo generated it (synthetic, seed DEMO_SEED), else None."""
     import json
 
-    from qsl.synthetic import synthetic_description
+    from qsl.synthetic.dataset import synthetic_description
     try:
         doc = json.loads(ann.read_text())
     except (OSError, ValueError):
@@ -65,7 +65,7 @@ def ensure_demo_data(data_dir: Path, num_images: int) -> Path:
     """The held-out synthetic set in ``data_dir``: generated when the folder is missing or empty, regenerated
     when it holds a demo set of another size. A folder with anything else in it is refused, never overwritten.
     """
-    from qsl.synthetic import make_synthetic_coco
+    from qsl.synthetic.dataset import make_synthetic_coco
     if num_images < 1:
         raise DemoDataError(f"--num-images must be at least 1, got {num_images}")
     ann = default_annotation_file(data_dir)

@@ -38,9 +38,9 @@ from harness.results.layout import (
     is_run_folder,
 )
 from harness.results.loadgen_log import read_detail_log, read_mllog
-from harness.results.record import read_run_record
-from harness.results.status import RunState, audit_is_stale, run_state
-from harness.shared.files import write_text_atomic
+from harness.results.run_record import read_run_record
+from harness.results.run_status import RunState, audit_is_stale, run_state
+from ground.files import write_text_atomic
 
 REPORT_NAME = "report.md"
 PERCENTILES = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")

@@ -1,4 +1,4 @@
-"""The short summary printed at the end of a run, from its :class:`~harness.results.outcome.RunResult`.
+"""The short summary printed at the end of a run, from its :class:`~harness.results.result_types.RunResult`.
 
 LoadGen's VALID/INVALID is printed only for a run that finished with a model;
 any other run prints its label in its place (FAILED, SIMULATED), as its
@@ -8,8 +8,8 @@ run folders is harness/report/markdown.py.
 from __future__ import annotations
 
 from harness.accuracy.coco import STAT_NAMES
-from harness.results.outcome import RunResult
-from harness.shared.errors import INTERRUPTS
+from harness.results.result_types import RunResult
+from ground.errors import INTERRUPTS
 
 SHOWN_PERCENTILES = ("50.00", "90.00", "99.00")
 

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.sut.guard import GuardedBackend
+from harness.sut.per_image import GuardedBackend
 
 PACKAGES = ("torch", "torchvision", "mlcommons-loadgen", "numpy")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.settings.loadgen import LOADGEN_MODEL
-from harness.shared.errors import OutputError
-from harness.shared.files import open_lock, prove_writable, read_json_object, take
+from ground.errors import OutputError
+from ground.files import open_lock, prove_writable, read_json_object, take
 
 RUN_DIRS = {"accuracy": ("accuracy",), "performance": ("performance", "run_1"),
             "find-peak": ("performance", "find_peak"),
@@ -40,8 +40,8 @@ DETAIL_LOG = "mlperf_log_detail.txt"
 SUMMARY_LOG = "mlperf_log_summary.txt"
 ACCURACY_LOG = "mlperf_log_accuracy.json"
 LOADGEN_FILES = (SUMMARY_LOG, DETAIL_LOG, ACCURACY_LOG, "mlperf_log_trace.json")
-STATUS_NAME = "run_status.json"        # how the run ended, and on what (harness/results/status.py)
-RECORD_NAME = "run_record.json"        # samples issued and failed (harness/results/record.py)
+STATUS_NAME = "run_status.json"        # how the run ended, and on what (harness/results/run_status.py)
+RECORD_NAME = "run_record.json"        # samples issued and failed (harness/results/run_record.py)
 LATENCIES_NAME = "latencies_s.npy"     # per-sample latencies of a timed run
 LATENCY_PNG = "latency.png"            # their histogram, drawn by the report
 ACCURACY_TXT = "accuracy.txt"
@@ -138,7 +138,7 @@ def clear_run(folder: Path, mode: str) -> list[Path]:
 def read_status(out_dir: Path) -> dict[str, Any] | None:
     """The run's ``run_status.json`` as written by this harness, or None (missing, unreadable, someone else's).
 
-    Written by harness/results/status.py; read here too, where it tells this harness's run folders apart.
+    Written by harness/results/run_status.py; read here too, where it tells this harness's run folders apart.
     """
     doc = read_json_object(Path(out_dir) / STATUS_NAME)
     return doc if doc is not None and doc.get("written_by") == WRITER else None

@@ -2,7 +2,7 @@
 
 Warm-up is where torch.compile compiles and CUDA graphs are captured, so it
 must see every batch shape the run will give the network: a shape first seen
-during a run runs eagerly (backends/cuda_graphs.py). The shapes follow from
+during a run runs eagerly (backends/pytorch/cuda_graphs.py). The shapes follow from
 how each SUT forms batches (harness/sut/): Offline cuts its query into full
 ``batch_size`` batches and one remainder, Server batches take any size up to
 ``server_max_batch``, a MultiStream query is one batch of
@@ -39,8 +39,8 @@ import logging
 from typing import Any, Sequence
 
 from harness.settings.config import Config
-from harness.shared.errors import ConfigError
-from harness.sut.guard import GuardedBackend
+from ground.errors import ConfigError
+from harness.sut.per_image import GuardedBackend
 
 log = logging.getLogger("harness")
 
@@ -114,11 +114,11 @@ def build_backend(config: Config, per_image: bool | None = None, dataset: Any = 
     the Offline remainders of :func:`offline_query_sizes`, using ``dataset``'s counts when given),
     so torch.compile and CUDA graph capture happen here, never inside a timed run. ``per_image``
     runs each image of a batch on its own so that its response bytes do not depend on the batch
-    (see harness/sut/guard.py); when not given, ``config.run.batch_invariant`` decides
+    (see harness/sut/per_image.py); when not given, ``config.run.batch_invariant`` decides
     ("auto" = on for a CPU). ``weights``: the checkpoint already read (``read_weights``), instead of
     reading ``config.model.checkpoint``.
     """
-    from backends.pytorch_backend import PyTorchBackend
+    from backends.pytorch.backend import PyTorchBackend
     if not config.model.checkpoint and not config.model.random_weights and weights is None:
         raise ConfigError("model.checkpoint is not set: give a checkpoint, or set model.random_weights to run on "
                           "untrained weights (speed measurements only)")
@@ -143,7 +143,7 @@ def build_backend(config: Config, per_image: bool | None = None, dataset: Any = 
 def make_backend(config: Config, kind: str, sim: Any = None, weights: Any = None):
     """The backend named by --backend, loaded and warmed up; with ``--executor ray``, its workers on Ray.
 
-    ``sim``: the devices of ``kind`` "simulated" (``backends.sim_profiles.SimSettings``; default one device
+    ``sim``: the devices of ``kind`` "simulated" (``backends.simulated.profiles.SimSettings``; default one device
     of the default profile). ``weights``: the checkpoint already read (a Ray worker gets it from the driver).
     """
     if config.run.executor == "ray":
@@ -152,8 +152,8 @@ def make_backend(config: Config, kind: str, sim: Any = None, weights: Any = None
         from backends.null import NullBackend
         return NullBackend(config.model)
     if kind == "simulated":
-        from backends.sim_profiles import DEFAULT_PROFILE, PROFILES, SimSettings
-        from backends.simulated import SimulatedBackend
+        from backends.simulated.profiles import DEFAULT_PROFILE, PROFILES, SimSettings
+        from backends.simulated.backend import SimulatedBackend
         sim = sim or SimSettings(PROFILES[DEFAULT_PROFILE])
         derived_for = sim.timing.sizes
         if derived_for is not None and tuple(config.model.sizes) != tuple(derived_for):
@@ -206,7 +206,7 @@ def make_ray_backend(config: Config, kind: str, sim: Any = None) -> Any:
     from backends.ray.backend import RayBackend
     weights = None
     if kind == "pytorch":
-        from backends.pytorch_backend import read_weights
+        from backends.pytorch.backend import read_weights
         weights = read_weights(config.model)
     run = config.run
     workers = run.ray_workers

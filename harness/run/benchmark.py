@@ -7,13 +7,13 @@ then the compliance audits TEST01 and TEST04 (each with its own
 (harness/compliance/verify.py); the scenario folder gets ``report.md``.
 
 Each run folder records how its run ended (``run_status.json``, see
-harness/results/status.py), and report.md is rebuilt as each run starts (it
+harness/results/run_status.py), and report.md is rebuilt as each run starts (it
 then shows that run as RUNNING) and once more when the invocation ends.
 
 A dead worker's run ends with its cause and no later run starts; Ctrl-C,
 a dead worker LoadGen did not return from and a lost run folder raise
-(:class:`~harness.run.thread.Interrupted`, :class:`~harness.run.thread.WorkerDied`,
-:class:`~harness.shared.errors.OutputError`) with the partial result as ``.result``.
+(:class:`~harness.run.loadgen_thread.Interrupted`, :class:`~harness.run.loadgen_thread.WorkerDied`,
+:class:`~ground.errors.OutputError`) with the partial result as ``.result``.
 """
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ from harness.results.layout import (
     run_dir,
     scenario_dir,
 )
-from harness.results.outcome import RunResult
+from harness.results.result_types import RunResult
 from harness.run.backend import build_backend
 from harness.run.dataset import Dataset, check_num_classes, open_dataset, pin_memory_for
 from harness.run.loadgen_run import run_loadgen
 from harness.run.preflight import MODE_RUNS, check_loadgen_inputs
-from harness.run.thread import Interrupted, WorkerDied
+from harness.run.loadgen_thread import Interrupted, WorkerDied
 from harness.settings.config import Config
-from harness.shared.errors import OutputError
+from ground.errors import OutputError
 
 log = logging.getLogger("harness")
 

@@ -4,7 +4,7 @@
 ``annotations`` and ``categories`` lists, :func:`harness.coco_eval.read_annotations`)
 before anything else, so a wrong file is an error before the cache is prepared
 or LoadGen starts, not after the accuracy run. It then prepares the cache when
-it is missing (``qsl.prepare.ensure_cache``), opens the QSL over it and records
+it is missing (``qsl.cache.prepare.ensure_cache``), opens the QSL over it and records
 the annotation file (whose ``images`` list the qsl indices point into), its
 number of categories and the images the cache skipped as unreadable.
 Tests and the harness-capacity benchmark pass a :class:`Dataset` around an
@@ -82,7 +82,7 @@ def open_dataset(data: DataConfig, sizes: Sequence[int], perf_count: int | None 
     """
     from qsl.coco_layout import find_annotation_file
     from qsl.coco_qsl import CocoQSL
-    from qsl.prepare import ensure_cache
+    from qsl.cache.prepare import ensure_cache
 
     ann = find_annotation_file(data.data_dir, data.annotation_file)   # the images are needed only to prepare
     doc = read_annotations(ann)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from harness.accuracy.coco import AccuracyError
 from harness.accuracy.evaluate import AccuracyReport, evaluate_records
 from harness.run.dataset import Dataset, check_num_classes
-from harness.shared.files import check_output_file
+from ground.files import check_output_file
 from harness.sut.response import to_record
 
 log = logging.getLogger("harness")

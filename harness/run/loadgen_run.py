@@ -2,16 +2,16 @@
 
 Per run it creates the run folder of the submission layout, removes what an
 earlier run of the same mode left there (harness/results/layout.py), writes
-``run_status.json`` as running with the environment (harness/results/status.py),
+``run_status.json`` as running with the environment (harness/results/run_status.py),
 saves the resolved config and the user.conf used, starts a fresh SUT, runs
 LoadGen with its logs in that folder (on a watched thread,
-harness/run/thread.py), and reads the result back; an accuracy run also gets
+harness/run/loadgen_thread.py), and reads the result back; an accuracy run also gets
 ``accuracy.txt``, every run ``run_record.json`` and, for timed runs,
 ``latencies_s.npy``. However the run ends (finished, failed samples, Ctrl-C,
 SIGTERM, a dead worker, an error), ``run_status.json`` is then replaced with
 how; only ``kill -9`` leaves it "running". A run folder that disappears, or
 LoadGen logs left incomplete (disk full), is an
-:class:`~harness.shared.errors.OutputError` naming the folder.
+:class:`~ground.errors.OutputError` naming the folder.
 """
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ from harness.results.layout import (
     prepare_run_dir,
 )
 from harness.results.loadgen_log import read_detail_log
-from harness.results.outcome import LoadGenRun
-from harness.results.record import check_run_logs, write_run_record
-from harness.results.status import begin_status, end_status
+from harness.results.result_types import LoadGenRun
+from harness.results.run_record import check_run_logs, write_run_record
+from harness.results.run_status import begin_status, end_status
 from harness.run.dataset import Dataset
-from harness.run.thread import (
+from harness.run.loadgen_thread import (
     Interrupted,
     WorkerDied,
     interrupt_cause,
@@ -51,10 +51,11 @@ from harness.run.thread import (
 )
 from harness.settings.config import Config
 from harness.settings.loadgen import make_test_settings
-from harness.shared.errors import OutputError
-from harness.shared.files import write_text_atomic
+from ground.errors import OutputError
+from ground.files import write_text_atomic
 from harness.sut.factory import make_sut
-from harness.sut.guard import GuardedBackend, batch_hint
+from harness.sut.out_of_memory import batch_hint
+from harness.sut.per_image import GuardedBackend
 
 log = logging.getLogger("harness")
 

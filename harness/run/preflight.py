@@ -16,7 +16,7 @@ order, cheapest first:
    (harness/settings/from_checkpoint.py), then the geometry again (a variant
    or a size may have changed).
 5. The cache: when sizes must be prepared, the image folder exists and the
-   disk has room (:func:`qsl.prepare.check_can_prepare`).
+   disk has room (:func:`qsl.cache.prepare.check_can_prepare`).
 6. For runs that compute an mAP, the class count against the annotation
    file's categories; ``--device cuda`` without a GPU.
 
@@ -34,7 +34,7 @@ from harness.settings.from_checkpoint import apply_checkpoint
 from harness.settings.loadgen import LOADGEN_MODEL, make_test_settings
 from harness.settings.model_checks import check_geometry, size_setting
 from harness.settings.user_conf import parse_user_conf, unused_file_warning
-from harness.shared.errors import ConfigError
+from ground.errors import ConfigError
 
 log = logging.getLogger("harness")
 
@@ -76,7 +76,7 @@ def check_inputs(config: Config, given: Mapping[str, str], backend: str = "pytor
                           "(for speed measurements: the detections mean nothing)")
     from harness.accuracy.coco import read_annotations
     from qsl.coco_layout import find_annotation_file
-    from qsl.prepare import check_can_prepare
+    from qsl.cache.prepare import check_can_prepare
     data = config.data
     ann = find_annotation_file(data.data_dir, data.annotation_file)
     doc = read_annotations(ann)

@@ -17,8 +17,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from backends.config import BACKBONES, PRECISIONS, VARIANTS
-from backends.sim_profiles import DEFAULT_PROFILE, PROFILES, DeviceTiming
+from backends.model_config import BACKBONES, PRECISIONS, VARIANTS
+from backends.simulated.profiles import DEFAULT_PROFILE, PROFILES, DeviceTiming
 from harness.settings.config import (
     BATCH_INVARIANT,
     DEVICES,
@@ -34,7 +34,7 @@ from harness.settings.model_checks import (
     single_scale_warnings,
     size_setting,
 )
-from harness.shared.errors import ConfigError, InputError
+from ground.errors import ConfigError, InputError
 from qsl.coco_layout import default_annotation_file
 
 log = logging.getLogger("harness")
@@ -125,7 +125,7 @@ def add_sim_args(p: argparse.ArgumentParser) -> None:
         "whether the harness keeps N devices of a given speed busy and answers Server queries inside the "
         "bound; its detections score no mAP.", width=76))
     g.add_argument("--sim-profile", choices=sorted(PROFILES),
-                   help=f"a device timing derived from counted FLOPs (backends/sim_profiles.py; default "
+                   help=f"a device timing derived from counted FLOPs (backends/simulated/profiles.py; default "
                         f"{DEFAULT_PROFILE}: " + "; ".join(f"{n}: {t.describe().split(' (')[0]}"
                                                           for n, t in sorted(PROFILES.items())) + ")")
     g.add_argument("--sim-batch-ms", type=float, nargs=2, metavar=("A", "B"),
@@ -144,7 +144,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
         if given:
             raise UsageError(f"--{given[0].replace('_', '-')} needs --backend simulated")
         return {}
-    from backends.sim_profiles import SimSettings
+    from backends.simulated.profiles import SimSettings
     if args.sim_profile is not None and args.sim_batch_ms is not None:
         raise UsageError("give --sim-profile or --sim-batch-ms A B, not both")
     devices = 1 if args.sim_devices is None else args.sim_devices

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.config import (
+from backends.model_config import (
     NUM_FEATURE_MAPS,
     ModelConfig,
     check_choice,
 )
-from harness.shared.errors import ConfigError
-from harness.shared.files import write_text_atomic
+from ground.errors import ConfigError
+from ground.files import write_text_atomic
 
 SCENARIOS = ("SingleStream", "MultiStream", "Offline", "Server")
 MODES = ("accuracy", "performance", "submission", "find-peak")

@@ -23,9 +23,9 @@ import dataclasses
 import logging
 from typing import Mapping
 
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 from harness.settings.config import Config
-from harness.shared.errors import ConfigError
+from ground.errors import ConfigError
 
 log = logging.getLogger("harness")
 

@@ -1,12 +1,12 @@
 """What can be checked about the model before anything is built: its geometry, and settings that cannot
 all be honoured.
 
-Everything here is arithmetic on :class:`~backends.config.ModelConfig` (no torch,
+Everything here is arithmetic on :class:`~backends.model_config.ModelConfig` (no torch,
 no files), so ``run.py`` says it before the slow part starts.
 
 - Geometry (:func:`check_geometry`): every input size has a non-empty last
   feature map, steps fit both sizes, and no size exceeds the cache's limit
-  (``qsl.cache.MAX_IMAGE_SIZE``); the refusal says what such an input would
+  (``qsl.cache.reader.MAX_IMAGE_SIZE``); the refusal says what such an input would
   cost in memory.
 - One input size (``image_size = [S, S]``) is one pass. The seed's two passes
   would then be identical, so ``small_mask`` and ``large_mask`` are merged (a
@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping
 
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 from backends.ssd.geometry import GeometryError, check_steps, map_sizes
-from qsl.cache import MAX_IMAGE_SIZE
+from qsl.cache.reader import MAX_IMAGE_SIZE
 
 STEM_CHANNELS = 64          # the backbone's first convolution: 64 channels at half the input size
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}

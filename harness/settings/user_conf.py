@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.shared.errors import InputError
+from ground.errors import InputError
 
 SCENARIO_NAMES = ("SingleStream", "MultiStream", "Offline", "Server")
 ANY = "*"

@@ -18,7 +18,7 @@ import torch
 
 import run as run_py
 from backends.base import WorkerLost
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 from backends.null import NullBackend
 from harness.run.backend import call_deadline_s, make_ray_backend, worker_backend
 from harness.run.benchmark import run_benchmark
@@ -145,7 +145,7 @@ def test_a_ray_version_mismatch_at_connect_is_one_clear_error(monkeypatch):
 
 
 def test_a_worker_builds_from_the_shipped_weights_without_the_checkpoint_file(tmp_path):
-    from backends.pytorch_backend import read_weights
+    from backends.pytorch.backend import read_weights
     config = load_config(ROOT / "configs" / "demo.toml", {"run": {"device": "cpu"}})
     weights = read_weights(config.model)
     gone = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(tmp_path / "no.pt")))

@@ -42,7 +42,7 @@ from harness.results.layout import (
     WRITER,
     read_status,
 )
-from harness.shared.files import write_text_atomic
+from ground.files import write_text_atomic
 
 FORMAT = 1
 COMPLETE = ("FINISHED", "SIMULATED")

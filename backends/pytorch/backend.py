@@ -10,7 +10,7 @@ detections are copied back. fp16 on a CPU works (slowly) and warns: it exists
 so that the half-precision code path can be tested without a GPU.
 
 Performance paths (``model.compile``, ``model.cuda_graphs``, see harness/settings/config.py;
-backends/network.py builds each worker's network):
+backends/pytorch/network.py builds each worker's network):
 - BatchNorm is folded into the convolutions at load (backends/ssd/fold.py).
 - ``torch.compile``: one compiled module per worker, compiled during warm-up
   (``compile_seconds``); with several workers only together with CUDA graphs.
@@ -21,8 +21,8 @@ backends/network.py builds each worker's network):
   overlaps the compute of batch n) and ``predict`` waits for that copy on the
   compute stream. The network replays as a CUDA graph per (batch, size) when
   ``cuda_graphs`` is on; graphs are captured only during ``warmup``
-  (backends/cuda_graphs.py), after an up-front check that they fit the device
-  (backends/graph_memory.py). Each GPU gets ``CUDA_WORKERS_PER_GPU`` workers
+  (backends/pytorch/cuda_graphs.py), after an up-front check that they fit the device
+  (backends/pytorch/graph_memory.py). Each GPU gets ``CUDA_WORKERS_PER_GPU`` workers
   sharing its weights, each with its own streams and graphs, so one worker's
   post-processing (NMS has host syncs) overlaps another's network. With device
   "cuda" or "auto" (no index) and several visible GPUs, ``load`` also builds a
@@ -41,23 +41,23 @@ from typing import Any, Mapping
 import torch
 
 from backends.base import CUDA_WORKERS_PER_GPU, check_sizes
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 from backends.ssd.normalize import scale_and_shift
-from harness.shared.errors import ConfigError
+from ground.errors import ConfigError
 
-from .cuda_graphs import GraphedForward
-from .graph_memory import GraphMemory, check_fits, estimate, model_passes
-from .network import (
+from backends.pytorch.cuda_graphs import GraphedForward
+from backends.pytorch.graph_memory import GraphMemory, check_fits, estimate, model_passes
+from backends.pytorch.network import (
     allow_compiles,
     compile_refusal,
     configure_cuda_math,
     network_runner,
     prepare_network,
 )
-from .ssd.checkpoint import describe as describe_checkpoint
-from .ssd.checkpoint import load_checkpoint
-from .ssd.model import SSDResNet
-from .ssd.two_scale import TwoScaleDetector
+from backends.ssd.checkpoint import describe as describe_checkpoint
+from backends.ssd.checkpoint import load_checkpoint
+from backends.ssd.model import SSDResNet
+from backends.ssd.two_scale import TwoScaleDetector
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
   fsync, then rename over it, so a crash, a full disk or ``kill -9`` leaves
   either the old file or the new one, never half of one.
 - :func:`write_text_atomic`: the same for the harness's own outputs, with
-  :class:`~harness.shared.errors.OutputError` naming the file and the free space.
+  :class:`~ground.errors.OutputError` naming the file and the free space.
 - :func:`read_json_object`: a JSON object written by the harness, or None
   when the file is missing, unreadable, not JSON or not an object.
 - :func:`open_lock` / :func:`take`: one exclusive ``flock`` per folder
@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from harness.shared.errors import OutputError
+from ground.errors import OutputError
 
 
 def replace_atomically(path: Path, data: bytes | str) -> None:
@@ -99,7 +99,7 @@ def take(fd: int) -> str | None:
 
 def check_output_file(path: str | Path, flag: str) -> Path:
     """Prove ``path`` writable before any long work: its folder is created if missing and a probe file
-    written and removed there. Raises :class:`~harness.shared.errors.OutputError` naming ``flag`` and the path."""
+    written and removed there. Raises :class:`~ground.errors.OutputError` naming ``flag`` and the path."""
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{flag} {p} is a folder; give a file name in it, e.g. {p / 'out.json'}")

@@ -1,10 +1,10 @@
-"""Prepare the image cache a run needs, adding only what it lacks; ``python -m qsl.prepare`` to do it by hand.
+"""Prepare the image cache a run needs, adding only what it lacks; ``python -m qsl.cache.prepare`` to do it by hand.
 
 ``ensure_cache(data_dir, sizes, max_images=N)`` opens the cache when it holds
 the first N images (None = all) at every size, and otherwise prepares only the
-missing sizes (:mod:`qsl.build`): each image is decoded once, resized to each
-of them (see :mod:`qsl.decode`) and streamed into one ``.npy`` array per size
-(layout in :mod:`qsl.cache`, bookkeeping in :mod:`qsl.cache_store`); the
+missing sizes (:mod:`qsl.cache.build`): each image is decoded once, resized to each
+of them (see :mod:`qsl.cache.jpeg`) and streamed into one ``.npy`` array per size
+(layout in :mod:`qsl.cache.reader`, bookkeeping in :mod:`qsl.cache.store`); the
 whole set is never held in RAM. Arrays of other sizes are kept, and a larger
 array serves a smaller request, so a 16-image smoke test runs from the
 5000-image cache and never replaces it. An array extended to more images
@@ -18,9 +18,9 @@ read only when something must be prepared.
 
 Command line::
 
-    python -m qsl.prepare --data DIR --image-size 300 600 [--max-images N] [--cache-dir DIR] [--decoder pil]
-    python -m qsl.prepare --data DIR --list                 what the cache holds, per size
-    python -m qsl.prepare --data DIR --prune 600 [700 ...]  remove sizes no longer needed
+    python -m qsl.cache.prepare --data DIR --image-size 300 600 [--max-images N] [--cache-dir DIR] [--decoder pil]
+    python -m qsl.cache.prepare --data DIR --list                 what the cache holds, per size
+    python -m qsl.cache.prepare --data DIR --prune 600 [700 ...]  remove sizes no longer needed
 
 Exit status: 0 done, 2 bad input (one line naming the file and what to do).
 """
@@ -32,20 +32,20 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.shared.files import prove_writable
+from ground.files import prove_writable
 
-from .build import DEFAULT_DECODER, build, check_sizes
-from .cache import CacheError, PrepareError, check_max_images, open_cache, read_meta
-from .cache_lock import cache_lock
-from .cache_store import GB, current_meta, listing, missing_sizes, prune, room_problem
-from .coco_layout import (
+from qsl.cache.build import DEFAULT_DECODER, build, check_sizes
+from qsl.cache.reader import CacheError, PrepareError, check_max_images, open_cache, read_meta
+from qsl.cache.lock import cache_lock
+from qsl.cache.store import GB, current_meta, listing, missing_sizes, prune, room_problem
+from qsl.coco_layout import (
     default_cache_dir,
     find_annotation_file,
     find_image_dir,
     image_list,
     read_image_list,
 )
-from .decode import DECODERS
+from qsl.cache.jpeg import DECODERS
 
 log = logging.getLogger("qsl")
 
@@ -87,7 +87,7 @@ def prepare_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: 
     """Make the cache hold the first ``max_images`` images (None = all) at every size; return its folder.
 
     Sizes that already hold enough images made with ``decoder`` are kept as they are. The writing holds
-    the folder's lock (:mod:`qsl.cache_lock`), so processes preparing the same folder take turns.
+    the folder's lock (:mod:`qsl.cache.lock`), so processes preparing the same folder take turns.
 
     Raises:
         PrepareError: missing annotation file or image folder, a missing,
@@ -111,7 +111,7 @@ def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: s
                  skip_bad: bool = False, progress: bool = True, decoder: str | None = None):
     """Open the cache for the first ``max_images`` images at ``sizes``, preparing what it lacks first.
 
-    Returns a :class:`qsl.cache.Cache`. ``decoder`` None accepts arrays made with any decoder (new ones
+    Returns a :class:`qsl.cache.reader.Cache`. ``decoder`` None accepts arrays made with any decoder (new ones
     use the default). A complete cache opens without the image folder and without taking the lock.
     """
     ann = find_annotation_file(data_dir, annotation_file)
@@ -132,7 +132,7 @@ def ensure_cache(data_dir: str | Path | None, sizes: Sequence[int], cache_dir: s
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m qsl.prepare",
+    p = argparse.ArgumentParser(prog="python -m qsl.cache.prepare",
                                 description="Preprocess COCO images into the SSD input cache, or list/prune it.")
     p.add_argument("--data", help="COCO folder with annotations/ and val2017/ (or images/val2017/)")
     p.add_argument("--image-size", type=int, nargs="+", help="square input sizes to prepare, e.g. 300 600")

@@ -1,10 +1,10 @@
 """Writing new arrays into a cache folder: decode, resize, stream to disk, resume, list them when complete.
 
-:func:`build` is the work behind :mod:`qsl.prepare`: for the sizes that cannot
+:func:`build` is the work behind :mod:`qsl.cache.prepare`: for the sizes that cannot
 serve a request it writes ``*.partial`` arrays (rows it can copy from an array
-it extends are copied, the rest decoded by :mod:`qsl.prepare_pool`), saves a
+it extends are copied, the rest decoded by :mod:`qsl.cache.decode_pool`), saves a
 small progress file every second, renames the arrays to their final names
-when complete and lists them in ``meta.json`` (:func:`qsl.cache_store.commit`).
+when complete and lists them in ``meta.json`` (:func:`qsl.cache.store.commit`).
 Re-running with the same inputs resumes from the progress file. Free space is
 checked before anything is written or deleted, and disk blocks are reserved up
 front (``posix_fallocate``); when the disk fills anyway, the partial arrays are
@@ -24,9 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness.shared.progress import Progress
+from ground.progress import Progress
 
-from .cache import (
+from qsl.cache.reader import (
     CACHE_VERSION,
     MAX_IMAGE_SIZE,
     PrepareError,
@@ -34,7 +34,7 @@ from .cache import (
     file_fingerprint,
     write_json_atomic,
 )
-from .cache_store import (
+from qsl.cache.store import (
     GB,
     array_bytes,
     commit,
@@ -44,9 +44,9 @@ from .cache_store import (
     reusable_rows,
     room_problem,
 )
-from .coco_layout import find_image_dir, first_images, read_image_list
-from .decode import RESIZE_METHOD
-from .prepare_pool import run_tasks
+from qsl.coco_layout import find_image_dir, first_images, read_image_list
+from qsl.cache.jpeg import RESIZE_METHOD
+from qsl.cache.decode_pool import run_tasks
 
 log = logging.getLogger("qsl")
 

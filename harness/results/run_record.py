@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from harness.results.layout import LATENCIES_NAME, RECORD_NAME
-from harness.results.outcome import LoadGenRun
-from harness.shared.errors import OutputError
-from harness.shared.files import space_hint, write_text_atomic
+from harness.results.result_types import LoadGenRun
+from ground.errors import OutputError
+from ground.files import space_hint, write_text_atomic
 
 MAX_RECORDED_FAILURES = 50
 _TAIL_BYTES = 64 * 1024

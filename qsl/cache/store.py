@@ -1,6 +1,6 @@
 """Keeping a cache folder: what a request lacks, the room it needs, adding arrays, listing and pruning sizes.
 
-The layout is :mod:`qsl.cache`'s. The rules that keep it safe:
+The layout is :mod:`qsl.cache.reader`'s. The rules that keep it safe:
 
 - An array is written under a ``.partial`` name and renamed to its final
   name only when complete; ``meta.json`` is then replaced atomically to list
@@ -15,7 +15,7 @@ The layout is :mod:`qsl.cache`'s. The rules that keep it safe:
   is written.
 
 Every function that writes expects the caller to hold the folder's lock
-(:mod:`qsl.cache_lock`).
+(:mod:`qsl.cache.lock`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cache import (
+from qsl.cache.reader import (
     CACHE_VERSION,
     LAYOUT,
     META_NAME,
@@ -106,7 +106,7 @@ def room_problem(cache_dir: Path, meta: dict[str, Any] | None, build: Sequence[i
             f"({count} images) need {need / GB:.2f} GB and {free / GB:.2f} GB is free"
             + (f"; the arrays they replace ({', '.join(replaced)}) are deleted only once the new ones are complete"
                if replaced else "")
-            + (f"; sizes you may not need: {', '.join(others)} (python -m qsl.prepare --cache-dir {cache_dir} "
+            + (f"; sizes you may not need: {', '.join(others)} (python -m qsl.cache.prepare --cache-dir {cache_dir} "
                "--prune SIZE)" if others else "")
             + "; or pass --cache-dir on a larger disk")
 
@@ -164,7 +164,7 @@ def prune(cache_dir: Path, sizes: Sequence[int]) -> int:
 
 
 def listing(cache_dir: Path) -> str:
-    """What the cache holds, one line per size, for ``python -m qsl.prepare --list``."""
+    """What the cache holds, one line per size, for ``python -m qsl.cache.prepare --list``."""
     meta = read_meta(cache_dir)
     lines = [f"cache {cache_dir}: from {meta['annotation_file']['path']} "
              f"({meta.get('total_images') or '?'} images listed there)",

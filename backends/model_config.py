@@ -3,14 +3,14 @@
 One frozen dataclass, read by every backend; the harness builds it from a
 config file's ``[model]`` table and the flags (harness/settings/config.py),
 which is where its keys are documented for users. A bad value is a
-:class:`~harness.shared.errors.ConfigError` naming the key.
+:class:`~ground.errors.ConfigError` naming the key.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from harness.shared.errors import ConfigError
+from ground.errors import ConfigError
 
 NUM_FEATURE_MAPS = 6
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -6,7 +6,7 @@ side by side, or two jobs of a CI matrix) would otherwise both write the same
 exclusive ``flock`` on ``<cache>/.prepare.lock`` while it writes; a second
 process logs that it waits, for whom (the holder writes its pid into the file),
 and then re-checks the folder, usually finding the cache ready. The lock
-itself is ``harness/shared/files.py``'s, also used for run folders.
+itself is ``ground/files.py``'s, also used for run folders.
 
 Assumptions: a POSIX file system with ``flock`` (Linux, macOS; on NFS flock
 may be local to one machine). The kernel drops the lock when its holder
@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from harness.shared.files import open_lock, take
+from ground.files import open_lock, take
 
 log = logging.getLogger("qsl")
 

@@ -1,4 +1,5 @@
-"""What the harness puts around a backend: batch-invariant outputs and clear out-of-memory errors.
+"""What the harness puts around a backend: per-image execution for batch-invariant outputs, and clear
+out-of-memory errors (harness/sut/out_of_memory.py).
 
 Batch invariance (TEST01 compares a sample's response bytes across runs): on a
 CPU the convolution kernels pick their blocking from the batch size, so the
@@ -9,44 +10,15 @@ in the same batch-of-one shapes every time, so an image's bytes are identical
 whether it ran alone, in a batch of 8 or of 64, first or last. Batching gains
 little on a CPU; the cost is measured in the project README. It is the default
 on the CPU (``build_backend``); on CUDA batching matters and it is off.
-
-Out of memory: ``torch.cuda.OutOfMemoryError`` (or any "out of memory"
-RuntimeError) from ``predict`` becomes :class:`DeviceMemoryError`, whose
-message names the batch size that failed and the setting that lowers it. The
-pipeline then retries the batch one image at a time, so the run goes on;
-``oom_batches`` counts the batches that failed this way for the run summary.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 import torch
 
 from backends.base import slice_batch
-
-log = logging.getLogger("harness")
-
-
-class DeviceMemoryError(RuntimeError):
-    """The device ran out of memory on a batch; the message says which setting to lower."""
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    oom = getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
-
-
-def batch_hint(scenario: str, batch_size: int, server_max_batch: int) -> str:
-    """Which setting lowers the batch of ``scenario``, with its current value."""
-    if scenario == "Offline":
-        return f"lower --batch-size (now {batch_size})"
-    if scenario == "Server":
-        return f"lower --server-max-batch (now {server_max_batch})"
-    if scenario == "MultiStream":
-        return ("a MultiStream query (its samples_per_query, fixed by the rules) runs as one batch: use a "
-                "lower precision, smaller --image-size or a device with more memory")
-    return "even one image does not fit: use a lower precision, smaller --image-size or a device with more memory"
+from harness.sut.out_of_memory import DeviceMemoryError, is_out_of_memory
 
 
 class GuardedBackend:

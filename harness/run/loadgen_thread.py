@@ -13,7 +13,7 @@ sample on a CPU) still ends with LoadGen's summary written.
 
 Progress (``progress`` of :func:`start_test`): completed samples against the
 number the run will issue, on a terminal as a bar with the time left, else one
-log line every few seconds (harness/shared/progress.py). For a performance run
+log line every few seconds (ground/progress.py). For a performance run
 that number is estimated from the settings as LoadGen 6.0.17 plans the run
 (:func:`planned_samples`): Offline issues one query of
 max(min_query_count, 1.1 x min_duration x expected QPS) samples; Server
@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.shared.errors import INTERRUPTS, ExitStatus, RunStopped
-from harness.shared.progress import Progress
+from ground.errors import INTERRUPTS, ExitStatus, RunStopped
+from ground.progress import Progress
 from harness.sut.base import BaseSUT
 
 log = logging.getLogger("harness")

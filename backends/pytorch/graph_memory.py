@@ -8,7 +8,7 @@ memory, no compute) under a dispatch mode that tracks every tensor storage from
 creation to release, giving per image the peak bytes live and the output bytes.
 Every activation has the batch as its first dimension, so both scale with it.
 
-Per worker (backends/cuda_graphs.py: one pool, one capture stream, one input
+Per worker (backends/pytorch/cuda_graphs.py: one pool, one capture stream, one input
 buffer per input size), for the captured batch sizes ``Bs`` and passes ``p``:
 
     inputs    = sum_p  max(Bs) * input_p                  (one buffer per input size)
@@ -32,8 +32,8 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from backends.config import ModelConfig
-from harness.shared.errors import ConfigError
+from backends.model_config import ModelConfig
+from ground.errors import ConfigError
 
 GIB = 2 ** 30
 

@@ -1,9 +1,9 @@
 """The result types of a benchmark: one LoadGen run, a compliance audit, and the whole invocation.
 
 ``RunResult.exit_code`` is where a run's outcome becomes its exit status
-(:class:`~harness.shared.errors.ExitStatus`); ``LoadGenRun.problems`` is the
+(:class:`~ground.errors.ExitStatus`); ``LoadGenRun.problems`` is the
 one list of what keeps a finished run from being a whole result (it becomes
-the run's status, harness/results/status.py, and its exit status); everything
+the run's status, harness/results/run_status.py, and its exit status); everything
 that prints or writes a result reads these types.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.accuracy.evaluate import AccuracyReport
 from harness.results.loadgen_log import LoadGenResult
-from harness.shared.errors import ExitStatus
+from ground.errors import ExitStatus
 from harness.sut.completion import SampleFailure
 
 
@@ -82,7 +82,7 @@ class LoadGenRun:
 
     @property
     def label(self) -> str:
-        """FAILED, SIMULATED or FINISHED (see harness/results/status.py)."""
+        """FAILED, SIMULATED or FINISHED (see harness/results/run_status.py)."""
         return "FAILED" if self.problems() else "SIMULATED" if self.simulated else "FINISHED"
 
 

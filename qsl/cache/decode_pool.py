@@ -31,8 +31,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .cache import PrepareError
-from .decode import BadImageError, load_resized
+from qsl.cache.reader import PrepareError
+from qsl.cache.jpeg import BadImageError, load_resized
 
 Task = tuple[int, str, int, int]               # qsl_idx, image path, annotated height, annotated width
 Result = tuple[int, str | None]                # qsl_idx, reason it is bad (None = written)

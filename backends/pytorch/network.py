@@ -1,6 +1,6 @@
 """The network as inference runs it: BatchNorm folded, cast, laid out, compiled, replayed as CUDA graphs.
 
-One runner per worker (backends/pytorch_backend.py): each worker gets its own
+One runner per worker (backends/pytorch/backend.py): each worker gets its own
 torch.compile module and its own CUDA-graph runner around the one set of weights
 its GPU holds. torch.compile is not thread-safe (pytorch/pytorch#118260,
 #136833), so compiled code may run from several worker threads only when it was
@@ -21,10 +21,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from backends.config import ModelConfig
+from backends.model_config import ModelConfig
 
-from .cuda_graphs import GraphedForward
-from .ssd.fold import fold_batchnorm
+from backends.pytorch.cuda_graphs import GraphedForward
+from backends.ssd.fold import fold_batchnorm
 
 COMPILE_BACKEND = "inductor"   # torch.compile backend (tests swap in a faster-compiling one)
 

@@ -1,6 +1,6 @@
 """The CUDA graph memory a worker needs, per config and batch: the README's table, printed as Markdown.
 
-Estimates come from backends/graph_memory.py (the network's allocations
+Estimates come from backends/pytorch/graph_memory.py (the network's allocations
 traced on the meta device, BatchNorm folded, fp16, channels_last); no GPU is
 needed. Per config and batch b:
 
@@ -12,7 +12,7 @@ needed. Per config and batch b:
 
 Each GPU runs ``CUDA_WORKERS_PER_GPU`` workers, each with its own graphs.
 
-    .venv/bin/python tools/graph_memory.py [--configs configs/ssd300_600.toml configs/ssd700_1400.toml] \
+    .venv/bin/python tools/graph_memory_table.py [--configs configs/ssd300_600.toml configs/ssd700_1400.toml] \
         [--batches 8 16 32]
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.graph_memory import GIB, estimate, model_passes  # noqa: E402
-from backends.network import prepare_network  # noqa: E402
-from backends.pytorch_backend import CUDA_WORKERS_PER_GPU  # noqa: E402
+from backends.pytorch.graph_memory import GIB, estimate, model_passes  # noqa: E402
+from backends.pytorch.network import prepare_network  # noqa: E402
+from backends.pytorch.backend import CUDA_WORKERS_PER_GPU  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from harness.settings.config import load_config  # noqa: E402
 

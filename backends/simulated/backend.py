@@ -6,7 +6,7 @@ bound?" on any machine, with no GPU. Its detections are not a model's.
 
 - Each of ``devices`` devices holds a batch of ``b`` samples for
   ``timing.fixed_ms + timing.per_sample_ms * b`` milliseconds
-  (backends/sim_profiles.py). A device runs one batch at a time, on its own
+  (backends/simulated/profiles.py). A device runs one batch at a time, on its own
   timeline: a batch handed to a busy device starts when the one before it
   ends, as kernels queued on a CUDA stream do, and the calling worker sleeps
   until its batch's end (the GIL is free meanwhile). A late wake-up of the
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from backends.base import CUDA_WORKERS_PER_GPU, WorkerLost, check_sizes
-from backends.config import ModelConfig
-from backends.sim_profiles import DeviceTiming, SimSettings
+from backends.model_config import ModelConfig
+from backends.simulated.profiles import DeviceTiming, SimSettings
 
 WORKERS_PER_DEVICE = CUDA_WORKERS_PER_GPU   # each device is served as the CUDA path serves a GPU
 DETECTIONS = 100         # per image: of the order a trained SSD returns after NMS (at most 200)

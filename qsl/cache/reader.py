@@ -1,6 +1,6 @@
 """The preprocessed image cache on disk, and opening it for reading.
 
-Layout of a cache folder (written by :mod:`qsl.prepare`, kept by :mod:`qsl.cache_store`):
+Layout of a cache folder (written by :mod:`qsl.cache.prepare`, kept by :mod:`qsl.cache.store`):
 
 - ``images_<S>_<N>_<decoder>.npy``: one uint8 array ``[N, 3, S, S]`` (RGB,
   resized to S x S, not normalized) per input size S, in ``.npy`` format so
@@ -36,15 +36,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness.shared.errors import InputError
-from harness.shared.files import replace_atomically
+from ground.errors import InputError
+from ground.files import replace_atomically
 
 CACHE_VERSION = 2
 META_NAME = "meta.json"
 # Largest square input prepared: a 4096 image is 50 MB per cached copy, and an SSD's first convolution
 # writes 64 x 2048 x 2048 values (1 GB in fp32) for it; anything larger is a mistake, not a setting.
 MAX_IMAGE_SIZE = 4096
-PREPARE_HINT = "python -m qsl.prepare --data DIR --image-size A B"
+PREPARE_HINT = "python -m qsl.cache.prepare --data DIR --image-size A B"
 LAYOUT = "uint8 [N, 3, S, S] RGB per size, row = qsl_idx = position in the annotation file, first N images"
 
 
@@ -58,7 +58,7 @@ class PrepareError(CacheError):
 
 def problem_only(message: str) -> str:
     """A CacheError's message without its advice to run the preparation (for when it is running already)."""
-    return re.sub(r"[:;] (?:delete it and )?(?:re-)?run python -m qsl\.prepare.*$", "", message, flags=re.S)
+    return re.sub(r"[:;] (?:delete it and )?(?:re-)?run python -m qsl\.cache\.prepare.*$", "", message, flags=re.S)
 
 
 def array_file(size: int, num_images: int, decoder: str) -> str:
@@ -235,7 +235,7 @@ def open_cache(cache_dir: str | Path, sizes: Sequence[int], annotation_file: str
     for s in sizes:
         why = unusable(meta, int(s), count, decoder)
         if why is not None:
-            raise CacheError(f"the cache in {cache_dir} cannot serve this run: {why}; run python -m qsl.prepare "
+            raise CacheError(f"the cache in {cache_dir} cannot serve this run: {why}; run python -m qsl.cache.prepare "
                              f"--image-size {' '.join(map(str, sizes))} with this --cache-dir (adds to it)")
     arrays = {int(s): open_array(cache_dir, meta["arrays"][str(s)], int(s))[:count] for s in sizes}
     skipped = {}

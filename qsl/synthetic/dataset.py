@@ -4,7 +4,7 @@
 ``<out_dir>/annotations/instances_<split>.json`` and ``<out_dir>/<split>/*.jpg``
 with six real COCO categories (ids 1 person, 3 car, 13 stop sign,
 37 sports ball, 44 bottle, 74 clock), each drawn as a distinct textured shape
-(see :mod:`qsl.shapes`) on a noisy, cluttered background.
+(see :mod:`qsl.synthetic.silhouettes`) on a noisy, cluttered background.
 
 Assumptions and guarantees:
 
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from harness.shared.files import replace_atomically
+from ground.files import replace_atomically
 
-from .shapes import ASPECT, CATEGORIES, FILL, draw_shape
+from qsl.synthetic.silhouettes import ASPECT, CATEGORIES, FILL, draw_shape
 
 CATEGORY_IDS = tuple(c[0] for c in CATEGORIES)
 SIZE_CLASSES = (("small", 0.25, 18.0, 30.0), ("medium", 0.45, 36.0, 90.0), ("large", 0.30, 105.0, 260.0))
