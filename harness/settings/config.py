@@ -11,6 +11,10 @@ The seed's flags map onto ``[model]`` fields one to one:
 ``--dboxes-steps`` -> ``dboxes_steps``, ``--small-mask`` / ``--large-mask`` ->
 ``small_mask`` / ``large_mask``, ``--use-filter`` -> ``use_filter``,
 ``--use-fp16`` -> ``precision = "fp16"``, ``--model`` -> ``checkpoint``.
+
+One key is the command line's alone: ``trust_pickle`` (``--trust-pickle``) lets a
+checkpoint run code as it is read, so a config file that sets it true is refused,
+rather than a shared or downloaded file switching it on unseen.
 """
 from __future__ import annotations
 
@@ -246,6 +250,11 @@ def load_config(path: str | Path | None = None,
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: '{name}' must be a table like [{name}]")
             raw[name].update(table)
+        if raw["model"].get("trust_pickle", False) is not False:
+            raise ConfigError(f"{path} [model]: trust_pickle = {raw['model']['trust_pickle']!r} is refused in a "
+                              "config file: reading a whole pickled module runs code from the checkpoint, so only "
+                              "the command line may allow it; remove the line and pass --trust-pickle if you trust "
+                              "the checkpoint's source")
         if raw["model"].get("checkpoint") is not None and not isinstance(raw["model"]["checkpoint"], str):
             raise ConfigError(f"{path} [model]: checkpoint must be a path in quotes, "
                               f"got {raw['model']['checkpoint']!r}")
