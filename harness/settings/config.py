@@ -34,6 +34,7 @@ from backends.model_config import (
 )
 from ground.errors import ConfigError
 from ground.files import write_text_atomic
+from ground.names import path_name_problem
 
 SCENARIOS = ("SingleStream", "MultiStream", "Offline", "Server")
 MODES = ("accuracy", "performance", "submission", "find-peak")
@@ -82,7 +83,7 @@ class RunConfig:
     singlestream_expected_latency_ms: float | None = None  # SingleStream hint, ms
     multistream_expected_latency_ms: float | None = None   # MultiStream hint, ms
     output_dir: str = "results"            # root of the submission layout
-    system_name: str = "default"           # <system> folder name in the submission layout
+    system_name: str = "default"           # <system> folder name in the submission layout (ground/names.py)
     user_conf: str = "user.conf"           # LoadGen settings file
     # Where the workers run: "local" = in this process (one per local device); "ray" = one Ray actor per
     # worker, each holding a whole backend on one device of one node of a Ray cluster (backends/ray/).
@@ -99,6 +100,9 @@ class RunConfig:
         check_choice("run.device", self.device, DEVICES)
         check_choice("run.batch_invariant", self.batch_invariant, BATCH_INVARIANT)
         check_choice("run.executor", self.executor, EXECUTORS)
+        problem = path_name_problem(self.system_name)
+        if problem:   # it names a folder under output_dir: a path here would write (and clear) outside it
+            raise ConfigError(f"run.system_name {self.system_name!r} {problem}")
         if self.executor != "ray":
             for name in ("ray_address", "ray_workers", "ray_call_timeout_s"):
                 if getattr(self, name) is not None:
