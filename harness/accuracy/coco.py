@@ -10,9 +10,9 @@ and ``run.py evaluate`` go through these functions.
 
 Evaluation uses faster-coco-eval (same numbers, about 10x faster) unless
 pycocotools is asked for. An annotation file is checked for the COCO detection
-structure (``images``, ``annotations``, ``categories`` lists with the fields
-COCOeval reads) before either library sees it, so a wrong file is one clear
-error rather than a KeyError after a long run. An empty ``annotations`` list is
+structure (``images``, ``annotations``, ``categories`` lists, each value of the
+kind its reader needs: annotation_fields.py) before either library sees it, so
+a wrong file is one clear error rather than a traceback after a long run. An empty ``annotations`` list is
 legal COCO, but COCOeval then reports -1 for every statistic: that is
 :class:`MapNotComputed`, never a number.
 """
