@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from backends.ssd.model import BOXES_PER_LOCATION
-from backends.ssd.pickle_scan import is_legacy_torch_file, read_contents
+from backends.ssd.pickle_scan import is_legacy_torch_file, why_refused
 from ground.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -69,23 +69,6 @@ class _ShellUnpickler(pickle.Unpickler):
 _shell_pickle = types.SimpleNamespace(Unpickler=_ShellUnpickler, load=pickle.load, __name__="shell_pickle")
 
 
-def _refused(path: Path, zipped: bool) -> CheckpointError:
-    """Why a file that ``torch.load(weights_only=True)`` refused cannot be read without --trust-pickle."""
-    contents = read_contents(path, zipped)
-    if contents is None:
-        return CheckpointError(f"{path} is not a PyTorch checkpoint: its pickle is corrupt, truncated or not one "
-                               "torch.save writes")
-    first = contents.foreign[0] if contents.foreign else "?"
-    if contents.module:
-        return CheckpointError(f"{path} is a whole pickled nn.Module (class {first}), not a state dict: reading it "
-                               "runs code from the file. If you trust its source, pass --trust-pickle")
-    if contents.tensors:
-        return CheckpointError(f"{path} holds pickled Python objects besides its tensors (first: {first}): reading "
-                               "it runs code from the file. If you trust its source, pass --trust-pickle")
-    return CheckpointError(f"{path} is not a checkpoint: it holds no tensors, only pickled Python objects "
-                           f"(first: {first})")
-
-
 def _torch_load(path: Path, trust_pickle: bool, zipped: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
@@ -93,7 +76,7 @@ def _torch_load(path: Path, trust_pickle: bool, zipped: bool) -> Any:
         if "weights_only" not in str(e) and "Weights only" not in str(e):
             raise CheckpointError(f"{path}: not a readable PyTorch file ({e})") from None
         if not trust_pickle:
-            raise _refused(path, zipped) from None
+            raise CheckpointError(why_refused(path, zipped)) from None
     if str(path) not in _warned:
         _warned.add(str(path))
         log.warning("unpickling %s with --trust-pickle: this runs code from the file", path)

@@ -119,3 +119,19 @@ def read_contents(path: Path, zipped: bool) -> PickleContents | None:
         return PickleContents(_globals(head))
     except Exception:  # noqa: BLE001 - a corrupt file fails to parse in many ways; each means "not a save"
         return None
+
+
+def why_refused(path: Path, zipped: bool) -> str:
+    """Why ``path``, which ``torch.load(weights_only=True)`` refused, is not read without --trust-pickle:
+    the flag is advised only for a torch.save of a whole module, or of tensors beside other objects."""
+    contents = read_contents(path, zipped)
+    if contents is None:
+        return f"{path} is not a PyTorch checkpoint: its pickle is corrupt, truncated or not one torch.save writes"
+    first = contents.foreign[0] if contents.foreign else "?"
+    if contents.module:
+        return (f"{path} is a whole pickled nn.Module (class {first}), not a state dict: reading it runs code "
+                "from the file. If you trust its source, pass --trust-pickle")
+    if contents.tensors:
+        return (f"{path} holds pickled Python objects besides its tensors (first: {first}): reading it runs code "
+                "from the file. If you trust its source, pass --trust-pickle")
+    return f"{path} is not a checkpoint: it holds no tensors, only pickled Python objects (first: {first})"
