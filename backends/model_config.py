@@ -34,7 +34,8 @@ class ModelConfig:
     # nothing). Must be asked for, so a forgotten --model is an error rather than a meaningless mAP.
     random_weights: bool = False
     # Allow a checkpoint that is a whole pickled nn.Module (the zenodo resnet34-ssd1200.pytorch): reading
-    # it runs code from the file, so turn this on only for files from a source you trust.
+    # it runs code from the file, so turn this on only for files from a source you trust. Set by the
+    # --trust-pickle flag only: a config file that sets it true is refused (harness/settings/config.py).
     trust_pickle: bool = False
     backbone: str = "resnet34"             # "resnet34" (MLPerf) or "resnet18" (same layer names, smaller)
     variant: str = "training"              # head/extra-layer strides, see VARIANTS

@@ -5,6 +5,8 @@
   either the old file or the new one, never half of one.
 - :func:`write_text_atomic`: the same for the harness's own outputs, with
   :class:`~ground.errors.OutputError` naming the file and the free space.
+- :func:`format_sizes`: byte counts for messages, never two different counts
+  printed alike.
 - :func:`read_json_object`: a JSON object written by the harness, or None
   when the file is missing, unreadable, not JSON or not an object.
 - :func:`open_lock` / :func:`take`: one exclusive ``flock`` per folder
@@ -57,6 +59,31 @@ def read_json_object(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+_UNITS = ((10 ** 9, "GB"), (10 ** 6, "MB"), (10 ** 3, "KB"))   # decimal units, as disks are sold
+
+
+def format_sizes(*sizes: int) -> list[str]:
+    """Byte counts for people, each in its own unit (GB, MB, KB or bytes) with two decimals, or more where
+    two different counts would otherwise read the same: a need just above the free space never reads equal
+    to it ("need 20.000 MB and 19.999 MB is free", not "need 0.02 GB and 0.02 GB is free")."""
+    out: list[str] = []
+    for decimals in range(2, 10):                 # 9 decimals of a GB are single bytes: always distinct
+        out = [_in_unit(n, decimals) for n in sizes]
+        if len(set(out)) == len(set(sizes)):
+            break
+    return out
+
+
+def format_size(size: int) -> str:
+    """One byte count for people: "1.35 GB", "20.00 MB", "512 bytes"."""
+    return _in_unit(size, 2)
+
+
+def _in_unit(size: int, decimals: int) -> str:
+    scale, unit = next(((s, u) for s, u in _UNITS if abs(size) >= s), (1, "bytes"))
+    return f"{size / scale:.{decimals}f} {unit}" if scale > 1 else f"{size:.0f} bytes"
 
 
 def space_hint(folder: Path) -> str:

@@ -192,7 +192,7 @@ def _coco_like_categories(tmp_path: Path) -> Path:
     """An annotation file with COCO's 80 category ids (1..90 with 10 gaps)."""
     ids = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
     path = tmp_path / "coco80.json"
-    path.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": i} for i in ids]}))
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in ids]}))
     return path
 
 

@@ -115,7 +115,7 @@ def test_a_tight_disk_is_refused_before_anything_is_deleted_with_the_figures(dat
     need = 3 * 260 * 260 * NUM
     with pytest.raises(PrepareError) as e:
         ensure_cache(data, [260], workers=1, progress=False)
-    assert f"need {need / 1e9:.2f} GB and 0.00 GB is free" in str(e.value)
+    assert f"need {need / 1e6:.2f} MB and 1.00 KB is free" in str(e.value)      # 1,216,800 and 1,000 bytes
     assert "257 (" in str(e.value) and f"--cache-dir {cache_dir} --prune SIZE" in str(e.value)
     with pytest.raises(PrepareError):                                         # the early check says the same
         check_can_prepare(data, [260])
@@ -129,8 +129,8 @@ def test_a_disk_that_fills_while_reserving_keeps_no_partial_arrays_and_says_what
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(PrepareError, match=rf"the disk holding {cache_dir} is full: the new arrays need 0.00 GB, "
-                                           r"[\d.]+ GB is free now that their partial files are removed"):
+    with pytest.raises(PrepareError, match=rf"the disk holding {cache_dir} is full: the new arrays need 1.22 MB, "
+                                           r"[\d.]+ (GB|MB|KB|bytes) is free now that their partial files are removed"):
         ensure_cache(data, [260], workers=1, progress=False)
     assert not list(cache_dir.glob("*.partial")) and not (cache_dir / prep.STATE_NAME).exists()
     assert open_cache(cache_dir, [257]).num_images == NUM
@@ -144,7 +144,7 @@ def test_sizes_are_listed_and_pruned(data, capsys):
     assert "  257       4       0    0.00  torchvision" in out and "  260       4" in out
     assert main(["--data", str(data), "--prune", "260"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"pruned size(s) 260 from {cache_dir}: 0.00 GB freed") and "  260 " not in out
+    assert out.startswith(f"pruned size(s) 260 from {cache_dir}: 811.33 KB freed") and "  260 " not in out
     assert _files(cache_dir) == {"images_257_4_torchvision.npy"}
     open_cache(cache_dir, [257], max_images=4)
     assert main(["--data", str(data), "--prune", "300"]) == 2

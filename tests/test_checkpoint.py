@@ -138,13 +138,17 @@ def _pickle_whole_module(path, variant):
     return model
 
 
-def test_whole_pickled_module_needs_trust(tmp_path):
+def test_whole_pickled_module_needs_trust(tmp_path, caplog):
     path = tmp_path / "resnet34-ssd1200.pytorch"
     original = _pickle_whole_module(path, "ssd1200")
     target = SSDResNet(7, "resnet18", "ssd1200")
-    expect_error(path, target, "--trust-pickle", "trust_pickle = true in [model]", "ssd_r34_gone.SSD_R34")
-    info = load_checkpoint(path, target, trust_pickle=True)
+    msg = expect_error(path, target, "is a whole pickled nn.Module (class ssd_r34_gone.SSD_R34), not a state dict",
+                       "If you trust its source, pass --trust-pickle")
+    assert "config file" not in msg and "trust_pickle = true" not in msg   # only the flag may allow it
+    with caplog.at_level("WARNING"):
+        info = load_checkpoint(path, target, trust_pickle=True)
     assert info["container"] == "pickled module SSD_R34" and info["variant"] == "ssd1200"
+    assert f"unpickling {path} with --trust-pickle: this runs code from the file" in caplog.text
     for k, v in original.state_dict().items():
         assert torch.equal(target.state_dict()[k], v), k
     expect_error(path, SSDResNet(7, "resnet18"), "looks like the ssd1200 variant", trust_pickle=True)
@@ -154,3 +158,30 @@ def test_read_state_dict_strips_the_prefix(tmp_path, source):
     torch.save({"module.1." + k: v for k, v in source.state_dict().items()}, tmp_path / "ddp.pt")
     state, info = read_state_dict(tmp_path / "ddp.pt")
     assert info["prefix"] == "module.1." and "loc.0.weight" in state
+
+
+def test_trust_pickle_is_advised_only_for_a_torch_save_that_needs_it(tmp_path, source, target):
+    import argparse
+    import pickle
+    import random
+    rand = tmp_path / "random.pt"
+    rand.write_bytes(b"\x80" + random.Random(0).randbytes(4000))
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    for path in (rand, tmp_path / "plain.pkl"):   # neither is a PyTorch file, with or without trust
+        for trust in (False, True):
+            msg = expect_error(path, target, "is not a PyTorch checkpoint", trust_pickle=trust)
+            assert "--trust-pickle" not in msg
+    # A legacy (non-zip) save of a whole module is recognised as one too.
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)
+    expect_error(tmp_path / "legacy.pt", target, "whole pickled nn.Module (class torch.nn.modules.container.Sequential)",
+                 "pass --trust-pickle")
+    # Weights saved beside the training arguments: the flag reads them, so it is advised.
+    torch.save({"model": source.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pt")
+    expect_error(tmp_path / "args.pt", target, "holds pickled Python objects besides its tensors (first: "
+                 "argparse.Namespace)", "pass --trust-pickle")
+    assert load_checkpoint(tmp_path / "args.pt", target, trust_pickle=True)["container"] == "dict['model']"
+    # Objects without tensors are no checkpoint, whatever the flag would do.
+    torch.save({"args": argparse.Namespace(lr=0.1)}, tmp_path / "no_tensors.pt")
+    msg = expect_error(tmp_path / "no_tensors.pt", target, "is not a checkpoint: it holds no tensors")
+    assert "--trust-pickle" not in msg

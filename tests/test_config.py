@@ -1,6 +1,7 @@
 """Run configuration: file then overrides, and clear errors for every bad value."""
 import json
 import os
+import re
 
 import pytest
 
@@ -104,11 +105,22 @@ def test_frozen():
 def test_batch_invariant_and_trust_pickle(tmp_path):
     cfg = load_config()
     assert cfg.run.batch_invariant == "auto" and cfg.model.trust_pickle is False
-    p = write(tmp_path, '[model]\ntrust_pickle = true\n[run]\nbatch_invariant = "off"\n')
+    p = write(tmp_path, '[model]\ntrust_pickle = false\n[run]\nbatch_invariant = "off"\n')
     cfg = load_config(p)
-    assert cfg.model.trust_pickle is True and cfg.run.batch_invariant == "off"
+    assert cfg.model.trust_pickle is False and cfg.run.batch_invariant == "off"
+    assert load_config(p, {"model": {"trust_pickle": True}}).model.trust_pickle is True   # the flag's way in
     with pytest.raises(ConfigError, match=r"run.batch_invariant must be one of auto, on, off; got 'yes'"):
         load_config(None, {"run": {"batch_invariant": "yes"}})
+
+
+@pytest.mark.parametrize("value", ["true", '"yes"'])
+def test_a_config_file_cannot_trust_pickled_code(tmp_path, value):
+    p = write(tmp_path, f"[model]\ntrust_pickle = {value}\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(p))} \[model\]: trust_pickle = .* is refused in a "
+                                          r"config file: .* pass --trust-pickle"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="is refused in a config file"):   # also when the flag is given
+        load_config(p, {"model": {"trust_pickle": True}})
 
 
 def test_hints_default_to_none_and_zero_wait_is_allowed(tmp_path):

@@ -5,8 +5,11 @@ Accepted files (SPEC.md section 1):
 - key prefixes none, ``1.`` (apex fp16 wrapper), ``module.1.`` (DDP over it), ``module.`` (DDP);
 - tensors in fp16 or fp32 (cast to the model's dtype); ``num_batches_tracked`` may be missing;
 - a whole pickled ``nn.Module`` (the zenodo ``resnet34-ssd1200.pytorch`` file), only with
-  ``trust_pickle=True``: unpickling runs code from the file. Classes that cannot be imported
-  are replaced by empty module shells, which is enough to read their parameters.
+  ``trust_pickle=True`` (the ``--trust-pickle`` flag): unpickling runs code from the file, and
+  a warning says so. Classes that cannot be imported are replaced by empty module shells,
+  which is enough to read their parameters. Without it, the error advises the flag only for a
+  file whose pickle, read without running it (pickle_scan.py), is a torch.save of a module or
+  of tensors beside other objects; any other file is "not a PyTorch checkpoint".
 
 Files are first read with ``torch.load(weights_only=True)`` (memory-mapped when
 they are zip archives, so reading what a file says about itself costs no copy of
@@ -22,8 +25,8 @@ give its variant.
 """
 from __future__ import annotations
 
+import logging
 import pickle
-import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +35,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from backends.ssd.model import BOXES_PER_LOCATION
+from backends.ssd.pickle_scan import is_legacy_torch_file, why_refused
 from ground.errors import InputError
 
-from backends.ssd.model import BOXES_PER_LOCATION
+log = logging.getLogger(__name__)
 
 PREFIXES = ("module.1.", "module.", "1.")   # longest first
 RECORDED = ("backbone", "num_classes", "variant", "image_size", "dboxes_scale")   # container keys read as facts
 _SUMMARY = 5                                # names listed per error category
+_warned: set[str] = set()                   # files unpickled with trust_pickle, warned about once each
 
 
 class CheckpointError(InputError, RuntimeError):
@@ -70,12 +76,10 @@ def _torch_load(path: Path, trust_pickle: bool, zipped: bool) -> Any:
         if "weights_only" not in str(e) and "Weights only" not in str(e):
             raise CheckpointError(f"{path}: not a readable PyTorch file ({e})") from None
         if not trust_pickle:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-            what = f" (first one: {found.group(1)})" if found else ""
-            raise CheckpointError(
-                f"{path} holds pickled Python objects besides tensors{what}, e.g. a whole nn.Module, so "
-                f"reading it would run code from the file. If you trust its source, allow it with "
-                f"--trust-pickle (config file: trust_pickle = true in [model])") from None
+            raise CheckpointError(why_refused(path, zipped)) from None
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("unpickling %s with --trust-pickle: this runs code from the file", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_shell_pickle)
     except Exception as e:  # noqa: BLE001 - any unpickling failure becomes one clear message
@@ -97,6 +101,9 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> tuple[dict[
     if head[:2] != b"PK" and head[:1] != b"\x80":
         raise CheckpointError(f"{path} is not a PyTorch file: PyTorch checkpoints are zip archives (starting "
                               f"'PK') or pickles (starting 0x80), this one starts with {head!r}")
+    if head[:1] == b"\x80" and not is_legacy_torch_file(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it starts like a pickle (0x80) but not with "
+                              "the magic number torch.save writes first (another program's pickle, or corrupt)")
     try:
         obj = _torch_load(path, trust_pickle, zipped=head[:2] == b"PK")
     except CheckpointError:

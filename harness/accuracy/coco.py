@@ -10,9 +10,9 @@ and ``run.py evaluate`` go through these functions.
 
 Evaluation uses faster-coco-eval (same numbers, about 10x faster) unless
 pycocotools is asked for. An annotation file is checked for the COCO detection
-structure (``images``, ``annotations``, ``categories`` lists with the fields
-COCOeval reads) before either library sees it, so a wrong file is one clear
-error rather than a KeyError after a long run. An empty ``annotations`` list is
+structure (``images``, ``annotations``, ``categories`` lists, each value of the
+kind its reader needs: annotation_fields.py) before either library sees it, so
+a wrong file is one clear error rather than a traceback after a long run. An empty ``annotations`` list is
 legal COCO, but COCOeval then reports -1 for every statistic: that is
 :class:`MapNotComputed`, never a number.
 """
@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ground.errors import InputError
+from harness.accuracy.annotation_fields import REQUIRED_FIELDS, bad_field
 from harness.sut.response import RECORD_FLOATS
 from qsl.coco_layout import repeated_ids
 
@@ -49,13 +50,6 @@ STAT_NAMES = (
 )
 
 
-# What COCOeval and the box conversion read from every entry of the three lists
-# (pycocotools raises KeyError on a missing one, deep inside the evaluation).
-REQUIRED_FIELDS = {"images": ("id", "width", "height"),
-                   "annotations": ("id", "image_id", "category_id", "bbox", "area", "iscrowd"),
-                   "categories": ("id",)}
-
-
 class AccuracyError(InputError, ValueError):
     """The accuracy log or the annotations cannot be evaluated; the message says what and where."""
 
@@ -72,7 +66,8 @@ def check_annotations(doc: Any, path: str | Path) -> dict:
     """Return ``doc`` if it has the COCO detection structure, else raise :class:`AnnotationError`.
 
     Needed: a JSON object with ``images``, ``annotations`` and ``categories``, each a list
-    (possibly empty) of objects carrying :data:`REQUIRED_FIELDS`, no id repeated within a list.
+    (possibly empty) of objects carrying :data:`REQUIRED_FIELDS`, each value of its kind
+    (harness/accuracy/annotation_fields.py), no id repeated within a list.
     """
     if not isinstance(doc, dict):
         raise AnnotationError(f"annotation file {path} is not COCO format: its top level is a "
@@ -90,6 +85,9 @@ def check_annotations(doc: Any, path: str | Path) -> dict:
             if lacks:
                 raise AnnotationError(f"annotation file {path}: {key}[{n}] lacks {', '.join(lacks)} "
                                       f"(every entry of {key!r} needs {', '.join(fields)})")
+    problem = bad_field(doc, str(path))
+    if problem:
+        raise AnnotationError(problem)
     for key, what in (("images", "image id"), ("annotations", "annotation id"), ("categories", "category id")):
         problem = repeated_ids(path, doc[key], what, key)
         if problem:

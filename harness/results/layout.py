@@ -28,6 +28,7 @@ from typing import Any
 from harness.settings.loadgen import LOADGEN_MODEL
 from ground.errors import OutputError
 from ground.files import open_lock, prove_writable, read_json_object, take
+from ground.names import path_name_problem
 
 RUN_DIRS = {"accuracy": ("accuracy",), "performance": ("performance", "run_1"),
             "find-peak": ("performance", "find_peak"),
@@ -83,6 +84,11 @@ def exclusive_scenario(folder: Path):
 
 
 def scenario_dir(output: str | Path, system: str, scenario: str) -> Path:
+    """``<output>/<system>/<model>/<scenario>``; OutputError when a name is not one safe folder name."""
+    for what, name in (("system name", system), ("model name", LOADGEN_MODEL), ("scenario", scenario)):
+        problem = path_name_problem(name)
+        if problem:
+            raise OutputError(f"the {what} {name!r} {problem}")
     return Path(output) / system / LOADGEN_MODEL / scenario
 
 

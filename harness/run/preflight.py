@@ -10,8 +10,9 @@ order, cheapest first:
    written by another run); and a warning when no line of user.conf applies to
    this model.
 2. A checkpoint or an explicit ``random_weights`` for the PyTorch backend.
-3. The annotation file: COCO structure, no repeated ids (torch is imported
-   from here on).
+3. The annotation file: COCO structure, every value the QSL, the box
+   conversion and COCOeval read (harness/accuracy/annotation_fields.py), no
+   repeated ids (torch is imported from here on).
 4. The checkpoint's own facts: backbone, class count, variant, training size
    (harness/settings/from_checkpoint.py), then the geometry again (a variant
    or a size may have changed).

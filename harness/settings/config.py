@@ -11,6 +11,10 @@ The seed's flags map onto ``[model]`` fields one to one:
 ``--dboxes-steps`` -> ``dboxes_steps``, ``--small-mask`` / ``--large-mask`` ->
 ``small_mask`` / ``large_mask``, ``--use-filter`` -> ``use_filter``,
 ``--use-fp16`` -> ``precision = "fp16"``, ``--model`` -> ``checkpoint``.
+
+One key is the command line's alone: ``trust_pickle`` (``--trust-pickle``) lets a
+checkpoint run code as it is read, so a config file that sets it true is refused,
+rather than a shared or downloaded file switching it on unseen.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from backends.model_config import (
 )
 from ground.errors import ConfigError
 from ground.files import write_text_atomic
+from ground.names import path_name_problem
 
 SCENARIOS = ("SingleStream", "MultiStream", "Offline", "Server")
 MODES = ("accuracy", "performance", "submission", "find-peak")
@@ -78,7 +83,7 @@ class RunConfig:
     singlestream_expected_latency_ms: float | None = None  # SingleStream hint, ms
     multistream_expected_latency_ms: float | None = None   # MultiStream hint, ms
     output_dir: str = "results"            # root of the submission layout
-    system_name: str = "default"           # <system> folder name in the submission layout
+    system_name: str = "default"           # <system> folder name in the submission layout (ground/names.py)
     user_conf: str = "user.conf"           # LoadGen settings file
     # Where the workers run: "local" = in this process (one per local device); "ray" = one Ray actor per
     # worker, each holding a whole backend on one device of one node of a Ray cluster (backends/ray/).
@@ -95,6 +100,9 @@ class RunConfig:
         check_choice("run.device", self.device, DEVICES)
         check_choice("run.batch_invariant", self.batch_invariant, BATCH_INVARIANT)
         check_choice("run.executor", self.executor, EXECUTORS)
+        problem = path_name_problem(self.system_name)
+        if problem:   # it names a folder under output_dir: a path here would write (and clear) outside it
+            raise ConfigError(f"run.system_name {self.system_name!r} {problem}")
         if self.executor != "ray":
             for name in ("ray_address", "ray_workers", "ray_call_timeout_s"):
                 if getattr(self, name) is not None:
@@ -246,6 +254,11 @@ def load_config(path: str | Path | None = None,
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: '{name}' must be a table like [{name}]")
             raw[name].update(table)
+        if raw["model"].get("trust_pickle", False) is not False:
+            raise ConfigError(f"{path} [model]: trust_pickle = {raw['model']['trust_pickle']!r} is refused in a "
+                              "config file: reading a whole pickled module runs code from the checkpoint, so only "
+                              "the command line may allow it; remove the line and pass --trust-pickle if you trust "
+                              "the checkpoint's source")
         if raw["model"].get("checkpoint") is not None and not isinstance(raw["model"]["checkpoint"], str):
             raise ConfigError(f"{path} [model]: checkpoint must be a path in quotes, "
                               f"got {raw['model']['checkpoint']!r}")

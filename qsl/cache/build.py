@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ground.files import format_sizes
 from ground.progress import Progress
 
 from qsl.cache.reader import (
@@ -35,7 +36,6 @@ from qsl.cache.reader import (
     write_json_atomic,
 )
 from qsl.cache.store import (
-    GB,
     array_bytes,
     commit,
     current_meta,
@@ -98,8 +98,9 @@ def _failed(cache_dir: Path, meta: dict | None, e: OSError, need: int) -> Prepar
     (cache_dir / STATE_NAME).unlink(missing_ok=True)
     if e.errno == errno.ENOSPC:
         free = shutil.disk_usage(cache_dir).free
-        return PrepareError(f"the disk holding {cache_dir} is full: the new arrays need {need / GB:.2f} GB, "
-                            f"{free / GB:.2f} GB is free now that their partial files are removed; free some space "
+        need_text, free_text = format_sizes(need, free)
+        return PrepareError(f"the disk holding {cache_dir} is full: the new arrays need {need_text}, "
+                            f"{free_text} is free now that their partial files are removed; free some space "
                             f"or pass --cache-dir on a larger disk (the cache's other arrays are intact)")
     return PrepareError(f"cannot write the cache in {cache_dir} ({e.strerror or e}): pass a writable --cache-dir")
 

@@ -32,12 +32,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ground.files import prove_writable
+from ground.files import format_size, prove_writable
 
 from qsl.cache.build import DEFAULT_DECODER, build, check_sizes
 from qsl.cache.reader import CacheError, PrepareError, check_max_images, open_cache, read_meta
 from qsl.cache.lock import cache_lock
-from qsl.cache.store import GB, current_meta, listing, missing_sizes, prune, room_problem
+from qsl.cache.store import current_meta, listing, missing_sizes, prune, room_problem
 from qsl.coco_layout import (
     default_cache_dir,
     find_annotation_file,
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.prune:
                 with cache_lock(where):
                     freed = prune(where, args.prune)
-                print(f"pruned size(s) {', '.join(map(str, args.prune))} from {where}: {freed / GB:.2f} GB freed")
+                print(f"pruned size(s) {', '.join(map(str, args.prune))} from {where}: {format_size(freed)} freed")
             if args.list or (where / "meta.json").exists():
                 print(listing(where))
             return 0

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from ground.files import format_size, format_sizes
 from qsl.cache.reader import (
     CACHE_VERSION,
     LAYOUT,
@@ -101,9 +102,10 @@ def room_problem(cache_dir: Path, meta: dict[str, Any] | None, build: Sequence[i
         return None
     kept = {int(s): e for s, e in (meta or {}).get("arrays", {}).items()}
     replaced = [f"{s} ({kept[s]['num_images']} images)" for s in build if s in kept]
-    others = [f"{s} ({(e.get('bytes') or 0) / GB:.2f} GB)" for s, e in sorted(kept.items()) if s not in build]
+    others = [f"{s} ({format_size(e.get('bytes') or 0)})" for s, e in sorted(kept.items()) if s not in build]
+    need_text, free_text = format_sizes(need, free)
     return (f"not enough space in {cache_dir} for the cache: the arrays for size(s) {', '.join(map(str, build))} "
-            f"({count} images) need {need / GB:.2f} GB and {free / GB:.2f} GB is free"
+            f"({count} images) need {need_text} and {free_text} is free"
             + (f"; the arrays they replace ({', '.join(replaced)}) are deleted only once the new ones are complete"
                if replaced else "")
             + (f"; sizes you may not need: {', '.join(others)} (python -m qsl.cache.prepare --cache-dir {cache_dir} "
