@@ -14,11 +14,11 @@ class OfflineSUT(BaseSUT):
     scenario = "Offline"
     threaded = True
 
-    def __init__(self, backend, qsl, batch_size: int, completer=None) -> None:
+    def __init__(self, backend, qsl, batch_size: int, completer=None, deadline_s: float | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        super().__init__(backend, qsl, BatchQueue(), completer, max_batch=batch_size)
+        super().__init__(backend, qsl, BatchQueue(), completer, max_batch=batch_size, deadline_s=deadline_s)
 
     def _enqueue(self, samples: list[Sample]) -> None:
         b = self.batch_size

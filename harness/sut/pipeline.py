@@ -46,7 +46,7 @@ log = logging.getLogger("harness")
 
 _STOP = object()
 _POLL_S = 0.1  # how often a blocked stage checks whether the pipeline stopped
-_END_S = 2.0   # how long stop() waits for the stage threads once nothing is left to drain
+_END_S = 1.0   # how long stop() waits for the stage threads once nothing is left to drain
 
 
 class _Closing:
