@@ -25,10 +25,11 @@ from tests.test_harness_units import Query, Recorder
 ILLEGAL_ADDRESS = "CUDA error: an illegal memory access was encountered"
 
 
-def _devices(n: int = 4) -> SimulatedBackend:
-    """``n`` simulated devices holding a batch of 4 for 5 ms, images of 32 x 32."""
+def _devices(n: int = 4, fixed_ms: float = 3.0, per_sample_ms: float = 0.5) -> SimulatedBackend:
+    """``n`` simulated devices holding a batch of b for ``fixed_ms + per_sample_ms * b`` (a batch of 4: 5 ms),
+    images of 32 x 32."""
     return SimulatedBackend(ModelConfig(image_size=(32, 32), num_classes=7),
-                            SimSettings(DeviceTiming(3.0, 0.5, "--sim-batch-ms"), n))
+                            SimSettings(DeviceTiming(fixed_ms, per_sample_ms, "--sim-batch-ms"), n))
 
 
 def _break(backend: SimulatedBackend, index: int, error: Exception) -> list[int]:
@@ -196,3 +197,22 @@ def test_a_device_retired_while_its_other_worker_computes_keeps_every_sample_onc
     backend.devices[0].run = slow_then_poisoned
     pipe, c, done = _offline(backend, n=64)
     assert c.failures == [] and all(done.values()) and _retired(pipe) == {"sim:0"}
+
+
+def test_recomputed_batches_are_counted_where_people_and_programs_read(tmp_path, fast_conf):
+    from harness.report.summary import format_summary
+    from harness.results.run_record import read_run_record
+    from harness.run.benchmark import run_benchmark
+    from harness.run.dataset import Dataset
+    from tests.test_faults import _config
+
+    backend = _devices(2)
+    calls = _break(backend, 1, RuntimeError("the device returned garbage"))
+    config = _config(tmp_path, fast_conf, offline_expected_qps=100.0)   # one query of 256 samples, batches of 8
+    result = run_benchmark(config, backend, Dataset(MemoryQSL(100)))
+    (run,) = result.runs
+    assert run.failures == [] and result.exit_code == 0 and run.recomputed_batches == len(calls) > 0
+    assert read_run_record(run.out_dir)["recomputed_batches"] == len(calls)
+    said = f"{len(calls)} batch(es) failed and were computed again"
+    assert said in format_summary(result)
+    assert f"{len(calls)} batches failed and were computed again" in (run.out_dir.parent.parent / "report.md").read_text()
