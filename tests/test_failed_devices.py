@@ -216,3 +216,22 @@ def test_recomputed_batches_are_counted_where_people_and_programs_read(tmp_path,
     said = f"{len(calls)} batch(es) failed and were computed again"
     assert said in format_summary(result)
     assert f"{len(calls)} batches failed and were computed again" in (run.out_dir.parent.parent / "report.md").read_text()
+
+
+class OutOfMemoryOnBatches(RejectsSample):
+    """Runs out of device memory on any batch of more than one image."""
+
+    def predict(self, images, image_hw):
+        if image_hw.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner.predict(images, image_hw)
+
+
+def test_a_batch_out_of_memory_is_split_on_its_own_worker_and_blames_no_device():
+    backend = _devices(2)
+    workers = backend.workers()
+    small = WithBadSample(backend, bad=-1)
+    small.all[:2] = [OutOfMemoryOnBatches(w, bad=-1) for w in workers[:2]]     # device 0's two workers
+    pipe, c, done = _offline(small, n=64)
+    assert c.failures == [] and all(done.values()) and _retired(pipe) == set()
+    assert backend.devices[0].samples == backend.devices[0].batches > 0          # it computed single images

@@ -10,7 +10,7 @@
            complete (``Completer.complete_detections``). A batch that raises
            goes where harness/sut/workers.py's rules send it: to a worker on
            another device, or split into samples computed one by one, so a bad
-           sample fails alone.
+           sample fails alone. A batch out of device memory is split at once.
 
 Both return to the pipeline; nothing here calls back into it. Failures are
 completed and counted by the :class:`Completer` with their stage name. A lost
@@ -34,6 +34,7 @@ import torch
 from backends.base import DeviceLost, WorkerLost, poisons_device, slice_batch
 from harness.sut.batching import Batch
 from harness.sut.completion import Completer, Sample
+from harness.sut.out_of_memory import is_out_of_memory
 from harness.sut.workers import Routing, Worker
 
 log = logging.getLogger("harness")
@@ -206,7 +207,8 @@ class StageWork:
         except Exception as e:  # noqa: BLE001
             if (lost := _lost(e, list(samples))) is not None:
                 raise lost from None
-            if self.routing.hand_off(w, batch, samples, e):
+            oom = len(samples) > 1 and is_out_of_memory(e)   # too large a batch, not a failing device
+            if not oom and self.routing.hand_off(w, batch, samples, e):
                 return
             if len(samples) == 1:
                 self.completer.fail(samples, "predict", e)
