@@ -63,4 +63,5 @@ class BaseSUT:
         pass
 
     def _enqueue(self, samples: list[Sample]) -> None:
-        raise NotImplementedError
+        """Hand registered samples to the batch source (Offline and Server); the stream SUTs compute them."""
+        self.source.add(samples)

@@ -45,6 +45,9 @@ class Batch:
 
 
 class BatchSource(Protocol):
+    def add(self, samples: Sequence[Sample]) -> None:
+        """Take newly issued samples (the SUT's ``issue_queries``)."""
+
     def next_batch(self, worker: int = 0) -> Batch | None:
         """Block until a batch is ready for ``worker``; None once closed and empty, or the worker is retired."""
 
@@ -143,11 +146,18 @@ class _Source:
 
 
 class BatchQueue(_Source):
-    """FIFO of ready-made batches."""
+    """FIFO of ready-made batches: an Offline query cut into batches of ``batch_size`` (``add``), or batches
+    as given (``put``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_size: int = 1) -> None:
         super().__init__()
+        self.batch_size = batch_size
         self._batches: collections.deque[list[Sample]] = collections.deque()
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        """Queue ``samples`` (a query) as batches of ``batch_size``, the last one the remainder."""
+        b = self.batch_size
+        self.put([list(samples[i:i + b]) for i in range(0, len(samples), b)])
 
     def put(self, batches: Sequence[list[Sample]]) -> None:
         with self._cond:

@@ -213,7 +213,7 @@ class Pipeline:
     def _loader_loop(self, w: Worker) -> None:
         q_compute = self._q_compute[w.index]
         while True:
-            ok, slot = self.slots.take(w.index, lambda: self._stopping.is_set() or w.retired, _POLL_S)
+            ok, slot = self.slots.take(w, self._stopping, _POLL_S)
             if not ok or (batch := self.source.next_batch(w.index)) is None:
                 break
             if w.retired:                   # lost while this loader waited

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from harness.sut.base import BaseSUT
 from harness.sut.batching import DynamicBatcher
-from harness.sut.completion import Sample
 
 
 class ServerSUT(BaseSUT):
@@ -26,9 +25,6 @@ class ServerSUT(BaseSUT):
                  completer=None, deadline_s: float | None = None) -> None:
         super().__init__(backend, qsl, DynamicBatcher(max_batch, max_wait_s, bound_s), completer, max_batch=max_batch,
                          deadline_s=deadline_s)
-
-    def _enqueue(self, samples: list[Sample]) -> None:
-        self.source.add(samples)
 
     def flush_queries(self) -> None:
         self.source.flush()

@@ -26,8 +26,9 @@ from __future__ import annotations
 import inspect
 import logging
 import queue
+import threading
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
@@ -101,11 +102,12 @@ class Slots:
                     for t in buffers.take(max_batch).values():
                         t.zero_()
 
-    def take(self, worker: int, give_up: Callable[[], bool], poll_s: float) -> tuple[bool, Any]:
-        """(True, a free slot of ``worker``) once there is one; (False, None) as soon as ``give_up()``."""
-        while not give_up():
+    def take(self, w: Worker, stopping: threading.Event, poll_s: float) -> tuple[bool, Any]:
+        """(True, a free slot of ``w``) once there is one; (False, None) once ``stopping`` is set or ``w``
+        is retired."""
+        while not (stopping.is_set() or w.retired):
             try:
-                return True, self.free[worker].get(timeout=poll_s)
+                return True, self.free[w.index].get(timeout=poll_s)
             except queue.Empty:
                 continue
         return False, None
@@ -196,7 +198,8 @@ class StageWork:
                     return done, lost
             return done, None
         finally:
-            self.routing.settle(batch)
+            if batch.sent_from is not None:
+                self.routing.settle(batch)
 
     def _compute(self, w: Worker, samples: list[Sample], inputs, batch: Batch, done: Done) -> None:
         """Predict ``samples`` (all or part of ``batch``) on ``w``. If it raises, the routing may send them to
