@@ -7,6 +7,7 @@ fail raises from every batch it is given. Every test checks that each issued sam
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -235,3 +236,21 @@ def test_a_batch_out_of_memory_is_split_on_its_own_worker_and_blames_no_device()
     pipe, c, done = _offline(small, n=64)
     assert c.failures == [] and all(done.values()) and _retired(pipe) == set()
     assert backend.devices[0].samples == backend.devices[0].batches > 0          # it computed single images
+
+
+def test_a_server_run_keeps_every_sample_when_a_device_fails_every_batch():
+    from harness.sut.server import ServerSUT
+
+    backend = _devices(3)
+    _break(backend, 0, RuntimeError("the device returned garbage"))
+    rec, qsl = Recorder(), MemoryQSL(8, sizes=(32,))
+    qsl.load(range(8))
+    sut = ServerSUT(backend, qsl, max_batch=4, max_wait_s=0.002, completer=Completer(rec.complete, rec.response))
+    sut.start()
+    for i in range(120):
+        sut.issue_queries([Query(i, i % 8)])
+        time.sleep(0.001)
+    assert wait_for(lambda: len(rec.done) == 120), f"{len(rec.done)} of 120 completed"
+    sut.stop()
+    assert sut.completer.failures == [] and all(b for _, b in rec.done) and len({i for i, _ in rec.done}) == 120
+    assert _retired(sut.pipeline) == {"sim:0"}

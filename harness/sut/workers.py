@@ -58,7 +58,6 @@ class WorkerPool:
     def __init__(self, backends: Sequence[Any]) -> None:
         self.workers = [Worker(i, b, device_of(b) or f"worker {i}") for i, b in enumerate(backends)]
         self.strikes: dict[str, int] = {w.device: 0 for w in self.workers}
-        self.unsettled: dict[str, int] = {w.device: 0 for w in self.workers}   # its failed batches not yet settled
         self.lost: list[str] = []   # "worker i of n lost: why", one per retired worker, in order
         self.recomputed = 0         # batches that failed (or whose worker was lost) and were computed again
         self._lock = threading.Lock()
@@ -117,6 +116,8 @@ class Routing:
         self.pool = pool
         self.completer = completer
         self.source = source
+        self._unsettled = {w.device: 0 for w in pool.workers}   # per device: its failed batches sent on, unsettled
+        self._lock = threading.Lock()
 
     def retire(self, w: Worker, cause: WorkerLost, samples: list[Sample]) -> bool:
         """Retire the lost worker ``w`` (its whole device for :class:`DeviceLost`) and hand ``samples``
@@ -155,7 +156,7 @@ class Routing:
         if not pending:
             return True
         sent = Batch(pending, failed_on=failed, avoid=self.pool.on_devices(failed), sent_from=w.device)
-        self._unsettled(w.device, +1)
+        self._count_unsettled(w.device, +1)
         if not self.source.requeue(sent):
             self.settle(sent)
             return False
@@ -168,19 +169,18 @@ class Routing:
     def settle(self, batch: Batch) -> None:
         """A worker is done with ``batch`` (computed, failed, or passed on as another batch): the device that
         handed it on takes fresh batches again once none of its failed ones is left unsettled."""
-        with self.pool._lock:
+        with self._lock:
             device, batch.sent_from = batch.sent_from, None
         if device is not None:
-            self._unsettled(device, -1)
+            self._count_unsettled(device, -1)
 
-    def _unsettled(self, device: str, change: int) -> None:
+    def _count_unsettled(self, device: str, change: int) -> None:
         """Count a failed batch of ``device`` sent on (+1) or settled (-1), and tell the source who is held:
         the workers of a device whose failures are unconfirmed take only handed-back batches, so a device
         that fails at once cannot take batch after batch before the others show it failed (strikes)."""
-        with self.pool._lock:
-            self.pool.unsettled[device] += change
-            held = self.pool.on_devices({d for d, n in self.pool.unsettled.items() if n > 0})
-        self.source.set_held(held)
+        with self._lock:   # held while the source hears it, so updates reach it in order
+            self._unsettled[device] += change
+            self.source.set_held(self.pool.on_devices({d for d, n in self._unsettled.items() if n > 0}))
 
     def split(self, w: Worker, samples: list[Sample], error: Exception) -> None:
         """``samples`` failed together on ``w`` after failing on another device: each is computed alone."""
