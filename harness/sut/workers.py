@@ -9,9 +9,12 @@ fail together, so the rules are about devices (docs/faults.md):
   raise for an error that poisons the device (a sticky CUDA error), retires every worker of its
   device at once. What they held goes back to the workers left.
 - Any other error: the batch goes to a worker on ANOTHER device that still runs (its device may
-  have failed). A batch that already failed on another device is split where it failed again, each
-  sample computed alone; a sample that fails alone goes on to a device it has not failed on, so a
-  bad sample fails alone, and only once it failed on every device still running.
+  have failed); until it is settled there, the workers of the device it failed on take only
+  handed-back batches (``set_held`` of the source). A batch that already failed on another device
+  is split where it failed again, each sample computed alone (a batch out of device memory at
+  once, on its own worker: harness/sut/stages.py); a sample that fails alone goes on to a device
+  it has not failed on, so a bad sample fails alone, and only once it failed on every device
+  still running.
 - When something that failed on device d is computed on another device, d gets a strike;
   ``MAX_STRIKES`` in a row (nothing of its own computed in between) retire d as a whole, and its
   batches are computed on the other devices.
