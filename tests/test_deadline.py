@@ -92,3 +92,23 @@ def test_the_deadline_follows_the_scenario_and_can_be_set(scenario, bound_s, tim
     settings = SimpleNamespace(server_target_latency_ns=int(bound_s * 1e9))
     sut = make_sut(scenario, SleepWorker(), MemoryQSL(4), Config(run=run), settings)
     assert sut.pipeline.deadline_s == expected
+
+
+def test_a_stream_query_past_its_deadline_ends_the_run_as_a_dead_worker(stuck):
+    """A SingleStream query computes on LoadGen's own thread, which a stuck predict holds: its sample and
+    every later one complete at once, and the completer's reason is what the LoadGen watcher reports."""
+    from harness.sut.completion import Completer
+    from harness.sut.stream import StreamSUT
+    from tests.test_harness_units import Query, Recorder
+
+    rec, qsl = Recorder(), MemoryQSL(4)
+    qsl.load(range(4))
+    sut = StreamSUT(Workers([stuck, SleepWorker()]), qsl, "SingleStream", Completer(rec.complete, rec.response),
+                    deadline_s=0.3)
+    sut.start()
+    issue = threading.Thread(target=sut.issue_queries, args=([Query(7, 1)],), daemon=True)   # LoadGen's thread
+    issue.start()
+    assert wait_for(lambda: len(rec.done) == 1, timeout=10) and rec.done == [(7, b"")]
+    stage, why = sut.completer.closed_reason
+    assert stage == "worker" and "0.3 s deadline" in why and not sut.pipeline.inline_busy
+    sut.stop()

@@ -41,7 +41,7 @@ def make_sut(scenario: str, backend: Any, qsl: Any, config: Config, settings: An
     # Ray's proxies hold their calls to the same deadline themselves (and stop the actor past it).
     deadline_s = call_deadline_s(run, bound_s) if run.executor == "local" else None
     if scenario in ("SingleStream", "MultiStream"):
-        return StreamSUT(backend, qsl, scenario)
+        return StreamSUT(backend, qsl, scenario, deadline_s=deadline_s)
     if scenario == "Offline":
         return OfflineSUT(backend, qsl, run.batch_size, deadline_s=deadline_s)
     if scenario == "Server":

@@ -20,9 +20,9 @@ handoff (measured here: 86 us per null-backend query via a thread, 28 inline).
 Each of a backend's ``workers()`` (two per GPU) gets its own loader and
 compute thread on the same source; one completer thread serves them all.
 Where a batch goes when a worker fails or is lost: workers.py. ``deadline_s``:
-the longest one ``predict`` may take in a threaded pipeline; a worker past it
-is retired as lost (its thread, a daemon, is abandoned) and its samples go to
-the others. A stage thread that dies closes the completer: every outstanding
+the longest one ``predict`` may take; a worker past it is retired as lost (its
+thread, a daemon, is abandoned) and its samples go to the others; inline, it
+holds LoadGen's thread, so the completer closes (as for a dead worker). A stage thread that dies closes the completer: every outstanding
 and later sample completes at once, empty, so LoadGen never hangs. ``stop``
 waits a bounded time, so a stuck ``predict`` never holds the process.
 """
@@ -34,12 +34,10 @@ import threading
 import time
 from typing import Any
 
-import torch
-
 from backends.base import WorkerLost
 from harness.sut.batching import Batch, BatchSource, WorkLeft
 from harness.sut.completion import Completer, Sample
-from harness.sut.stages import Lost, QSLLike, Slots, StageWork
+from harness.sut.stages import Lost, QSLLike, Slots, StageWork, use_backend_threads
 from harness.sut.workers import Routing, Worker, WorkerPool, backend_workers
 
 log = logging.getLogger("harness")
@@ -49,11 +47,8 @@ _POLL_S = 0.1  # how often a blocked stage checks whether the pipeline stopped
 _END_S = 1.0   # how long stop() waits for the stage threads once nothing is left to drain
 
 
-class _Closing:
-    """Put on the completion queue: close the completer once the results queued before it are completed."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
+class _Closing(str):
+    """Put on the completion queue: close the completer (for this reason) once the results before it are completed."""
 
 
 class Pipeline:
@@ -87,13 +82,13 @@ class Pipeline:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        if not self.threaded:
-            return  # batches arrive through run_inline, on the caller's thread
-        self.source.set_live(w.index for w in self.pool.workers)
-        if self.max_batch is not None:
-            self.slots.prepare(self.max_batch)
-        stages = [("completer", self._finish_loop, ())]
-        for w in self.pool.workers:
+        stages = []    # inline, batches arrive through run_inline, on the caller's thread
+        if self.threaded:
+            self.source.set_live(w.index for w in self.pool.workers)
+            if self.max_batch is not None:
+                self.slots.prepare(self.max_batch)
+            stages.append(("completer", self._finish_loop, ()))
+        for w in self.pool.workers if self.threaded else ():
             suffix = str(w.index) if len(self.pool.workers) > 1 else ""
             stages += [("loader" + suffix, self._loader_loop, (w,)), ("compute" + suffix, self._compute_loop, (w,))]
         if self.deadline_s is not None:
@@ -149,12 +144,6 @@ class Pipeline:
         else:
             self.completer.close("worker", why)
 
-    @staticmethod
-    def _use_backend_threads(backend: Any) -> None:
-        threads = getattr(backend, "threads", 0)
-        if threads:  # torch's CPU thread count is per calling thread (OpenMP): set it where the model runs
-            torch.set_num_threads(threads)
-
     def _put(self, q: queue.Queue, item) -> bool:
         while not self._stopping.is_set():
             try:
@@ -190,7 +179,7 @@ class Pipeline:
                     break
                 key = (threading.get_ident(), w.index)
                 if self._inline_key != key:
-                    self._use_backend_threads(w.backend)
+                    use_backend_threads(w.backend)
                     self._inline_key = key
                 try:
                     done, lost = self.work.compute(w, self.work.load(batch.samples, w.backend), batch)
@@ -229,7 +218,7 @@ class Pipeline:
         self._put(q_compute, _STOP)
 
     def _compute_loop(self, w: Worker) -> None:
-        self._use_backend_threads(w.backend)
+        use_backend_threads(w.backend)
         while (item := self._get(self._q_compute[w.index])) is not _STOP:
             batch, parts, slot = item
             if w.retired:                   # loaded before this worker was lost: for the others
@@ -256,7 +245,7 @@ class Pipeline:
                     return
                 continue
             if isinstance(item, _Closing):
-                self.completer.close("worker", item.why)
+                self.completer.close("worker", str(item))
                 continue
             samples, dets, whole = item
             self.completer.complete_detections(samples, dets)
@@ -272,11 +261,23 @@ class Pipeline:
                 since = w.busy_since
                 if since is None or now - since <= self.deadline_s:
                     continue
+                if not self.threaded:
+                    self._abandon_inline(w)
+                    continue
                 held = list(w.holding)
                 cause = WorkerLost(f"its predict took more than the {self.deadline_s:g} s deadline "
                                    f"(a batch of {len(held)}); the call is abandoned")
                 self._retire(w, Lost(cause, held))
                 self._hand_back_loaded(w)
+
+    def _abandon_inline(self, w: Worker) -> None:
+        """A predict on LoadGen's issue thread passed the deadline: LoadGen cannot issue another query while
+        it runs, so the run ends as with a dead worker (every sample completes; the caller leaves LoadGen)."""
+        why = (f"a predict on LoadGen's issue thread took more than the {self.deadline_s:g} s deadline; "
+               "LoadGen cannot go on while it runs")
+        self.pool.retire([w], "its predict was abandoned")
+        self.inline_busy = False         # nothing to wait for after Ctrl-C: the call is abandoned
+        self.completer.close("worker", why)
 
     def _hand_back_loaded(self, w: Worker) -> None:
         """Hand the batches loaded for the retired ``w`` to the others (its compute thread may never return)."""

@@ -116,6 +116,14 @@ class Slots:
         self.free[worker].put(slot)
 
 
+def use_backend_threads(backend: Any) -> None:
+    """Set torch's CPU thread count to ``backend.threads`` (when it has one) on the calling thread: the count
+    is per thread (OpenMP), so it is set where the model runs."""
+    threads = getattr(backend, "threads", 0)
+    if threads:
+        torch.set_num_threads(threads)
+
+
 class Lost(Exception):
     """A worker (or its device) was lost; ``leftover``: the samples of its batch it did not finish."""
 

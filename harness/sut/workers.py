@@ -82,12 +82,13 @@ class WorkerPool:
             for w in fresh:
                 w.retired = True
             left = len(self.live())
+        on = {w: "" if w.device == f"worker {w.index}" else f" ({w.device})" for w in fresh}   # a device of its own
         for w in fresh:
-            self.lost.append(f"worker {w.index} of {len(self.workers)} ({w.device}) lost: {why}")
+            self.lost.append(f"worker {w.index} of {len(self.workers)}{on[w]} lost: {why}")
         if fresh:
             which = ", ".join(str(w.index) for w in fresh)
-            log.error("worker%s %s of %d (%s) lost (%s); %d left%s", "s" if len(fresh) > 1 else "", which,
-                      len(self.workers), fresh[0].device, why, left, ", its batches go to them" if left else "")
+            log.error("worker%s %s of %d%s lost (%s); %d left%s", "s" if len(fresh) > 1 else "", which,
+                      len(self.workers), on[fresh[0]], why, left, ", its batches go to them" if left else "")
         return left
 
     def strike(self, device: str) -> bool:
