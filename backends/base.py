@@ -47,30 +47,59 @@ def slice_batch(images: Mapping[int, torch.Tensor], image_hw: torch.Tensor, star
 
 
 class WorkerLost(RuntimeError):
-    """This worker (its device, its process or its host) can compute nothing more.
+    """This worker (its process, its host, or a call past its deadline) can compute nothing more.
 
     Raised by a worker's ``predict`` or ``stage``. The harness retires the worker and gives its
     batch to another one; a sample fails only when no worker is left to run it.
     """
 
 
-class Backend(Protocol):
-    name: str
-    sizes: tuple[int, ...]  # the input sizes it needs from the QSL, in pass order
-    # True for a backend that runs no detector (null, simulated): its results measure the harness,
-    # and nothing it leaves on disk may read as a model's result.
-    simulated: bool
+class DeviceLost(WorkerLost):
+    """The device itself can compute nothing more: every worker on it is lost at once.
 
-    def load(self) -> None:
-        """Build the model, load weights, move to the device. Raises with a clear message on bad input."""
+    The harness raises it in place of an error that :func:`poisons_device` recognises.
+    """
 
-    def warmup(self) -> None:
-        """Run a few batches so the first timed query pays no one-off costs."""
 
-    def predict(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor) -> Detections:
-        """Detect objects in one batch.
+# Errors after which CUDA says "the process is in an inconsistent state and any further CUDA work will
+# return the same error" (CUDA runtime API, cudaError_t 214, 700, 710, 714-719): the context is
+# poisoned for every worker of that GPU. Matched in lower case against the exception's message.
+STICKY_DEVICE_ERRORS = (
+    "an illegal memory access was encountered",     # cudaErrorIllegalAddress (700)
+    "device-side assert triggered",                 # cudaErrorAssert (710)
+    "hardware stack error",                         # cudaErrorHardwareStackError (714)
+    "an illegal instruction was encountered",       # cudaErrorIllegalInstruction (715)
+    "misaligned address",                           # cudaErrorMisalignedAddress (716)
+    "operation not supported on global/shared address space",   # cudaErrorInvalidAddressSpace (717)
+    "invalid program counter",                      # cudaErrorInvalidPc (718)
+    "unspecified launch failure",                   # cudaErrorLaunchFailure (719)
+    "uncorrectable ecc error encountered",          # cudaErrorECCUncorrectable (214)
+)
 
-        Args:
-            images: {S: uint8 Tensor[B, 3, S, S]} for every S in ``sizes``.
-            image_hw: Tensor[B, 2], original (height, width) in pixels.
-        """
+
+def poisons_device(e: BaseException) -> bool:
+    """Whether ``e`` says its device is lost for good: a sticky CUDA error (:data:`STICKY_DEVICE_ERRORS`).
+
+    Out of memory is not one (the next, smaller batch can run), nor is any other error: a bad
+    sample raises too, and only a device whose batches fail again and again is retired for it.
+    """
+    if isinstance(e, DeviceLost):
+        return True
+    if not isinstance(e, RuntimeError) or isinstance(e, WorkerLost):
+        return False
+    message = str(e).lower()
+    return any(sticky in message for sticky in STICKY_DEVICE_ERRORS)
+
+
+def device_of(worker: object) -> str | None:
+    """The device ``worker`` computes on, the unit that fails as a whole; None: the worker alone.
+
+    Its ``device_id`` when it has one (a simulated device, a remote actor); else its ``device``
+    when that names one accelerator ("cuda:0": the CUDA path's workers of one GPU share it);
+    else None (a CPU worker: nothing it shares fails with it).
+    """
+    given = getattr(worker, "device_id", None)
+    if given is not None:
+        return str(given)
+    name = str(getattr(worker, "device", "") or "")
+    return name if ":" in name and not name.startswith("cpu") else None

@@ -121,6 +121,7 @@ class SimulatedBackend:
         self.devices = [SimulatedDevice(i, settings.timing) for i in range(settings.devices)]
         self._cache: dict[int, torch.Tensor] = {}
         self.sim_device = self.devices[0]
+        self.device_id = "sim:0"     # the device this worker computes on (backends/base.py: device_of)
         self._workers = [self] + [self._worker_on(d) for d in self.devices for slot in range(WORKERS_PER_DEVICE)
                                   if (d.index, slot) != (0, 0)]
 
@@ -128,6 +129,7 @@ class SimulatedBackend:
         worker = object.__new__(SimulatedBackend)
         worker.__dict__.update(self.__dict__)
         worker.sim_device = device
+        worker.device_id = f"sim:{device.index}"
         worker._workers = []
         return worker
 

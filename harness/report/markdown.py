@@ -162,6 +162,9 @@ def _run_section(mode: str, run_dir: Path, folder: Path, state: RunState) -> lis
             md.append(f"- **workers lost during the run: {len(record['lost_workers'])} of {record['workers']}** "
                       "(their batches went to the others)")
             md += [f"  - {w}" for w in record["lost_workers"][:10]]
+        if record.get("recomputed_batches"):
+            md.append(f"- {record['recomputed_batches']} batches failed and were computed again (on another "
+                      "device, or one sample at a time)")
         if record.get("oom_batches"):
             md.append(f"- {record['oom_batches']} batches ran out of device memory and were retried per image")
         if record.get("accuracy_error"):

@@ -63,6 +63,9 @@ def format_summary(result: RunResult) -> str:
         if r.oom_batches:
             lines.append(f"  {r.oom_batches} batch(es) ran out of device memory and were retried per image; "
                          "see harness.log for the setting to lower")
+        if r.recomputed_batches:
+            lines.append(f"  {r.recomputed_batches} batch(es) failed and were computed again (on another device, "
+                         "or one sample at a time); see harness.log")
         if r.lost_workers:
             lines.append(f"  workers lost during the run: {len(r.lost_workers)} of {r.workers} (their batches "
                          "went to the others)")

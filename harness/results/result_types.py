@@ -60,6 +60,7 @@ class LoadGenRun:
     latencies_s: list[float] = field(default_factory=list)  # per completed sample, issue to completion
     worker_error: str | None = None      # why a pipeline thread died during this run
     oom_batches: int = 0                 # batches that ran out of device memory (retried per image)
+    recomputed_batches: int = 0          # batches that failed, or whose worker was lost, and were computed again
     workers: int = 1                     # workers the run computed on
     lost_workers: list[str] = field(default_factory=list)   # "worker i of n lost: why", in the order they were lost
     audit: AuditResult | None = None     # TEST01 / TEST04 verification (audit runs only)

@@ -66,6 +66,7 @@ def run_record(run: LoadGenRun) -> dict[str, Any]:
             "failures": [{"index": f.index, "stage": f.stage, "error": f.error}
                          for f in run.failures[:MAX_RECORDED_FAILURES]],
             "worker_error": run.worker_error, "oom_batches": run.oom_batches,
+            "recomputed_batches": run.recomputed_batches,
             "workers": run.workers, "lost_workers": run.lost_workers,
             "accuracy_error": run.accuracy_error}
 

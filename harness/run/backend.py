@@ -44,10 +44,6 @@ from harness.sut.per_image import GuardedBackend
 
 log = logging.getLogger("harness")
 
-SERVER_DEADLINE_FACTOR = 10      # x the Server latency bound
-SERVER_DEADLINE_FLOOR_S = 5.0
-DEADLINE_S = 600.0               # Offline, SingleStream, MultiStream
-
 
 def loadgen_offline_samples(min_duration_ms: int, min_query_count: int, expected_qps: float) -> int:
     """Samples in LoadGen's Offline performance query: its 1.1 slack on duration x rate, at least the minimum."""
@@ -173,15 +169,14 @@ def close_backend(backend: Any) -> None:
 
 
 def call_deadline_s(config: Config) -> float:
-    """Seconds one batch may take on a Ray worker before the worker counts as lost."""
-    run = config.run
-    if run.ray_call_timeout_s is not None:
-        return float(run.ray_call_timeout_s)
-    if run.scenario != "Server":
-        return DEADLINE_S
+    """Seconds one batch may take on a Ray worker before the worker counts as lost (harness/sut/factory.py)."""
     from harness.settings.loadgen import make_test_settings
-    bound_s = make_test_settings(run.user_conf, "Server", "performance", run).server_target_latency_ns / 1e9
-    return max(SERVER_DEADLINE_FACTOR * bound_s, SERVER_DEADLINE_FLOOR_S)
+    from harness.sut.factory import call_deadline_s as deadline_s
+    run = config.run
+    bound_s = 0.0
+    if run.scenario == "Server" and run.ray_call_timeout_s is None:
+        bound_s = make_test_settings(run.user_conf, "Server", "performance", run).server_target_latency_ns / 1e9
+    return deadline_s(run, bound_s)
 
 
 def worker_backend(config: Config, kind: str, sim: Any, device: str, threads: int, weights: Any) -> Any:

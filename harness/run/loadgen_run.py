@@ -168,6 +168,7 @@ def _run(config: Config, mode: str, settings: Any, backend: Any, dataset: Datase
                      failures=list(sut.completer.failures), issued=sut.issued, seconds=seconds,
                      latencies_s=list(sut.completer.latencies_s), worker_error=death,
                      oom_batches=guarded.oom_batches, workers=len(sut.pipeline.pool.workers),
+                     recomputed_batches=sut.pipeline.pool.recomputed,
                      lost_workers=list(sut.pipeline.pool.lost))
     if mode == "accuracy":
         _check_accuracy(run, dataset, use_pycocotools)

@@ -92,8 +92,8 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
                    help="head of a running Ray cluster (host:6379, or auto); default: start a local Ray for the run")
     g.add_argument("--ray-workers", type=int, metavar="N",
                    help="Ray actors to start (default: one per GPU of the cluster, else one per node)")
-    g.add_argument("--ray-call-timeout", type=float, metavar="S", dest="ray_call_timeout_s",
-                   help="seconds one batch may take on a worker before it counts as lost "
+    g.add_argument("--call-timeout", "--ray-call-timeout", type=float, metavar="S", dest="ray_call_timeout_s",
+                   help="seconds one batch may take on a worker, local or Ray, before it counts as lost "
                         "(default: Server 10 x the latency bound, at least 5 s; others 600 s)")
 
 

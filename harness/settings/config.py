@@ -90,8 +90,8 @@ class RunConfig:
     executor: str = "local"
     ray_address: str | None = None         # "host:port" of a running cluster's head, or "auto"; None = start a local one
     ray_workers: int | None = None         # actors to start; None = one per GPU of the cluster, else one per node
-    # Seconds a worker may take for one call before it counts as lost; None = derived from the scenario
-    # (Server: 10 x the latency bound, at least 5 s; others 600 s).
+    # Seconds a worker (local or Ray) may take for one call before it counts as lost; None = derived from
+    # the scenario (Server: 10 x the latency bound, at least 5 s; others 600 s). Flag: --call-timeout.
     ray_call_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -104,7 +104,7 @@ class RunConfig:
         if problem:   # it names a folder under output_dir: a path here would write (and clear) outside it
             raise ConfigError(f"run.system_name {self.system_name!r} {problem}")
         if self.executor != "ray":
-            for name in ("ray_address", "ray_workers", "ray_call_timeout_s"):
+            for name in ("ray_address", "ray_workers"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"run.{name} needs run.executor = \"ray\" (it is {self.executor!r})")
         if self.ray_workers is not None and (not isinstance(self.ray_workers, int) or self.ray_workers < 1):

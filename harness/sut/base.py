@@ -24,11 +24,13 @@ class BaseSUT:
     ahead = 1   # batches a worker may have loaded beyond the one it computes (see Pipeline)
 
     def __init__(self, backend: Any, qsl: QSLLike, source: BatchSource | None,
-                 completer: Completer | None = None, max_batch: int | None = None) -> None:
+                 completer: Completer | None = None, max_batch: int | None = None,
+                 deadline_s: float | None = None) -> None:
         self.completer = completer or Completer()
         self.source = source
         self.pipeline = Pipeline(backend, qsl, self.completer, source, threaded=self.threaded, ahead=self.ahead,
-                                 name=self.scenario or type(self).__name__, max_batch=max_batch)
+                                 name=self.scenario or type(self).__name__, max_batch=max_batch,
+                                 deadline_s=deadline_s)
         self.handle: int | None = None
         self.issued = 0
 
@@ -61,4 +63,5 @@ class BaseSUT:
         pass
 
     def _enqueue(self, samples: list[Sample]) -> None:
-        raise NotImplementedError
+        """Hand registered samples to the batch source (Offline and Server); the stream SUTs compute them."""
+        self.source.add(samples)

@@ -2,6 +2,8 @@
 
 - :class:`BatchQueue`: batches formed by the SUT at issue time (the Offline
   query is cut into fixed-size batches), handed over first in, first out.
+- :class:`WorkLeft`: a stream query's work left, computed on LoadGen's thread
+  (``Pipeline.run_inline``); a batch handed back joins it.
 - :class:`DynamicBatcher`: Server samples arrive one query at a time (Poisson);
   a batch closes when a worker asks for one (the pipeline's Server loaders ask
   only when their worker is idle) and then holds what has arrived, up to the
@@ -12,10 +14,11 @@
 Both are thread-safe: LoadGen's issue thread adds, the pipeline's loaders take
 (``next_batch(worker)``, one loader per worker). A batch a worker could not
 compute (the worker was lost, or the batch raised there) comes back through
-``requeue`` and is handed out before anything else, to another worker than
-the one it failed on while another one runs; ``set_live`` names the workers
-still running, and a retired worker's loader gets None at once, so it stops
-taking batches.
+``requeue`` and is handed out before anything else, to a worker it need not
+avoid (one on a device it did not fail on) while such a worker runs. The
+workers ``set_held`` names take only such batches for a while (their device
+failed a batch and no other device has computed it yet). ``set_live`` names
+the workers still running; a retired worker's loader gets None at once.
 """
 from __future__ import annotations
 
@@ -36,10 +39,15 @@ class Batch:
     samples: list[Sample]
     closed_at: float = field(default_factory=time.monotonic)  # when it left the source; a requeued one is not timed
     requeued: bool = False             # handed back after a worker could not compute it
-    failed_on: int | None = None       # the worker on which it raised (not WorkerLost): another one takes it
+    failed_on: frozenset[str] = frozenset()   # the devices on which these samples, together, raised
+    avoid: frozenset[int] = frozenset()       # the workers of those devices: others take it while any can
+    sent_from: str | None = None       # the device that handed it on; it takes no fresh batch until this settles
 
 
 class BatchSource(Protocol):
+    def add(self, samples: Sequence[Sample]) -> None:
+        """Take newly issued samples (the SUT's ``issue_queries``)."""
+
     def next_batch(self, worker: int = 0) -> Batch | None:
         """Block until a batch is ready for ``worker``; None once closed and empty, or the worker is retired."""
 
@@ -49,6 +57,9 @@ class BatchSource(Protocol):
 
     def set_live(self, workers: Iterable[int]) -> None:
         """The workers still running (by index)."""
+
+    def set_held(self, workers: Iterable[int]) -> None:
+        """The workers (by index) that take only handed-back batches for now."""
 
     def close(self) -> None:
         """Wake any waiter; after this ``next_batch`` drains what is left, then returns None."""
@@ -66,12 +77,13 @@ class _Source:
         self._live: frozenset[int] | None = None   # None: every worker
         self._finished: set[int] = set()              # workers whose next_batch returned None
         self._requeued: collections.deque[Batch] = collections.deque()
+        self._held: frozenset[int] = frozenset()      # workers that take no fresh batch for now
 
     def requeue(self, batch: Batch) -> bool:
         """Hand ``batch`` back for another worker; it goes out before any other batch.
 
         False (and nothing queued) when no worker still taking batches could take it: the source is
-        closed and drained, or only the worker it failed on is left.
+        closed and drained, or only workers it is to avoid are left.
         """
         with self._cond:
             if self._live is not None and not self._takers(batch):
@@ -83,12 +95,18 @@ class _Source:
 
     def _takers(self, batch: Batch) -> list[int]:
         """Live workers still taking batches that may take ``batch`` (caller holds the condition)."""
-        return [w for w in self._live - self._finished if w != batch.failed_on]
+        return [w for w in self._live - self._finished if w not in batch.avoid]
 
     def set_live(self, workers: Iterable[int]) -> None:
         """The workers still running; any other worker's ``next_batch`` returns None from now on."""
         with self._cond:
             self._live = frozenset(workers)
+            self._cond.notify_all()
+
+    def set_held(self, workers: Iterable[int]) -> None:
+        """The workers that take only handed-back batches for now (their device's failures are unconfirmed)."""
+        with self._cond:
+            self._held = frozenset(workers)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -118,21 +136,28 @@ class _Source:
     def _take_requeued(self, worker: int) -> Batch | None:
         """A handed-back batch for ``worker``, taken off the queue (caller holds the condition).
 
-        A batch that failed on ``worker`` goes to it only when no other live worker is taking batches.
+        A batch that is to avoid ``worker`` goes to it only when no other live worker is taking batches.
         """
         for i, batch in enumerate(self._requeued):
-            if batch.failed_on != worker or self._live is None or not self._takers(batch):
+            if worker not in batch.avoid or self._live is None or not self._takers(batch):
                 del self._requeued[i]
                 return batch
         return None
 
 
 class BatchQueue(_Source):
-    """FIFO of ready-made batches."""
+    """FIFO of ready-made batches: an Offline query cut into batches of ``batch_size`` (``add``), or batches
+    as given (``put``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_size: int = 1) -> None:
         super().__init__()
+        self.batch_size = batch_size
         self._batches: collections.deque[list[Sample]] = collections.deque()
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        """Queue ``samples`` (a query) as batches of ``batch_size``, the last one the remainder."""
+        b = self.batch_size
+        self.put([list(samples[i:i + b]) for i in range(0, len(samples), b)])
 
     def put(self, batches: Sequence[list[Sample]]) -> None:
         with self._cond:
@@ -148,12 +173,30 @@ class BatchQueue(_Source):
                 now, batch = self._answer_now(worker)
                 if now:
                     return batch
-                if self._batches:
+                if self._batches and worker not in self._held:
                     return Batch(self._batches.popleft())
-                if self._closed:
+                if self._closed and not self._batches:
                     self._none_for(worker)
                     return None
                 self._cond.wait()
+
+
+class WorkLeft:
+    """The source of an inline pipeline (stream scenarios): the query's batches left, handed-back ones too."""
+
+    def __init__(self) -> None:
+        self.todo: list[Batch] = []
+
+    def requeue(self, batch: Batch) -> bool:
+        batch.requeued = True
+        self.todo.append(batch)
+        return True
+
+    def set_live(self, workers: Iterable[int]) -> None:
+        pass
+
+    def set_held(self, workers: Iterable[int]) -> None:
+        pass
 
 
 class DynamicBatcher(_Source):
@@ -203,8 +246,8 @@ class DynamicBatcher(_Source):
                 now, batch = self._answer_now(worker)
                 if now:
                     return batch
-                if not self._pending:
-                    if self._closed:
+                if not self._pending or worker in self._held:
+                    if self._closed and not self._pending:
                         self._none_for(worker)
                         return None
                     self._cond.wait()

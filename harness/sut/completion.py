@@ -7,6 +7,9 @@ Completion is idempotent per id, so a worker's normal completion racing a
 failure drain can never complete a sample twice, and a drain after a worker
 thread dies or after Ctrl-C can never miss one: LoadGen never waits forever.
 
+The worker side hands over detections (``complete_detections``): their
+records are built and completed here, one LoadGen call per batch.
+
 ``complete_fn`` defaults to ``mlperf_loadgen.QuerySamplesComplete``; tests
 pass a recorder. It must copy the response bytes during the call (LoadGen
 does), because the buffers are freed right after it returns.
@@ -20,8 +23,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
-from harness.sut.response import RECORD_FLOATS, pack_records
+from harness.sut.response import RECORD_FLOATS, pack_records, to_record
 
 log = logging.getLogger("harness")
 
@@ -122,6 +126,19 @@ class Completer:
         with self._lock:
             self.completed += len(sent)
             self.latencies_s.extend(now - issued for _, issued in sent)
+
+    def complete_detections(self, samples: Sequence[Sample], detections: Sequence[torch.Tensor]) -> None:
+        """Complete ``samples`` with their detections (Tensor[K, 6] each, ``backends/base.py``), in one LoadGen
+        call: each sample's 7-float record (harness/sut/response.py); a record that cannot be built fails its
+        sample alone, in stage "record"."""
+        good, records = [], []
+        for s, d in zip(samples, detections):
+            try:
+                records.append(to_record(d, s.index))
+                good.append(s)
+            except Exception as e:  # noqa: BLE001
+                self.fail([s], "record", e)
+        self.complete(good, records)
 
     def fail(self, samples: Sequence[Sample], stage: str, error: BaseException | str) -> None:
         """Complete ``samples`` with empty responses and record why."""

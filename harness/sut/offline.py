@@ -7,19 +7,15 @@ from __future__ import annotations
 
 from harness.sut.base import BaseSUT
 from harness.sut.batching import BatchQueue
-from harness.sut.completion import Sample
 
 
 class OfflineSUT(BaseSUT):
     scenario = "Offline"
     threaded = True
 
-    def __init__(self, backend, qsl, batch_size: int, completer=None) -> None:
+    def __init__(self, backend, qsl, batch_size: int, completer=None, deadline_s: float | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        super().__init__(backend, qsl, BatchQueue(), completer, max_batch=batch_size)
-
-    def _enqueue(self, samples: list[Sample]) -> None:
-        b = self.batch_size
-        self.source.put([samples[i:i + b] for i in range(0, len(samples), b)])
+        super().__init__(backend, qsl, BatchQueue(batch_size), completer, max_batch=batch_size,
+                         deadline_s=deadline_s)

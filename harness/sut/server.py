@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from harness.sut.base import BaseSUT
 from harness.sut.batching import DynamicBatcher
-from harness.sut.completion import Sample
 
 
 class ServerSUT(BaseSUT):
@@ -23,11 +22,9 @@ class ServerSUT(BaseSUT):
     ahead = 0   # a worker's next batch closes only once it is idle
 
     def __init__(self, backend, qsl, max_batch: int, max_wait_s: float, bound_s: float | None = None,
-                 completer=None) -> None:
-        super().__init__(backend, qsl, DynamicBatcher(max_batch, max_wait_s, bound_s), completer, max_batch=max_batch)
-
-    def _enqueue(self, samples: list[Sample]) -> None:
-        self.source.add(samples)
+                 completer=None, deadline_s: float | None = None) -> None:
+        super().__init__(backend, qsl, DynamicBatcher(max_batch, max_wait_s, bound_s), completer, max_batch=max_batch,
+                         deadline_s=deadline_s)
 
     def flush_queries(self) -> None:
         self.source.flush()

@@ -8,7 +8,9 @@ and completed right on LoadGen's issue thread, through the pipeline's
 every query: measured here with the null backend, 86 us per SingleStream query
 through a worker thread against 28 us inline (``benchmarks/bench_harness.py``).
 A backend that fails or dies still completes every sample (see
-``Pipeline.run_inline``), so LoadGen never waits.
+``Pipeline.run_inline``), so LoadGen never waits. A ``predict`` past the
+deadline holds LoadGen's own thread, so it cannot be worked around: every
+sample completes at once and the run ends as with a dead worker (exit 1).
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from harness.sut.completion import Sample
 class StreamSUT(BaseSUT):
     threaded = False
 
-    def __init__(self, backend, qsl, scenario: str = "SingleStream", completer=None) -> None:
+    def __init__(self, backend, qsl, scenario: str = "SingleStream", completer=None,
+                 deadline_s: float | None = None) -> None:
         self.scenario = scenario
-        super().__init__(backend, qsl, None, completer)
+        super().__init__(backend, qsl, None, completer, deadline_s=deadline_s)
 
     def _enqueue(self, samples: list[Sample]) -> None:
         self.pipeline.run_inline(samples)
