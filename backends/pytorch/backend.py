@@ -85,6 +85,7 @@ class PyTorchBackend:
         self.replicas: list[PyTorchBackend] = []    # the other GPUs' backends (CUDA, several GPUs)
         self.stream = self.copy_stream = None       # CUDA streams, made in load()
         self.cuda_api: Any = torch.cuda             # the torch.cuda module (tests pass a stand-in)
+        self.capture_memory: CaptureMemory | None = None   # the last capture's graph memory: estimate and measure
         self._twins: list[PyTorchBackend] = []      # more workers on this GPU (CUDA)
 
     def load(self) -> None:

@@ -112,6 +112,8 @@ def warm_up(backend: Any, batch_sizes: tuple[int, ...]) -> GraphMemory | None:
     captured = {shape[0] for shape in runners[0].shapes} if runners else set()
     new = tuple(b for b in batch_sizes if b not in captured)
     plan = CaptureMemory(backend, new) if runners and new else None
+    if plan is not None:
+        backend.capture_memory = plan
     compile_on = backend.cfg.compile
     if compile_on:
         allow_compiles(VARIANTS_PER_PASS * len(backend.detector.passes) * len(backend.workers()) + 2)
