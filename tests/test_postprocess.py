@@ -245,9 +245,12 @@ def test_static_form_at_batch_32_reads_no_value_and_bounds_its_memory():
     """On the meta device (shapes, no values) any op that reads a value fails: the whole selection of a batch
     of 32 at 300 + 600 runs there, and its temporaries stay near BLOCK_BYTES (the dense [G, k, k] fp32
     overlap of 32 x 80 groups of 200 would be 32 * 80 * 200 * 200 * 4 bytes)."""
+    from backends.model_config import ModelConfig
     from backends.pytorch.graph_memory import _LiveBytes
     from backends.ssd.static_postprocess import BLOCK_BYTES, select
-    n, c, b = 32, 81, 8732 + 34928
+    from backends.ssd.two_scale import build_passes
+    n, c = 32, 81
+    b = sum(p.dboxes.shape[0] for p in build_passes(ModelConfig(image_size=(300, 600))))
     boxes, scores = torch.empty(n, b, 4, device="meta"), torch.empty(n, c, b, device="meta")
     with _LiveBytes() as live:
         dets, counts = select(boxes, scores, 0.05, 0.5, 200, 200)

@@ -53,19 +53,21 @@ def _group_score_order(groups: torch.Tensor, scores: torch.Tensor) -> torch.Tens
 
 
 def grouped_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
-                block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
+                block_bytes: int | None = None) -> torch.Tensor:
     """Greedy NMS inside each group, a chunk of groups at once (their [g, k, k] overlaps within ``block_bytes``).
 
     Args:
         boxes: Tensor[G, k, 4] in (x1, y1, x2, y2) format, each group sorted by decreasing score.
         valid: Tensor[G, k] bool, False on padding.
         iou_threshold: a box is suppressed by a better kept box of its group when IoU > threshold.
-        block_bytes: bound on one chunk's temporaries (groups are independent: chunks change no result).
+        block_bytes: bound on one chunk's temporaries (default ``BLOCK_BYTES``; groups are independent,
+            so chunks change no result).
 
     Returns:
         Tensor[G, k] bool, the boxes greedy NMS keeps.
     """
     g, k = valid.shape
+    block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
     chunk = max(1, block_bytes // max(1, k * k * PAIR_BYTES))
     if g > chunk:
         return torch.cat([grouped_nms(boxes[i:i + chunk], valid[i:i + chunk], iou_threshold, block_bytes)

@@ -19,8 +19,9 @@ of a group (in score order) is decided at step ``i`` from the boxes kept before
 it; the overlaps of a block of rows are computed once per block with the same
 fp32 operations as the CPU form (:func:`backends.ssd.overlap.pair_overlap`),
 and the block's height is chosen so that its temporaries stay within
-``block_bytes``: memory is bounded whatever the batch (never the dense
-[G, k, k] overlap, 410 MB in fp32 for 32 images x 80 classes x 200 boxes).
+``block_bytes`` (at least one row: [G, k] pairs), as are the top-k keys
+(at least one (image, class) row of B boxes): never the dense [G, k, k]
+overlap (410 MB in fp32 for 32 images x 80 classes x 200 boxes).
 The cost is ``k`` small sequential steps per batch, no host round trip.
 """
 from __future__ import annotations
@@ -44,32 +45,38 @@ def _score_keys(scores: torch.Tensor, passing: torch.Tensor) -> torch.Tensor:
 
 
 def _top_per_class(fg: torch.Tensor, threshold: float, k: int, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (image, class) the ``k`` best boxes of ``fg`` (fp32 Tensor[N, C-1, B]): (keys, box indices), Tensor[N, C-1, k]."""
+    """Per (image, class) the ``k`` best boxes of ``fg`` (fp32 Tensor[N, C-1, B]): (keys, box indices),
+    Tensor[N, C-1, k] each. The keys are built for a chunk of (image, class) rows at a time, within
+    ``chunk_bytes`` (at least one row)."""
     n, c1, b = fg.shape
-    images = max(1, chunk_bytes // max(1, c1 * b * _KEY_BYTES))
+    rows = max(1, chunk_bytes // max(1, b * _KEY_BYTES))
+    images, classes = (max(1, rows // c1), c1) if rows >= c1 else (1, rows)
     keys, boxes = [], []
     for i in range(0, n, images):
-        part = fg[i:i + images]
-        top = _score_keys(part, part > threshold).topk(k, dim=2)
-        keys.append(top.values)
-        boxes.append(top.indices)
+        tops = []
+        for j in range(0, c1, classes):
+            part = fg[i:i + images, j:j + classes]
+            tops.append(_score_keys(part, part > threshold).topk(k, dim=2))
+        keys.append(torch.cat([t.values for t in tops], 1))
+        boxes.append(torch.cat([t.indices for t in tops], 1))
     return torch.cat(keys), torch.cat(boxes)
 
 
 def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
-               block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
+               block_bytes: int | None = None) -> torch.Tensor:
     """Greedy NMS inside each group, all groups at once, without a host sync.
 
     Args:
         boxes: Tensor[G, k, 4] in (x1, y1, x2, y2) format, fp32, each group sorted by decreasing score.
         valid: Tensor[G, k] bool, False on padding.
         iou_threshold: a box is suppressed by a better kept box of its group when IoU > threshold.
-        block_bytes: bound on the temporaries of one block of rows.
+        block_bytes: bound on the temporaries of one block of rows (default ``BLOCK_BYTES``).
 
     Returns:
         Tensor[G, k] bool, the boxes greedy NMS keeps.
     """
     g, k = valid.shape
+    block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
     keep = []
     suppressed = torch.zeros_like(valid)
     rows = max(1, min(k, block_bytes // max(1, g * k * PAIR_BYTES)))
@@ -83,7 +90,7 @@ def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
 
 
 def select(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float, nms_iou: float,
-           max_per_class: int, max_detections: int, block_bytes: int = BLOCK_BYTES
+           max_per_class: int, max_detections: int, block_bytes: int | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The detections of a batch, padded: (dets fp32 Tensor[N, M, 6], counts int64 Tensor[N]); no host sync.
 
@@ -92,6 +99,7 @@ def select(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float, nm
     """
     n, c, b = scores.shape
     c1, k = c - 1, min(max_per_class, b)
+    block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
     fg = scores.float()[:, 1:, :]                                               # [N, C-1, B]
     keys, box = _top_per_class(fg, score_threshold, k, block_bytes)            # [N, C-1, k]
     valid = keys >= 0
