@@ -26,9 +26,10 @@ syncs per batch. On CUDA each of those stalls the host until the device
 catches up, so there :func:`postprocess` runs the static-shape form
 (backends/ssd/static_postprocess.py): the same detections, bit for bit, with
 one host sync per batch. torchvision's ``batched_nms`` is no way out on either
-device: above 4,000 (CPU) or 20,000 (CUDA) boxes it loops over classes (a sync
-per class), below it offsets each class's coordinates, which costs fp32
-precision, and its CUDA kernel builds an N x N/64 bit mask over the whole batch.
+device: above 1,000 boxes on the CPU or 25,000 on CUDA (torchvision 0.29:
+``boxes.numel()`` above 4,000 or 100,000) it loops over the classes (a sync per
+class), below that it offsets each class's coordinates, which costs fp32
+precision, and its CUDA kernel builds an N x N/64 bit mask.
 """
 from __future__ import annotations
 
