@@ -44,6 +44,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -100,6 +101,19 @@ def _concurrent(workers: list, batches: list) -> list[list]:
     return out
 
 
+def host_syncs(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``fn()``'s result and how many times it made the host wait for the GPU (torch's sync debug mode)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return out, sum("synchroniz" in str(w.message) for w in caught)
+
+
 def nms_check(backend, batch: tuple, reps: int = 5) -> dict:
     """Post-processing of ``batch`` ({S: uint8 [B,3,S,S]}, hw [B, 2]) on the GPU: syncs, ms, equality to the CPU."""
     from backends.ssd.postprocess import postprocess
@@ -113,14 +127,7 @@ def nms_check(backend, batch: tuple, reps: int = 5) -> dict:
         run = lambda b, s, static=None: postprocess(b, s, c.score_threshold, c.nms_iou,   # noqa: E731
                                                     c.max_per_class, c.max_detections, static)
         run(boxes, scores)
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                gpu = run(boxes, scores)
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
+        gpu, syncs = host_syncs(lambda: run(boxes, scores))
         t0 = time.perf_counter()
         for _ in range(reps):
             run(boxes, scores)
@@ -129,7 +136,7 @@ def nms_check(backend, batch: tuple, reps: int = 5) -> dict:
         cpu = run(boxes.cpu(), scores.cpu(), static=False)
     same = len(cpu) == len(gpu) and all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
     return {"nms_batch": n, "nms_boxes_per_image": boxes.shape[1], "nms_ms_per_batch": ms,
-            "nms_host_syncs": sum("synchroniz" in str(w.message) for w in caught), "nms_matches_cpu": same}
+            "nms_host_syncs": syncs, "nms_matches_cpu": same}
 
 
 def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:

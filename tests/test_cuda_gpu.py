@@ -6,7 +6,6 @@ one host sync and the CPU's detections, per-image slices of a staged batch, the 
 from __future__ import annotations
 
 import threading
-import warnings
 
 import pytest
 import torch
@@ -119,19 +118,13 @@ def test_cuda_host_slot_copy_is_done_when_predict_returns():
 
 def test_cuda_postprocess_syncs_once_and_gives_the_cpu_detections():
     from backends.ssd.postprocess import postprocess
+    from benchmarks.gpu_checks import host_syncs
     from tests.test_postprocess import _clusters
     boxes, scores = _clusters(0, n=4, c=21, b=3000, ties=True)
     gpu_boxes, gpu_scores = boxes.cuda(), scores.cuda()
     postprocess(gpu_boxes, gpu_scores)
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            got = postprocess(gpu_boxes, gpu_scores)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    assert sum("synchroniz" in str(w.message) for w in caught) <= 1
+    got, syncs = host_syncs(lambda: postprocess(gpu_boxes, gpu_scores))
+    assert syncs <= 1
     want = postprocess(boxes, scores)
     assert all(torch.equal(a, b.cpu()) for a, b in zip(want, got)) and sum(len(d) for d in want) > 100
 

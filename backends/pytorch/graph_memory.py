@@ -155,15 +155,21 @@ def check_fits(mem: GraphMemory, workers: int, free_bytes: int, where: str,
     need = scale * workers * mem.total
     if need <= free_bytes:
         return
-    fits = ""
+    fits = None
     if passes is not None:
         b = largest_fitting_batch(passes, mem.batch_sizes, workers, free_bytes, scale)
-        fits = f" (the largest batch that fits: {b})" if b else " (not even a batch of 1 fits)"
+        fits = str(b) if b else "none, not even 1"
     raise GraphMemoryError(
         f"CUDA graphs for batch sizes {list(mem.batch_sizes)} need about {scale * mem.total / GIB:.1f} GiB per "
         f"worker{basis}, {need / GIB:.1f} GiB for the {workers} worker(s) on {where}, which has "
-        f"{free_bytes / GIB:.1f} GiB free: lower the batch size (Offline --batch-size, Server --server-max-batch)"
-        f"{fits}, or run without graphs (--no-cuda-graphs)")
+        f"{free_bytes / GIB:.1f} GiB free: {_advice(fits)}")
+
+
+def _advice(fits: str | None) -> str:
+    """What to do about graphs that do not fit; ``fits``: the largest batch that would, if known."""
+    known = f"; the largest batch that fits: {fits}" if fits else ""
+    return (f"lower the batch size (Offline --batch-size, Server --server-max-batch{known}), "
+            "or run without graphs (--no-cuda-graphs)")
 
 
 def measured_scale(measured_bytes: int, passes: Sequence[PassMemory], batch: int) -> float:
@@ -180,9 +186,7 @@ def capture_out_of_memory(mem: GraphMemory, workers: int, free_bytes: int, where
     """
     scale = max(scale, free_bytes / (workers * mem.total))
     b = largest_fitting_batch(passes, mem.batch_sizes, workers, free_bytes, scale)
-    fits = f"at most {b}" if b else "not even a batch of 1 fits"
     return GraphMemoryError(
         f"capturing the CUDA graphs of batch {batch} on {where} ran out of device memory, although the estimate "
         f"of {mem.total / GIB:.1f} GiB per worker ({workers} worker(s)) fit its {free_bytes / GIB:.1f} GiB free "
-        f"(cuDNN workspaces and allocator rounding come on top): lower the batch size (Offline --batch-size, "
-        f"Server --server-max-batch; the largest batch that fits: {fits}), or run without graphs (--no-cuda-graphs)")
+        f"(cuDNN workspaces and allocator rounding come on top): {_advice(f'at most {b}' if b else 'none')}")
