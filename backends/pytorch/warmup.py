@@ -9,8 +9,9 @@ Order and rules (backends/pytorch/cuda_graphs.py has the capture rules):
 - Graph memory, before any capture: the estimate
   (backends/pytorch/graph_memory.py) must fit what each GPU has free. Then
   the first worker's largest batch is captured between two readings of
-  ``mem_get_info`` (after a sync and ``empty_cache``, so only memory held by
-  the new graphs and their input buffers counts); the ratio of that measure to
+  ``mem_get_info`` (after one eager batch of 1, which loads the kernels, and
+  after a sync and ``empty_cache``, so only memory held by the new graphs and
+  their input buffers counts); the ratio of that measure to
   the estimate (cuDNN workspaces and allocator rounding are not in it) scales
   the estimate of everything not yet captured, which must still fit. A capture
   that runs out of memory all the same raises GraphMemoryError, naming the
@@ -80,6 +81,8 @@ class CaptureMemory:
     def run(self, worker: Any, batch: int, first: bool) -> None:
         """``worker`` predicts a zero batch of ``batch`` (capturing its graphs), measured when it is the first."""
         measure = first and self.measured is None and batch == self.mem.batch_sizes[0]
+        if measure:
+            prime(worker)
         before = self._free(worker.device, settle=True) if measure else 0
         try:
             zero_batch(worker, batch)
@@ -97,6 +100,16 @@ class CaptureMemory:
             for d, n in self.per_device.items():
                 check_fits(self.mem, n, before if d == worker.device else self.free[d], str(d), self.passes,
                            self.scale, basis)
+
+
+@torch.inference_mode()
+def prime(worker: Any) -> None:
+    """One eager forward of a batch of 1 per pass, so the kernels and library handles that load on first use
+    are in place before graph memory is measured."""
+    layout = torch.channels_last if worker.cfg.channels_last else torch.contiguous_format
+    for p in worker.detector.passes:
+        x = torch.zeros(1, 3, p.size, p.size, dtype=worker.dtype, device=worker.device)
+        worker.detector.model.eager(x.contiguous(memory_format=layout), list(p.mask))
 
 
 def zero_batch(worker: Any, batch: int) -> None:
