@@ -42,15 +42,13 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, gpu_nms  # noqa: E402
 
 GIB = 2 ** 30
 TOP_KERNELS = 20
@@ -101,44 +99,6 @@ def _concurrent(workers: list, batches: list) -> list[list]:
     return out
 
 
-def host_syncs(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """``fn()``'s result and how many times it made the host wait for the GPU (torch's sync debug mode)."""
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            out = fn()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    return out, sum("synchroniz" in str(w.message) for w in caught)
-
-
-def nms_check(backend, batch: tuple, reps: int = 5) -> dict:
-    """Post-processing of ``batch`` ({S: uint8 [B,3,S,S]}, hw [B, 2]) on the GPU: syncs, ms, equality to the CPU."""
-    from backends.ssd.postprocess import postprocess
-    images, hw = batch
-    n = hw.shape[0]
-    with torch.inference_mode():
-        inputs = {s: backend._normalize(images[s].to(backend.device), s, n) for s in backend.sizes}
-        outputs = [backend.model(inputs[p.size], p.mask) for p in backend.detector.passes]
-        boxes, scores = backend.detector.merge(outputs, hw.to(backend.device))
-        c = backend.cfg
-        run = lambda b, s, static=None: postprocess(b, s, c.score_threshold, c.nms_iou,   # noqa: E731
-                                                    c.max_per_class, c.max_detections, static)
-        run(boxes, scores)
-        gpu, syncs = host_syncs(lambda: run(boxes, scores))
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            run(boxes, scores)
-        torch.cuda.synchronize()
-        ms = 1e3 * (time.perf_counter() - t0) / reps
-        cpu = run(boxes.cpu(), scores.cpu(), static=False)
-    same = len(cpu) == len(gpu) and all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
-    return {"nms_batch": n, "nms_boxes_per_image": boxes.shape[1], "nms_ms_per_batch": ms,
-            "nms_host_syncs": syncs, "nms_matches_cpu": same}
-
-
 def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
     from backends.pytorch.backend import PyTorchBackend
     from harness.run.backend import warmup_batch_sizes
@@ -167,7 +127,7 @@ def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
     gpu.predict(*staged)
     slot_free = bool(staged[0].ready.query())
     capture = gpu.capture_memory
-    nms = nms_check(gpu, batches[0])
+    nms = gpu_nms.nms_check(gpu, batches[0])
     cpu = PyTorchBackend(dataclasses.replace(cfg.model, precision="fp32", cuda_graphs=False), device="cpu")
     cpu.load()
     n = min(args.cpu_images, dataset.total_count)

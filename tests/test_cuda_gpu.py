@@ -118,7 +118,7 @@ def test_cuda_host_slot_copy_is_done_when_predict_returns():
 
 def test_cuda_postprocess_syncs_once_and_gives_the_cpu_detections():
     from backends.ssd.postprocess import postprocess
-    from benchmarks.gpu_checks import host_syncs
+    from benchmarks.gpu_nms import host_syncs
     from tests.test_postprocess import _clusters
     boxes, scores = _clusters(0, n=4, c=21, b=3000, ties=True)
     gpu_boxes, gpu_scores = boxes.cuda(), scores.cuda()
