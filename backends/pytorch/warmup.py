@@ -81,10 +81,11 @@ class CaptureMemory:
     def run(self, worker: Any, batch: int, first: bool) -> None:
         """``worker`` predicts a zero batch of ``batch`` (capturing its graphs), measured when it is the first."""
         measure = first and self.measured is None and batch == self.mem.batch_sizes[0]
-        if measure:
-            prime(worker)
-        before = self._free(worker.device, settle=True) if measure else 0
+        before = 0
         try:
+            if measure:
+                prime(worker)
+                before = self._free(worker.device, settle=True)
             zero_batch(worker, batch)
         except Exception as e:
             if out_of_memory(e):
