@@ -7,7 +7,8 @@ synthetic images (seed 0) from the benchmarks' shared data set.
     python benchmarks/gpu_checks.py checks  [--config configs/ssd300_600.toml] [--batch-size 32]
     python benchmarks/gpu_checks.py profile [--config configs/ssd300_600.toml] [--batch-size 32] [--iters 10]
 
-``checks``, on cuda:0 with its ``CUDA_WORKERS_PER_GPU`` workers:
+``checks``, on cuda:0 with its ``CUDA_WORKERS_PER_GPU`` workers (with
+``--compile`` also the compiles per device and the frames that ran eagerly):
 
 - capture: the warm-up captures the Offline shapes of a query of
   ``3 x batch + 5`` samples (the full batch, the remainder 5, and 1) for every
@@ -105,8 +106,10 @@ def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
     b = args.batch_size
     offline = common.with_run(cfg, scenario="Offline", batch_size=b)
     sizes = warmup_batch_sizes(offline, True, (3 * b + 5,))
+    from backends.pytorch import network
     gpu = PyTorchBackend(cfg.model, device="cuda:0")
     gpu.load()
+    eager_frames = network.eager_frames() if cfg.model.compile else 0
     workers = gpu.workers()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -114,6 +117,8 @@ def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
     t0 = time.perf_counter()
     gpu.warmup(sizes)
     warmup_s = time.perf_counter() - t0
+    compiles = {"compiles_per_device": dict(network.COMPILES),
+                "compile_eager_frames": network.eager_frames() - eager_frames} if cfg.model.compile else {}
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     measured = torch.cuda.memory_reserved(0) - before
@@ -143,7 +148,7 @@ def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
         "graph_memory_unshared_estimate_gib": len(workers) * estimate.unshared / GIB,
         "capture_measured_gib": capture.measured / GIB if capture and capture.measured is not None else None,
         "capture_vs_estimate": capture.scale if capture else None,
-        "host_slot_copy_done_at_return": slot_free, **nms,
+        "host_slot_copy_done_at_return": slot_free, **nms, **compiles,
         "cuda_vs_cpu_fp32_agreement": agree, "cuda_vs_cpu_max_score_diff": score_diff,
         "cpu_detections_compared": compared, "cpu_images": n,
     }
@@ -209,6 +214,8 @@ def _checks_md(doc: dict) -> list[str]:
             f"| capture memory | largest batch's graphs measured {_gib(doc['capture_measured_gib'])}, "
             f"{doc['capture_vs_estimate'] or float('nan'):.2f} x the estimate |",
             f"| host slot | pinned input copy complete when predict returns: {doc['host_slot_copy_done_at_return']} |",
+            *([f"| torch.compile | compiles per device {doc['compiles_per_device']}, frames run eagerly: "
+               f"{doc['compile_eager_frames']} |"] if "compiles_per_device" in doc else []),
             f"| NMS | batch {doc['nms_batch']}, {doc['nms_boxes_per_image']} boxes per image: "
             f"{doc['nms_ms_per_batch']:.2f} ms, {doc['nms_host_syncs']} host sync(s) (goal <= 1), "
             f"same detections as the CPU: {doc['nms_matches_cpu']} |",
