@@ -113,8 +113,7 @@ class GraphedForward:
         if order <= self._batch_last:
             raise RuntimeError(
                 f"CUDA graph for input {list(key[0])} was not captured after every graph already replayed in this "
-                "batch: "
-                "its replay may overwrite that graph's outputs; capture each batch's passes in the order it runs them")
+                "batch: its replay may overwrite their outputs; capture each batch's passes in the order it runs them")
         self._batch_last = order
 
     def _input_buffer(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ specializes a batch of 1, so a pass compiles at most twice), and the input
 sizes static (``dynamic=False``). CUDA graphs are still captured per shape.
 Dynamo keeps compiled variants per code object (``forward``), and every
 worker's module shares it: where torch.compile offers ``isolate_recompiles``
-(2.12 and later), each worker gets its own limit of :data:`VARIANTS_PER_PASS`
+(torch 2.14 does), each worker gets its own limit of :data:`VARIANTS_PER_PASS`
 x passes; otherwise the global limit is raised to cover every worker of every
 GPU. A frame dynamo cannot compile (a limit reached, unsupported code) runs
 eagerly; :func:`eager_frames` counts them (dynamo's ``frames`` counters) so the
