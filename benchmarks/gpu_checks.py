@@ -7,7 +7,8 @@ synthetic images (seed 0) from the benchmarks' shared data set.
     python benchmarks/gpu_checks.py checks  [--config configs/ssd300_600.toml] [--batch-size 32]
     python benchmarks/gpu_checks.py profile [--config configs/ssd300_600.toml] [--batch-size 32] [--iters 10]
 
-``checks``, on cuda:0 with its ``CUDA_WORKERS_PER_GPU`` workers:
+``checks``, on cuda:0 with its ``CUDA_WORKERS_PER_GPU`` workers (with
+``--compile`` also the compiles per device and the frames that ran eagerly):
 
 - capture: the warm-up captures the Offline shapes of a query of
   ``3 x batch + 5`` samples (the full batch, the remainder 5, and 1) for every
@@ -16,6 +17,15 @@ synthetic images (seed 0) from the benchmarks' shared data set.
   their own threads: no shape runs eagerly, and the two agree byte for byte;
 - memory: device memory the warm-up left reserved (the graph pools and input
   buffers, after ``empty_cache``) against backends/pytorch/graph_memory.py's estimate;
+- capture memory: what the warm-up measured for the largest batch's graphs
+  (``mem_get_info`` around its capture) and its ratio to the estimate, which
+  scaled the check of every later capture (backends/pytorch/warmup.py);
+- host slot: after ``predict`` returns, the copy from the staged batch's
+  pinned host buffer has completed (its event), so the slot may be reused;
+- NMS: post-processing of one batch's real network outputs on the GPU: host
+  syncs counted with ``torch.cuda.set_sync_debug_mode`` (at most one; the
+  copy back is the other), milliseconds per batch, and the same detections as
+  the CPU form on the same inputs, bit for bit;
 - detections: CUDA (the config's precision) against the CPU in fp32 on the
   same images: the share of the CPU's best detections per image that have a
   same-label twin in the CUDA output, and the largest score difference.
@@ -39,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, gpu_nms  # noqa: E402
 
 GIB = 2 ** 30
 TOP_KERNELS = 20
@@ -96,8 +106,10 @@ def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
     b = args.batch_size
     offline = common.with_run(cfg, scenario="Offline", batch_size=b)
     sizes = warmup_batch_sizes(offline, True, (3 * b + 5,))
+    from backends.pytorch import network
     gpu = PyTorchBackend(cfg.model, device="cuda:0")
     gpu.load()
+    eager_frames = network.eager_frames() if cfg.model.compile else 0
     workers = gpu.workers()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -105,6 +117,8 @@ def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
     t0 = time.perf_counter()
     gpu.warmup(sizes)
     warmup_s = time.perf_counter() - t0
+    compiles = {"compiles_per_device": dict(network.COMPILES),
+                "compile_eager_frames": network.eager_frames() - eager_frames} if cfg.model.compile else {}
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     measured = torch.cuda.memory_reserved(0) - before
@@ -114,6 +128,11 @@ def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
     batches = common.preload_batches(dataset, gpu, b)
     runs = _concurrent(workers, batches)
     same = all(torch.equal(x, y) for a, c in zip(runs[0], runs[1]) for x, y in zip(a, c))
+    staged = gpu.stage(*batches[0])
+    gpu.predict(*staged)
+    slot_free = bool(staged[0].ready.query())
+    capture = gpu.capture_memory
+    nms = gpu_nms.nms_check(gpu, batches[0])
     cpu = PyTorchBackend(dataclasses.replace(cfg.model, precision="fp32", cuda_graphs=False), device="cpu")
     cpu.load()
     n = min(args.cpu_images, dataset.total_count)
@@ -127,6 +146,9 @@ def checks(args: argparse.Namespace, cfg, note: str, tmp: Path) -> dict:
         "eager_calls": common.eager_calls(gpu), "workers_agree_byte_for_byte": same,
         "graph_memory_measured_gib": measured / GIB, "graph_memory_estimate_gib": len(workers) * estimate.total / GIB,
         "graph_memory_unshared_estimate_gib": len(workers) * estimate.unshared / GIB,
+        "capture_measured_gib": capture.measured / GIB if capture and capture.measured is not None else None,
+        "capture_vs_estimate": capture.scale if capture else None,
+        "host_slot_copy_done_at_return": slot_free, **nms, **compiles,
         "cuda_vs_cpu_fp32_agreement": agree, "cuda_vs_cpu_max_score_diff": score_diff,
         "cpu_detections_compared": compared, "cpu_images": n,
     }
@@ -189,9 +211,21 @@ def _checks_md(doc: dict) -> list[str]:
             f"| graph memory | measured {doc['graph_memory_measured_gib']:.2f} GiB, estimated "
             f"{doc['graph_memory_estimate_gib']:.2f} GiB (one stream per capture would need "
             f"{doc['graph_memory_unshared_estimate_gib']:.2f} GiB) |",
+            f"| capture memory | largest batch's graphs measured {_gib(doc['capture_measured_gib'])}, "
+            f"{doc['capture_vs_estimate'] or float('nan'):.2f} x the estimate |",
+            f"| host slot | pinned input copy complete when predict returns: {doc['host_slot_copy_done_at_return']} |",
+            *([f"| torch.compile | compiles per device {doc['compiles_per_device']}, frames run eagerly: "
+               f"{doc['compile_eager_frames']} |"] if "compiles_per_device" in doc else []),
+            f"| NMS | batch {doc['nms_batch']}, {doc['nms_boxes_per_image']} boxes per image: "
+            f"{doc['nms_ms_per_batch']:.2f} ms, {doc['nms_host_syncs']} host sync(s) (goal <= 1), "
+            f"same detections as the CPU: {doc['nms_matches_cpu']} |",
             f"| CUDA vs CPU fp32 | {100 * doc['cuda_vs_cpu_fp32_agreement']:.1f}% of the CPU's best "
             f"{doc['cpu_detections_compared']} detections on {doc['cpu_images']} images have a same-label CUDA twin "
             f"at IoU >= {TWIN_IOU}; largest score difference {doc['cuda_vs_cpu_max_score_diff']:.4f} |"]
+
+
+def _gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} GiB"
 
 
 def _profile_md(doc: dict) -> list[str]:
@@ -227,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": f"CUDA path: {args.mode}", **head, **doc}
     common.save(name + args.suffix, doc, _checks_md(doc) if args.mode == "checks" else _profile_md(doc))
     print("\n".join(_checks_md(doc) if args.mode == "checks" else _profile_md(doc)))
-    ok = args.mode != "checks" or (not doc["eager_calls"] and doc["workers_agree_byte_for_byte"])
+    ok = args.mode != "checks" or (not doc["eager_calls"] and doc["workers_agree_byte_for_byte"]
+                                   and doc["host_slot_copy_done_at_return"] and doc["nms_host_syncs"] <= 1
+                                   and doc["nms_matches_cpu"])
     return 0 if ok else 1
 
 

@@ -15,9 +15,14 @@ whole stays within ``--budget-s``; a failure or a hang loses only its step):
               machine's own packages stay as they are); children import it first
     tests     the CUDA tests (pytest -k cuda): CUDA detections against the
               CPU path, graphs against eager, capture only at warm-up, two
-              workers at once, staged pinned copies, per-image slices
+              workers at once, staged pinned copies, per-image slices, the
+              largest batch measured and a capture out of memory turned into
+              the designed error, compiles counted per device, the host
+              slot's copy done at return, NMS with one host sync
     checks    gpu_checks.py on SSD-ResNet34 300 + 600 fp16: capture with two
-              workers, graph memory measured against the estimate, CUDA vs CPU
+              workers, graph memory measured against the estimate (and the
+              largest batch's own measure), the host slot, NMS syncs, time
+              and equality to the CPU form, CUDA vs CPU
     offline   bench_efficiency (Offline through LoadGen / bare loop, MFU), 300 + 600 fp16, batch 32
     server    bench_server (peak Server QPS at p99 <= 100 ms / Offline, MFU), 300 + 600 fp16, batch <= 8
     profile   gpu_checks.py profile: kernels by device time, with and without graphs

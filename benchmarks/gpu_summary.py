@@ -17,7 +17,9 @@ KEYS = {"offline": ("ratio_median", "loadgen_samples_per_s_median", "bare_sample
         "singlestream": ("loadgen_p90_ms_median", "bare_p90_ms_median", "ratio_median"),
         "checks": ("workers", "warmed_batch_sizes", "captured_shapes_per_worker", "capture_streams", "eager_calls",
                    "workers_agree_byte_for_byte", "graph_memory_measured_gib", "graph_memory_estimate_gib",
-                   "graph_memory_unshared_estimate_gib", "cuda_vs_cpu_fp32_agreement", "cuda_vs_cpu_max_score_diff")}
+                   "graph_memory_unshared_estimate_gib", "cuda_vs_cpu_fp32_agreement", "cuda_vs_cpu_max_score_diff",
+                   "capture_measured_gib", "capture_vs_estimate", "host_slot_copy_done_at_return", "nms_ms_per_batch",
+                   "nms_host_syncs", "nms_matches_cpu")}
 
 
 def gpu_name() -> str:
@@ -85,7 +87,10 @@ def figures_text(name: str, f: dict) -> str:
         return (f"{f['workers']} workers, graphs {f['captured_shapes_per_worker']} on {f['capture_streams']} streams, "
                 f"eager calls {f['eager_calls'] or 'none'}, concurrent workers identical: "
                 f"{f['workers_agree_byte_for_byte']}; graph memory {f['graph_memory_measured_gib']:.2f} GiB measured, "
-                f"{f['graph_memory_estimate_gib']:.2f} estimated; CUDA vs CPU fp32 "
+                f"{f['graph_memory_estimate_gib']:.2f} estimated, largest batch x{f.get('capture_vs_estimate') or 0:.2f}; "
+                f"host slot free at return: {f.get('host_slot_copy_done_at_return')}; NMS "
+                f"{f.get('nms_ms_per_batch') or 0:.2f} ms, {f.get('nms_host_syncs')} sync(s), same as CPU: "
+                f"{f.get('nms_matches_cpu')}; CUDA vs CPU fp32 "
                 f"{_pct(f['cuda_vs_cpu_fp32_agreement'])} twins, score diff <= {f['cuda_vs_cpu_max_score_diff']:.4f}")
     if kind == "profile":
         return "; ".join(f"{run}: {r['wall_ms']:.2f} ms/batch ({r['samples_per_s']:.0f}/s), device {r['device_ms']:.2f} "

@@ -1,6 +1,8 @@
 """The CUDA path on a real GPU (skipped without one; benchmarks/gpu_suite.py runs these first): capture only
 at warm-up, one capture stream per worker, two workers at once, graph memory against its estimate and the
-up-front refusal, torch.compile per worker, per-image slices of a staged batch, the CUDA math flags."""
+up-front refusal, the largest batch measured and a capture out of memory made the designed error,
+torch.compile per worker with its compiles counted, the host slot's copy done when predict returns, NMS with
+one host sync and the CPU's detections, per-image slices of a staged batch, the CUDA math flags."""
 from __future__ import annotations
 
 import threading
@@ -83,15 +85,48 @@ def test_cuda_refuses_graphs_that_cannot_fit_before_capturing(monkeypatch):
     assert all(r.shapes == [] for r in backend.graph_runners())
 
 
-def test_cuda_compile_per_worker_with_graphs(monkeypatch):
+def test_cuda_compile_per_worker_with_graphs(monkeypatch, caplog):
     from backends.pytorch import network
     monkeypatch.setattr(network, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
     backend = tiny_backend("cuda:0", precision="fp16", compile=True)
     eager = tiny_backend("cuda:0", precision="fp16", cuda_graphs=False)
-    backend.warmup((2,))
+    before = network.COMPILES["cuda:0"]
+    backend.warmup((3, 2, 1))
     runners = backend.graph_runners()
     assert runners[0].model is not runners[1].model and all(r.eager is backend.model for r in runners)
+    # a dynamic batch: at most a batch of 1 and any other batch per worker, not one compile per batch size
+    assert 0 < network.COMPILES["cuda:0"] - before <= 2 * len(backend.workers())
+    assert not [r for r in caplog.records if "could not be compiled" in r.message]
     _close(backend.predict(*_batch(2)), eager.predict(*_batch(2)))
+
+
+def test_cuda_capture_measures_the_largest_batch():
+    backend = tiny_backend("cuda:0", precision="fp16")
+    backend.warmup((4, 1))
+    measured = backend.capture_memory
+    assert measured.measured > 0 and measured.scale >= 1
+
+
+def test_cuda_host_slot_copy_is_done_when_predict_returns():
+    backend = tiny_backend("cuda:0", precision="fp16")
+    backend.warmup((2,))
+    staged = backend.stage(*_batch(2))
+    backend.predict(*staged)
+    assert staged[0].ready.query()
+
+
+def test_cuda_postprocess_syncs_once_and_gives_the_cpu_detections():
+    from backends.ssd.postprocess import postprocess
+    from benchmarks.gpu_nms import host_syncs
+    from tests.test_postprocess import _clusters
+    boxes, scores = _clusters(0, n=4, c=21, b=3000, ties=True)
+    gpu_boxes, gpu_scores = boxes.cuda(), scores.cuda()
+    postprocess(gpu_boxes, gpu_scores)
+    got, syncs = host_syncs(lambda: postprocess(gpu_boxes, gpu_scores))
+    assert syncs <= 1
+    want = postprocess(boxes, scores)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(want, got)) and sum(len(d) for d in want) > 100
 
 
 def test_cuda_per_image_slices_of_a_staged_batch():
@@ -107,3 +142,18 @@ def test_cuda_per_image_slices_of_a_staged_batch():
 def test_cuda_math_is_set_at_load():
     tiny_backend("cuda:0", precision="fp32")
     assert torch.backends.cudnn.benchmark is True and torch.backends.cudnn.allow_tf32 is False
+
+
+def test_cuda_capture_out_of_memory_is_the_designed_error(monkeypatch):
+    """Last in this file: a capture that fails part-way leaves the process's CUDA state in doubt."""
+    backend = tiny_backend("cuda:0", precision="fp16")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (total, total))   # the estimate passes
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved(0) + 2 ** 20) / total, 0)
+    try:
+        with pytest.raises(GraphMemoryError, match="ran out of device memory|need about"):
+            backend.warmup((8, 1))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)

@@ -3,10 +3,8 @@ stream and pool, and what runs eagerly (backends/pytorch/cuda_graphs.py); graph 
 (backends/pytorch/graph_memory.py); torch.compile's worker rule (backends/pytorch/network.py)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,49 +22,8 @@ from backends.pytorch.graph_memory import (
 from backends.pytorch.network import compile_refusal, configure_cuda_math
 from backends.ssd.model import SSDResNet
 from ground.errors import InputError
+from tests.fake_cuda import FakeCuda
 from tests.tiny_models import SIZE, tiny_backend, tiny_inputs
-
-
-class FakeCuda:
-    """The parts of torch.cuda a GraphedForward uses, recording what it is asked to do."""
-
-    def __init__(self):
-        self.default = SimpleNamespace(name="default", wait_stream=lambda other: None)
-        self.streams, self.pools, self.captures, self.current = [], [], [], self.default
-        self.capture_threads = set()
-
-    def Stream(self, device=None):  # noqa: N802 - torch.cuda's name
-        s = SimpleNamespace(name=f"side{len(self.streams)}", wait_stream=lambda other: None)
-        self.streams.append(s)
-        return s
-
-    def current_stream(self, device=None):
-        return self.current
-
-    @contextlib.contextmanager
-    def stream(self, s):
-        old, self.current = self.current, s
-        try:
-            yield
-        finally:
-            self.current = old
-
-    def graph_pool_handle(self):
-        self.pools.append(object())
-        return self.pools[-1]
-
-    def CUDAGraph(self):  # noqa: N802
-        return SimpleNamespace(replays=0, replay=lambda: None)
-
-    @contextlib.contextmanager
-    def graph(self, graph, pool=None, stream=None):
-        self.captures.append((pool, stream))
-        self.capture_threads.add(threading.get_ident())
-        with self.stream(stream):
-            yield
-
-    def device(self, d):
-        return contextlib.nullcontext()
 
 
 class Net:
@@ -116,6 +73,7 @@ def test_one_capture_stream_and_one_pool_per_worker():
         mine = fake.captures[6 * i:6 * (i + 1)]
         assert {id(p) for p, _ in mine} == {id(fake.pools[i])} and {s.name for _, s in mine} == {f"side{i}"}
     assert fake.capture_threads == {threading.get_ident()}
+    assert fake.capture_modes == ["thread_local"] * 12          # other threads may use CUDA meanwhile
 
 
 def test_graphs_of_one_input_size_share_one_input_buffer():
@@ -135,6 +93,7 @@ def test_backend_warmup_opens_the_window_largest_batch_first_and_a_run_never_cap
     backend = tiny_backend()
     fake = FakeCuda()
     backend.detector.model = GraphedForward(backend.model, cuda=fake)
+    backend.cuda_api = fake
     backend.warmup((1, 2))
     assert backend.detector.model.shapes == [(2, 3, SIZE, SIZE), (1, 3, SIZE, SIZE)]     # largest first
     images, hw = tiny_inputs()

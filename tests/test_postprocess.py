@@ -171,3 +171,89 @@ def test_dense_clusters_match_torchvision_nms_per_class():
     got = sorted(zip(dets[:, 5].long().tolist(), dets[:, 4].tolist()))
     want = sorted((c, scores[0, c, i].item()) for c, i in expected)
     assert len(got) == len(want) > 100 and got == want
+
+
+# -- the static-shape form (CUDA) --------------------------------------------------------------------
+
+def _clusters(seed, n=3, c=6, b=400, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    cxcy = 0.5 + 0.1 * torch.randn(n, b, 2, generator=g)
+    wh = 0.05 + 0.1 * torch.rand(n, b, 2, generator=g)
+    boxes = cxcywh_to_xyxy(torch.cat([cxcy, wh], -1)).clamp(0, 1)
+    scores = torch.softmax(3 * torch.randn(n, c, b, generator=g), dim=1)
+    return boxes, ((scores * 64).round() / 64 if ties else scores)   # rounded: many equal scores
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_static_form_gives_the_cpu_forms_bytes(ties, monkeypatch):
+    from backends.ssd import static_postprocess
+    boxes, scores = _clusters(0, ties=ties)
+    for kw in ({"max_per_class": 40, "max_detections": 60}, {"max_per_class": 500, "max_detections": 500}):
+        want = postprocess(boxes, scores, static=False, **kw)
+        assert sum(d.shape[0] for d in want) > 50
+        for block in (static_postprocess.BLOCK_BYTES, 10_000):     # one block of rows, or one row at a time
+            monkeypatch.setattr(static_postprocess, "BLOCK_BYTES", block)
+            got = postprocess(boxes, scores, static=True, **kw)
+            assert all(torch.equal(a, b) for a, b in zip(want, got))
+    empty = postprocess(torch.zeros(2, 0, 4), torch.zeros(2, 81, 0), static=True)
+    assert [d.shape for d in empty] == [(0, 6)] * 2
+
+
+def test_cpu_form_chunks_of_groups_change_nothing():
+    from backends.ssd.postprocess import grouped_nms
+    g = torch.Generator().manual_seed(2)
+    boxes = cxcywh_to_xyxy(torch.cat([0.5 + 0.05 * torch.randn(40, 30, 2, generator=g),
+                                      0.1 + 0.1 * torch.rand(40, 30, 2, generator=g)], -1))
+    valid = torch.rand(40, 30, generator=g) > 0.2
+    whole = grouped_nms(boxes, valid, 0.5)
+    assert torch.equal(grouped_nms(boxes, valid, 0.5, block_bytes=30 * 30 * 16 * 3), whole)   # 3 groups a chunk
+    assert 0 < whole.sum() < valid.sum()
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops whose result the host must read from the device (a sync on CUDA)."""
+
+    READS = {"nonzero", "_local_scalar_dense", "equal", "is_nonzero", "unique_consecutive", "masked_select",
+             "_unique2", "unique_dim"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        bool_index = func.__name__.startswith("index.") and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] if len(args) > 1 else []) or [])
+        self.reads += func.__name__.split(".")[0] in self.READS or bool_index
+        return func(*args, **(kwargs or {}))
+
+
+def test_static_form_reads_the_device_once_per_batch(monkeypatch):
+    boxes, scores = _clusters(1)
+    tolist = torch.Tensor.tolist
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: calls.append(t.shape) or tolist(t))
+    with _HostReads() as cpu_form:
+        postprocess(boxes, scores, static=False)
+    with _HostReads() as static_form:
+        dets = postprocess(boxes, scores, static=True)
+    assert cpu_form.reads > 10                     # nonzero, boolean indexing, unique, one torch.equal per step
+    assert static_form.reads == 0 and calls[-1:] == [(3,)] and len(calls) == 2   # one tolist each: the counts
+    assert len(dets) == 3
+
+
+def test_static_form_at_batch_32_reads_no_value_and_bounds_its_memory():
+    """On the meta device (shapes, no values) any op that reads a value fails: the whole selection of a batch
+    of 32 at 300 + 600 runs there, and its temporaries stay near BLOCK_BYTES (the dense [G, k, k] fp32
+    overlap of 32 x 80 groups of 200 would be 32 * 80 * 200 * 200 * 4 bytes)."""
+    from backends.model_config import ModelConfig
+    from backends.pytorch.graph_memory import _LiveBytes
+    from backends.ssd.static_postprocess import BLOCK_BYTES, select
+    from backends.ssd.two_scale import build_passes
+    n, c = 32, 81
+    b = sum(p.dboxes.shape[0] for p in build_passes(ModelConfig(image_size=(300, 600))))
+    boxes, scores = torch.empty(n, b, 4, device="meta"), torch.empty(n, c, b, device="meta")
+    with _LiveBytes() as live:
+        dets, counts = select(boxes, scores, 0.05, 0.5, 200, 200)
+    assert dets.shape == (n, 200, 6) and counts.shape == (n,)
+    extra = live.peak - scores.untyped_storage().nbytes()      # views of the input count as its storage
+    assert extra < 2 * BLOCK_BYTES < 32 * 80 * 200 * 200 * 4

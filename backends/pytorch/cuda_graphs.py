@@ -7,19 +7,33 @@ what runs eagerly) is tested on the CPU with a stand-in for ``torch.cuda``
 
 Rules this follows (PyTorch's CUDA-graph notes and ``torch.cuda.graph``):
 
-- Only one capture may be underway in a process, entering one synchronizes
-  the device and empties the caching allocator, and in the default "global"
-  capture mode no other thread may allocate meanwhile. So shapes are captured
-  only inside :meth:`GraphedForward.capture_window`, which the backend opens
-  during its warm-up, when no other thread uses the device; a lock keeps
+- Only one capture may be underway in a process, and entering one
+  synchronizes the device and empties the caching allocator. So shapes are
+  captured only inside :meth:`GraphedForward.capture_window`, which the
+  backend opens during its warm-up, one worker after the other; a lock keeps
   captures one at a time. After warm-up a shape that was not captured runs
   eagerly (logged once per shape), never captured mid-run.
+- Captures use ``capture_error_mode="thread_local"`` (as torch's own
+  cudagraph trees do): the default "global" mode makes a CUDA call that is
+  unsafe during capture (``cudaMalloc``, a pinned-memory allocation, a sync)
+  fail in ANY thread, and nothing stops another thread of the process (a QSL
+  loading pinned buffers, a Ray or LoadGen thread) from making one during the
+  warm-up. "thread_local" still makes such a call fail in the capturing
+  thread, which is the one whose calls would be recorded into the graph.
 - Graphs share memory only when they share a pool AND are captured on the
   same stream (the caching allocator reuses a freed block only on the stream
   it was allocated on). Each runner (one per worker) therefore captures every
   graph on ONE stream into ONE pool. Its graphs must replay in capture order
-  or one at a time, never concurrently: a worker has one compute thread, and
-  each call's outputs are consumed before the next call (see below).
+  or one at a time, never concurrently: a worker has one compute thread.
+- Outputs of one graph stay valid while another graph of the pool replays
+  only if that other graph was captured AFTER it: its outputs were then
+  allocated (and are held for the runner's life), so the later capture's
+  scratch memory never overlaps them; a graph captured before may have used
+  that very memory as scratch. The two-scale detector keeps the first pass's
+  outputs while the second pass runs, so calls made inside
+  :meth:`GraphedForward.one_batch` must replay graphs in capture order; the
+  warm-up captures each batch's passes in the order a batch runs them, and a
+  call that breaks the rule raises instead of returning overwritten outputs.
 - Static inputs: one buffer per (input size, dtype, layout) holding the
   largest batch; each graph reads a leading slice of it.
 
@@ -27,9 +41,8 @@ Assumptions: the wrapped callable is the SSD network in eval mode,
 ``model(x, mask) -> (locs, confs)``, with fixed parameters and no host syncs
 (true for ``SSDResNet``: convolutions, reshapes, cat); post-processing has
 data-dependent shapes and stays eager. A call returns the graph's static
-outputs: they stay valid only until the next call of this runner, so the
-caller must consume them first (the two-scale detector does: decode and
-softmax make new fp32 tensors at once, on the same stream).
+outputs: they stay valid until the same graph replays again, and across the
+replay of another graph only under the capture-order rule above.
 
 ``eager`` is what runs a shape that has no graph; with torch.compile it is the
 uncompiled network, so no compilation can start in a worker thread mid-run
@@ -66,6 +79,8 @@ class GraphedForward:
         self._pool = None                                # one memory pool for every graph of this runner
         self._stream = None                              # the one stream every graph of this runner is captured on
         self._capturing = False
+        self._order: dict[tuple, int] = {}               # capture order of each graph
+        self._batch_last: int | None = None              # inside one_batch: the latest-captured graph replayed
         self.eager_calls: dict[tuple[int, ...], int] = {}   # uncaptured input shapes met after warm-up -> calls
         self.capture_seconds = 0.0
 
@@ -75,12 +90,31 @@ class GraphedForward:
 
     @contextlib.contextmanager
     def capture_window(self) -> Iterator[None]:
-        """Within this block (warm-up only: no other thread may use the device) new shapes are captured."""
+        """Within this block (warm-up only, one runner at a time) new shapes are captured."""
         self._capturing = True
         try:
             yield
         finally:
             self._capturing = False
+
+    @contextlib.contextmanager
+    def one_batch(self) -> Iterator[None]:
+        """Calls inside this block keep each other's outputs alive: each graph must come later in capture order."""
+        self._batch_last = -1
+        try:
+            yield
+        finally:
+            self._batch_last = None
+
+    def _check_order(self, key: tuple) -> None:
+        if self._batch_last is None:
+            return
+        order = self._order[key]
+        if order <= self._batch_last:
+            raise RuntimeError(
+                f"CUDA graph for input {list(key[0])} was not captured after every graph already replayed in this "
+                "batch: its replay may overwrite their outputs; capture each batch's passes in the order it runs them")
+        self._batch_last = order
 
     def _input_buffer(self, x: torch.Tensor) -> torch.Tensor:
         """A static slice for ``x``'s shape, of a buffer shared by every batch size of that input size."""
@@ -108,9 +142,10 @@ class GraphedForward:
                     self.model(static_in, list(mask))
             cuda.current_stream(x.device).wait_stream(stream)
             graph = cuda.CUDAGraph()
-            with cuda.graph(graph, pool=self._pool, stream=stream):
+            with cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
                 static_out = self.model(static_in, list(mask))
         self._graphs[key] = (graph, static_in, tuple(static_out))
+        self._order[key] = len(self._order)
         seconds = time.perf_counter() - t0
         self.capture_seconds += seconds
         log.info("captured a CUDA graph for input %s in %.2f s", list(x.shape), seconds)
@@ -124,6 +159,7 @@ class GraphedForward:
                 return self._run_eagerly(x, mask)
             with self._cuda.device(x.device):
                 entry = self._capture(key, x, mask)
+        self._check_order(key)
         graph, static_in, static_out = entry
         static_in.copy_(x, non_blocking=True)
         graph.replay()

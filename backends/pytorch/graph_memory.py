@@ -17,8 +17,15 @@ buffer per input size), for the captured batch sizes ``Bs`` and passes ``p``:
 
 With a new stream per capture (the earlier scheme) nothing is reused:
 ``sum_b sum_p b * (peak_p + input_p)``, kept here as ``unshared`` for comparison.
-Not counted: cuDNN workspaces, allocator rounding and fragmentation, the
-weights (loaded before), and eager post-processing (decode, softmax, NMS).
+Not counted: cuDNN workspaces (``cudnn.benchmark`` may pick algorithms with
+large ones, allocated inside the capture's pool), allocator rounding and
+fragmentation, the weights (loaded before), and eager post-processing (decode,
+softmax, NMS). So the warm-up also measures: free device memory
+(``torch.cuda.mem_get_info``) before and after capturing the largest batch
+gives the real cost of that batch's graphs; its ratio to the estimate
+(:func:`measured_scale`, at least 1) scales the estimate of the rest before it
+is captured, and a capture that runs out of memory anyway becomes
+:class:`GraphMemoryError` too (:func:`capture_out_of_memory`).
 """
 from __future__ import annotations
 
@@ -129,22 +136,57 @@ def model_passes(model: nn.Module, cfg: ModelConfig, dtype: torch.dtype) -> list
     return [pass_memory(model, p.size, p.mask, dtype, cfg.channels_last) for p in build_passes(cfg)]
 
 
-def check_fits(mem: GraphMemory, workers: int, free_bytes: int, where: str,
-               passes: Sequence[PassMemory] | None = None) -> None:
-    """Raise :class:`GraphMemoryError` when ``workers`` x ``mem.total`` exceeds ``free_bytes``.
+def largest_fitting_batch(passes: Sequence[PassMemory], batch_sizes: Sequence[int], workers: int,
+                          free_bytes: float, scale: float = 1.0) -> int:
+    """The largest batch b below max(``batch_sizes``) whose graphs (every size capped at b) fit; 0 if none."""
+    for b in range(max(batch_sizes) - 1, 0, -1):
+        if scale * workers * estimate(passes, [min(s, b) for s in batch_sizes]).total <= free_bytes:
+            return b
+    return 0
 
-    With ``passes`` the message also names the largest batch whose graphs would fit.
+
+def check_fits(mem: GraphMemory, workers: int, free_bytes: int, where: str,
+               passes: Sequence[PassMemory] | None = None, scale: float = 1.0, basis: str = "") -> None:
+    """Raise :class:`GraphMemoryError` when ``workers`` x ``mem.total`` x ``scale`` exceeds ``free_bytes``.
+
+    ``scale``: measured cost over estimate (:func:`measured_scale`), said in ``basis``. With ``passes``
+    the message also names the largest batch whose graphs would fit.
     """
-    need = workers * mem.total
+    need = scale * workers * mem.total
     if need <= free_bytes:
         return
-    fits = ""
+    fits = None
     if passes is not None:
-        smaller = [b for b in range(mem.batch_sizes[0] - 1, 0, -1)
-                   if workers * estimate(passes, [min(s, b) for s in mem.batch_sizes]).total <= free_bytes]
-        fits = f" (the largest batch that fits: {smaller[0]})" if smaller else " (not even a batch of 1 fits)"
+        b = largest_fitting_batch(passes, mem.batch_sizes, workers, free_bytes, scale)
+        fits = str(b) if b else "none, not even 1"
     raise GraphMemoryError(
-        f"CUDA graphs for batch sizes {list(mem.batch_sizes)} need about {mem.total / GIB:.1f} GiB per worker, "
-        f"{need / GIB:.1f} GiB for the {workers} worker(s) on {where}, which has {free_bytes / GIB:.1f} GiB free: "
-        f"lower the batch size (Offline --batch-size, Server --server-max-batch){fits}, "
-        "or run without graphs (--no-cuda-graphs)")
+        f"CUDA graphs for batch sizes {list(mem.batch_sizes)} need about {scale * mem.total / GIB:.1f} GiB per "
+        f"worker{basis}, {need / GIB:.1f} GiB for the {workers} worker(s) on {where}, which has "
+        f"{free_bytes / GIB:.1f} GiB free: {_advice(fits)}")
+
+
+def _advice(fits: str | None) -> str:
+    """What to do about graphs that do not fit; ``fits``: the largest batch that would, if known."""
+    known = f"; the largest batch that fits: {fits}" if fits else ""
+    return (f"lower the batch size (Offline --batch-size, Server --server-max-batch{known}), "
+            "or run without graphs (--no-cuda-graphs)")
+
+
+def measured_scale(measured_bytes: int, passes: Sequence[PassMemory], batch: int) -> float:
+    """How much more than estimated the graphs of ``batch`` really took (at least 1): measured / estimate."""
+    return max(1.0, measured_bytes / estimate(passes, [batch]).total)
+
+
+def capture_out_of_memory(mem: GraphMemory, workers: int, free_bytes: int, where: str, batch: int,
+                          passes: Sequence[PassMemory], scale: float) -> GraphMemoryError:
+    """The error for a capture of ``batch`` that ran out of device memory although the estimate fit.
+
+    ``free_bytes``: free on ``where`` before its first capture; ``scale``: the measured one, if any. The
+    real cost was more than ``free_bytes``, so the scale is at least ``free_bytes`` / the estimate of all.
+    """
+    scale = max(scale, free_bytes / (workers * mem.total))
+    b = largest_fitting_batch(passes, mem.batch_sizes, workers, free_bytes, scale)
+    return GraphMemoryError(
+        f"capturing the CUDA graphs of batch {batch} on {where} ran out of device memory, although the estimate "
+        f"of {mem.total / GIB:.1f} GiB per worker ({workers} worker(s)) fit its {free_bytes / GIB:.1f} GiB free "
+        f"(cuDNN workspaces and allocator rounding come on top): {_advice(f'at most {b}' if b else 'none')}")

@@ -15,12 +15,28 @@ answer in a few steps (at most k). This replaces torchvision's
 ``batched_nms``, whose coordinate-offset trick makes its CPU kernel compare
 every candidate with every other one (O(K^2) over up to 80 x 200 boxes per
 image: half a second per image here) and whose offsets cost fp32 precision.
-There is no Python loop over images, classes or boxes; host syncs are one per
-NMS step plus the final split. An image's result never depends on its batch.
+There is no Python loop over images, classes or boxes. Groups go through NMS
+a chunk at a time, so their [g, k, k] overlaps stay within ``BLOCK_BYTES``
+(backends/ssd/overlap.py). An image's result never depends on its batch.
+
+This form is for the CPU, where a host sync costs nothing: the candidates'
+shapes depend on the scores (``nonzero``, boolean indexing, ``unique``) and
+each NMS step asks whether it has converged (``torch.equal``), up to k host
+syncs per batch. On CUDA each of those stalls the host until the device
+catches up, so there :func:`postprocess` runs the static-shape form
+(backends/ssd/static_postprocess.py): the same detections, bit for bit, with
+one host sync per batch. torchvision's ``batched_nms`` is no way out on either
+device: above 1,000 boxes on the CPU or 25,000 on CUDA (torchvision 0.29:
+``boxes.numel()`` above 4,000 or 100,000) it loops over the classes (a sync per
+class), below that it offsets each class's coordinates, which costs fp32
+precision, and its CUDA kernel builds an N x N/64 bit mask.
 """
 from __future__ import annotations
 
 import torch
+
+from .overlap import BLOCK_BYTES, PAIR_BYTES, pair_overlap
+from .static_postprocess import select, split
 
 
 def _rank_within(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -37,40 +53,28 @@ def _group_score_order(groups: torch.Tensor, scores: torch.Tensor) -> torch.Tens
     return by_score[by_group]
 
 
-def overlap_matrix(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Which pairs inside each group overlap above the threshold.
-
-    Args:
-        boxes: Tensor[G, k, 4] in (x1, y1, x2, y2) format.
-        iou_threshold: t in IoU > t.
-
-    Returns:
-        Tensor[G, k, k] bool: IoU(i, j) > t, tested as inter * (1 + t) > t * (area_i + area_j),
-        which is the same inequality without a division (and False for two empty boxes).
-    """
-    b = boxes.float()
-    x1, y1, x2, y2 = (b[..., i].contiguous() for i in range(4))                # [G, k] each
-    area = (x2 - x1) * (y2 - y1)
-    iw = torch.minimum(x2[:, :, None], x2[:, None, :]).sub_(torch.maximum(x1[:, :, None], x1[:, None, :]))
-    ih = torch.minimum(y2[:, :, None], y2[:, None, :]).sub_(torch.maximum(y1[:, :, None], y1[:, None, :]))
-    inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0)).mul_(1.0 + iou_threshold)
-    return inter > (area[:, :, None] + area[:, None, :]).mul_(iou_threshold)
-
-
-def grouped_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS inside each group, all groups at once.
+def grouped_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
+                block_bytes: int | None = None) -> torch.Tensor:
+    """Greedy NMS inside each group, a chunk of groups at once (their [g, k, k] overlaps within ``block_bytes``).
 
     Args:
         boxes: Tensor[G, k, 4] in (x1, y1, x2, y2) format, each group sorted by decreasing score.
         valid: Tensor[G, k] bool, False on padding.
         iou_threshold: a box is suppressed by a better kept box of its group when IoU > threshold.
+        block_bytes: bound on one chunk's temporaries (default ``BLOCK_BYTES``; groups are independent,
+            so chunks change no result).
 
     Returns:
         Tensor[G, k] bool, the boxes greedy NMS keeps.
     """
-    k = boxes.shape[1]
+    g, k = valid.shape
+    block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
+    chunk = max(1, block_bytes // max(1, k * k * PAIR_BYTES))
+    if g > chunk:
+        return torch.cat([grouped_nms(boxes[i:i + chunk], valid[i:i + chunk], iou_threshold, block_bytes)
+                          for i in range(0, g, chunk)])
     better = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu_(1)   # [i, j]: i ranks before j
-    overlaps = (overlap_matrix(boxes, iou_threshold) & better & valid[:, :, None]).float()  # [G, i, j]
+    overlaps = (pair_overlap(boxes, boxes, iou_threshold) & better & valid[:, :, None]).float()  # [G, i, j]
     keep = valid
     for _ in range(k):   # converges in a few steps; k bounds it (box i is final after i steps)
         suppressed = torch.bmm(keep.float()[:, None, :], overlaps)[:, 0] > 0   # any kept i overlapping j
@@ -83,7 +87,7 @@ def grouped_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float) 
 
 def postprocess(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float = 0.05,
                 nms_iou: float = 0.5, max_per_class: int = 200,
-                max_detections: int = 200) -> list[torch.Tensor]:
+                max_detections: int = 200, static: bool | None = None) -> list[torch.Tensor]:
     """Select the final detections of a batch.
 
     Args:
@@ -94,6 +98,8 @@ def postprocess(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: floa
         nms_iou: a box is suppressed by a better box of the same class when IoU > nms_iou.
         max_per_class: candidates kept per (image, class) before NMS.
         max_detections: detections kept per image after NMS.
+        static: use the form with static shapes (backends/ssd/static_postprocess.py: one host sync);
+            default on CUDA. The two return the same detections.
 
     Returns:
         One fp32 Tensor[K, 6] per image, on the input device: (x1, y1, x2, y2, score, label),
@@ -103,6 +109,8 @@ def postprocess(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: floa
     if boxes.shape != (n, b, 4):
         raise ValueError(f"boxes must be [N, B, 4] = [{n}, {b}, 4] to match scores {list(scores.shape)}, "
                          f"got {list(boxes.shape)}")
+    if scores.is_cuda if static is None else static:
+        return split(*select(boxes, scores, score_threshold, nms_iou, max_per_class, max_detections))
     fg = scores.float()[:, 1:, :]                                 # [N, C-1, B]
     passing = fg > score_threshold
     cand_scores = fg[passing]                                     # row-major, like nonzero
