@@ -166,9 +166,11 @@ def package_main(argv: list[str]) -> int:
                    help=f"implementation name in file names and code/ (default {DEFAULT_IMPLEMENTATION})")
     p.add_argument("--status", default="rdi", choices=SYSTEM_STATUSES, help="the system's availability (default rdi)")
     p.add_argument("--system-type", default="edge", choices=SYSTEM_TYPES, help="default edge")
+    p.add_argument("--allow-failed-audits", action="store_true",
+                   help="copy audits whose verdict is a failure as they are (the checker then reports them)")
     args = p.parse_args(argv)
     done = package_submission(args.results, args.out, args.division, args.submitter, args.implementation,
-                              args.status, args.system_type)
+                              args.status, args.system_type, args.allow_failed_audits)
     print(f"submission tree: {done.root}")
     for t in done.truncated:
         print(f"{t.target}: truncated from {t.original_bytes} bytes, sha256 {t.sha256}")

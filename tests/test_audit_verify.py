@@ -36,7 +36,8 @@ def test_submission_runs_and_verifies_every_audit_of_the_round(tmp_path, fast_co
     for mode, found in (("performance/run_1", 0), ("TEST01", 1), ("TEST04-A", 1), ("TEST04-B", 1), ("TEST05", 1)):
         detail = (scen / mode / "mlperf_log_detail.txt").read_text()
         assert detail.count("Found Audit Config file") == found, mode
-    assert '"key": "effective_performance_issue_same", "value": true' in (scen / "TEST04-B/mlperf_log_detail.txt").read_text()
+    assert '"key": "effective_performance_issue_same", "value": true' in \
+        (scen / "TEST04-B/mlperf_log_detail.txt").read_text()
     assert '"key": "effective_performance_issue_unique", "value": true' in \
         (scen / "TEST04-A/mlperf_log_detail.txt").read_text()
     # LoadGen's raw output stays together, as MLPerf's run_verification.py reads it (-c <scenario>/TEST01).

@@ -96,6 +96,16 @@ def test_test01_map_fallback_files_only_when_bytes_differed(tmp_path):
     assert (acc / "accuracy.txt").read_text().startswith("mAP=50.100%\n")
 
 
+def test_a_failed_audit_is_refused_unless_asked_for(tmp_path):
+    scen = _results(tmp_path / "res", b"[\n]\n")
+    (scen / "TEST05" / "verify_performance.txt").write_text("...\nTEST FAIL: speed 120.8% of the performance run\n")
+    with pytest.raises(PackageRefused, match=r"TEST05: TEST05/verify_performance.txt says 'TEST FAIL: speed 120.8%"):
+        package_submission(tmp_path / "res", tmp_path / "sub")
+    done = package_submission(tmp_path / "res", tmp_path / "sub", allow_failed_audits=True)
+    assert any("TEST05" in t and "MLPerf's checker reports it" in t for t in done.todo)
+    assert "TEST FAIL" in (done.root / "compliance/sys/ssd-resnet34/Offline/TEST05/verify_performance.txt").read_text()
+
+
 def test_runs_under_loadgens_own_seeds_are_refused(tmp_path):
     _results(tmp_path / "res", b"[\n]\n", rules="none")
     with pytest.raises(PackageRefused, match=r"followed --rules none .*rerun with --rules v2.0"):
