@@ -89,3 +89,16 @@ def test_an_audit_config_of_a_running_compliance_run_is_named_as_such(tmp_path):
     (tmp_path / "audit.config").write_text(f"# placed by process {done.stdout.strip()} for TEST04; removed ...\n")
     with pytest.raises(AuditConfigError, match="left over from an interrupted compliance run"):
         check_no_stray_audit_config(tmp_path)                  # its process has ended: a leftover
+
+
+def test_test04a_on_too_few_images_is_refused_before_the_model_loads(tmp_path, synthetic_coco, fast_conf, capsys,
+                                                                    monkeypatch):
+    import run
+    monkeypatch.chdir(tmp_path)
+    args = ["--scenario", "Offline", "--mode", "submission", "--data", str(synthetic_coco), "--cache-dir",
+            str(tmp_path / "cache"), "--output", str(tmp_path / "o"), "--user-conf", str(fast_conf),
+            "--backend", "null", "--image-size", "257", "257"]
+    assert run.main(args) == 2                      # 8 images, 64 performance samples: LoadGen would segfault
+    assert "TEST04-A issues each of the 64 performance samples once, but the data set has only 8 images" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()        # refused before the cache was prepared

@@ -11,7 +11,7 @@ order, cheapest first:
    this model.
 2. A checkpoint or an explicit ``random_weights`` for the PyTorch backend.
 3. The annotation file: COCO structure, no repeated ids (torch is imported
-   from here on).
+   from here on); enough images for TEST04-A when the mode runs it.
 4. The checkpoint's own facts: backbone, class count, variant, training size
    (harness/settings/from_checkpoint.py), then the geometry again (a variant
    or a size may have changed).
@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
-from harness.compliance.audit import check_no_stray_audit_config
+from harness.compliance.audit import check_audit_samples, check_no_stray_audit_config
 from harness.results.layout import exclusive_scenario, scenario_dir
 from harness.settings.config import Config, RunConfig
 from harness.settings.from_checkpoint import apply_checkpoint
@@ -88,6 +88,11 @@ def check_inputs(config: Config, given: Mapping[str, str], backend: str = "pytor
     ann = find_annotation_file(data.data_dir, data.annotation_file)
     doc = read_annotations(ann)
     categories = len(doc["categories"])
+    if loadgen and "TEST04-A" in mode_runs(config.run):   # before the model loads (LoadGen would crash)
+        images = len(doc["images"]) if data.max_images is None else min(len(doc["images"]), data.max_images)
+        settings = make_test_settings(config.run.user_conf, config.run.scenario, "TEST04-A", config.run)
+        if settings.performance_sample_count_override:
+            check_audit_samples(("TEST04-A",), settings.performance_sample_count_override, images)
     config = apply_checkpoint(config, given)
     if backend == "pytorch":
         check_geometry(config.model, size_setting(config.model, given))
