@@ -5,10 +5,11 @@
     python run.py demo    (the embedded default: demo data and model shipped with the project)
     python run.py report DIR              (rebuild report.md for earlier runs under DIR)
     python run.py package RESULTS OUT     (submission copy, accuracy logs truncated and hashed)
-    python run.py verify DIR [--annotation-file F]  (re-verify the TEST01/TEST04 audits under DIR)
+    python run.py verify DIR [--annotation-file F]  (re-verify the compliance audits under DIR)
 
-``--mode submission`` runs accuracy, performance and the compliance audits
-TEST01 and TEST04 for one scenario, and verifies the audits.
+``--mode submission`` runs accuracy, performance and the compliance audits of
+the rules profile (``--rules``, default v2.0: TEST01, TEST04-A, TEST04-B,
+TEST05) for one scenario, and verifies the audits.
 
 The work lives in harness/ (``harness.run.benchmark.run_benchmark``,
 ``harness.run.evaluate.evaluate_direct``); this file only parses flags, turns bad
@@ -148,13 +149,29 @@ def report_main(argv: list[str]) -> int:
 
 
 def package_main(argv: list[str]) -> int:
-    from harness.compliance.package import package_submission
+    from harness.compliance.package import (
+        DEFAULT_IMPLEMENTATION,
+        DEFAULT_SUBMITTER,
+        DIVISIONS,
+        package_submission,
+    )
+    from harness.compliance.system_desc import SYSTEM_STATUSES, SYSTEM_TYPES
     p = argparse.ArgumentParser(prog="run.py package",
-                                description="Copy a results tree for submission, accuracy logs truncated and hashed.")
+                                description="Write the MLPerf submission tree of --mode submission runs.")
     p.add_argument("results", help="results root (the --output of the runs)")
-    p.add_argument("out", help="new folder for the submission copy")
+    p.add_argument("out", help="new folder: the root of the submission (<division>/<submitter>/... inside)")
+    p.add_argument("--division", default="closed", choices=DIVISIONS)
+    p.add_argument("--submitter", default=DEFAULT_SUBMITTER, help=f"organization folder (default {DEFAULT_SUBMITTER})")
+    p.add_argument("--implementation", default=DEFAULT_IMPLEMENTATION,
+                   help=f"implementation name in file names and code/ (default {DEFAULT_IMPLEMENTATION})")
+    p.add_argument("--status", default="rdi", choices=SYSTEM_STATUSES, help="the system's availability (default rdi)")
+    p.add_argument("--system-type", default="edge", choices=SYSTEM_TYPES, help="default edge")
+    p.add_argument("--allow-failed-audits", action="store_true",
+                   help="copy audits whose verdict is a failure as they are (the checker then reports them)")
     args = p.parse_args(argv)
-    done = package_submission(args.results, args.out)
+    done = package_submission(args.results, args.out, args.division, args.submitter, args.implementation,
+                              args.status, args.system_type, args.allow_failed_audits)
+    print(f"submission tree: {done.root}")
     for t in done.truncated:
         print(f"{t.target}: truncated from {t.original_bytes} bytes, sha256 {t.sha256}")
     for path in done.written:
@@ -170,16 +187,17 @@ def package_main(argv: list[str]) -> int:
 def verify_main(argv: list[str]) -> int:
     from harness.compliance.verify import verify_audit
     from harness.report.markdown import write_report
-    p = argparse.ArgumentParser(prog="run.py verify", description="Verify the TEST01/TEST04 audits of earlier runs.")
+    from harness.settings.rules import AUDITS
+    p = argparse.ArgumentParser(prog="run.py verify", description="Verify the compliance audits of earlier runs.")
     p.add_argument("dir", help="a results root or scenario folder holding accuracy/, performance/run_1/, TEST0x/")
     p.add_argument("--annotation-file", help="COCO annotations for TEST01's mAP fallback (default: none)")
     args = p.parse_args(argv)
-    folders = [f for f in _harness_runs(args.dir) if (f / "TEST01").is_dir() or (f / "TEST04").is_dir()]
+    folders = [f for f in _harness_runs(args.dir) if any((f / test).is_dir() for test in AUDITS)]
     if not folders:
-        raise UsageError(f"no TEST01 or TEST04 folders under {args.dir}")
+        raise UsageError(f"no audit folders ({', '.join(AUDITS)}) under {args.dir}")
     passed = True
     for folder in folders:
-        for test in ("TEST01", "TEST04"):
+        for test in AUDITS:
             if (folder / test).is_dir():
                 audit = verify_audit(test, folder, args.annotation_file)
                 passed &= audit.passed

@@ -84,8 +84,8 @@ class DiesAfter(NullBackend):
 def test_dead_worker_ends_the_run_fast_with_its_cause(tmp_path, scenario, monkeypatch):
     monkeypatch.chdir(tmp_path)
     t0 = time.monotonic()
-    result = run_benchmark(_config(tmp_path, LONG_CONF, scenario, "submission", offline_expected_qps=100.0,
-                                   singlestream_expected_latency_ms=500.0),
+    result = run_benchmark(_config(tmp_path, LONG_CONF, scenario, "submission", rules="none",
+                                   offline_expected_qps=100.0, singlestream_expected_latency_ms=500.0),
                            DiesAfter(3), Dataset(MemoryQSL(50)))
     assert time.monotonic() - t0 < 30                   # not the 600 s the settings ask for
     assert [r.mode for r in result.runs] == ["accuracy"]  # the later runs never start
@@ -166,7 +166,7 @@ class RemovesFolderDuringPerformanceRun(NullBackend):
 def test_run_folder_removed_mid_run_is_a_clear_error(tmp_path, fast_conf, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     scen = tmp_path / "out/default/ssd-resnet34/Offline"
-    config = _config(tmp_path, fast_conf, mode="submission")
+    config = _config(tmp_path, fast_conf, mode="submission", rules="none")
     with pytest.raises(OutputError, match=r"run folder .*performance/run_1 disappeared during the run") as e:
         run_benchmark(config, RemovesFolderDuringPerformanceRun(scen, latency_ms=1.0), Dataset(MemoryQSL(20)))
     assert [r.mode for r in e.value.result.runs] == ["accuracy"]
@@ -190,7 +190,7 @@ def test_full_disk_for_loadgen_logs_is_a_clear_error(tmp_path, fast_conf, monkey
     monkeypatch.setattr(loadgen_run, "clear_run", clear_then_fill_the_disk)
     with pytest.raises(OutputError, match=r"LoadGen could not write its logs in .*run_1 \(mlperf_log_summary.txt "
                                           r"is missing or empty: \d+ MB free on that disk\)") as e:
-        run_benchmark(_config(tmp_path, fast_conf, mode="submission"), NullBackend(latency_ms=1.0),
+        run_benchmark(_config(tmp_path, fast_conf, mode="submission", rules="none"), NullBackend(latency_ms=1.0),
                       Dataset(MemoryQSL(20)))
     acc = e.value.result.runs[0].out_dir
     assert (acc / "mlperf_log_summary.txt").stat().st_size > 0

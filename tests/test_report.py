@@ -82,7 +82,7 @@ def test_package_command(tmp_path, synthetic_coco, fast_conf, capsys, monkeypatc
     assert _run(capsys, args)[0] == 0
     rc, out, _ = _run(capsys, ["package", str(tmp_path / "o"), str(tmp_path / "sub")])
     assert rc == 0 and "accuracy/mlperf_log_accuracy.json: truncated from" in out
-    acc = tmp_path / "sub" / "default" / "ssd-resnet34" / "Offline" / "accuracy"
+    acc = tmp_path / "sub" / "closed" / "my_org" / "results" / "default" / "ssd-resnet34" / "Offline" / "accuracy"
     assert re.search(r"\nhash=[0-9a-f]{64}\n$", (acc / "accuracy.txt").read_text())
     rc, _, err = _run(capsys, ["package", str(tmp_path / "o"), str(tmp_path / "sub")])
     assert rc == 2 and "already exists" in err

@@ -167,7 +167,8 @@ def test_a_failed_compliance_audit_fails_the_submission_run(tmp_path, synthetic_
     model = ModelConfig(image_size=(257, 257), num_classes=7)
     dataset = open_dataset(DataConfig(data_dir=str(synthetic_coco), cache_dir=str(tmp_path / "cache")), (257,))
     config = load_config(None, {"model": {"image_size": [257, 257], "num_classes": 7},
-                                "run": {"scenario": "Offline", "mode": "submission", "user_conf": str(fast_conf),
+                                "run": {"scenario": "Offline", "mode": "submission", "rules": "none",
+                                        "user_conf": str(fast_conf),
                                         "output_dir": str(tmp_path / "o"), **HINTS}})
     result = run_benchmark(config, Drifting(model), dataset)
     text = format_summary(result)
@@ -192,12 +193,13 @@ class CtrlCDuringTest04(Model):
 def test_verify_shows_an_audit_cut_by_ctrl_c_as_interrupted(tmp_path, fast_conf, monkeypatch, capsys):
     from harness.run.loadgen_thread import Interrupted
     monkeypatch.chdir(tmp_path)
-    config = load_config(None, {"run": {"scenario": "Offline", "mode": "submission", "user_conf": str(fast_conf),
+    config = load_config(None, {"run": {"scenario": "Offline", "mode": "submission", "rules": "none",
+                                        "user_conf": str(fast_conf),
                                         "output_dir": str(tmp_path / "o"), **HINTS}})
     with pytest.raises(Interrupted):
         run_benchmark(config, CtrlCDuringTest04(latency_ms=1.0), Dataset(MemoryQSL(50)))
     rc, out, _ = _main(capsys, ["verify", str(tmp_path / "o")])
-    assert rc == 1 and "TEST04: FAIL (not verified: the TEST04 run (TEST04/performance/run_1) is INTERRUPTED: " \
+    assert rc == 1 and "TEST04: FAIL (not verified: the TEST04 run (TEST04) is INTERRUPTED: " \
                        "interrupted (Ctrl-C)" in out
     assert "TEST01 accuracy: PASS" in out                                 # the audit that finished still passes
 
@@ -269,13 +271,16 @@ def test_a_rerun_replaces_harness_log_and_package_copies_only_what_the_checker_r
     assert re.search(r"removed \d+ file\(s\) an earlier performance run left", log_text)
     rc, out, _ = _main(capsys, ["package", str(tmp_path / "o"), str(tmp_path / "sub")])
     assert rc == 0
-    sub = tmp_path / "sub/default/ssd-resnet34/Offline"
+    sub = tmp_path / "sub/closed/my_org"
     copied = sorted(str(p.relative_to(sub)) for p in sub.rglob("*") if p.is_file())
-    assert copied == ["accuracy/accuracy.txt", "accuracy/mlperf_log_accuracy.json", "accuracy/mlperf_log_detail.txt",
-                      "accuracy/mlperf_log_summary.txt", "measurements.json", "performance/run_1/mlperf_log_detail.txt",
-                      "performance/run_1/mlperf_log_summary.txt", "user.conf"]
-    assert (sub / "user.conf").read_text() == fast_conf.read_text()
-    measurements = json.loads((sub / "measurements.json").read_text())
+    scen = "default/ssd-resnet34/Offline"
+    assert copied == [f"measurements/{scen}/{n}" for n in ("default_pytorch_Offline.json", "mlperf.conf", "user.conf")] \
+        + [f"results/{scen}/{n}" for n in ("accuracy/accuracy.txt", "accuracy/mlperf_log_accuracy.json",
+                                           "accuracy/mlperf_log_detail.txt", "accuracy/mlperf_log_summary.txt",
+                                           "performance/run_1/mlperf_log_detail.txt",
+                                           "performance/run_1/mlperf_log_summary.txt")] + ["systems/default.json"]
+    assert (sub / "measurements" / scen / "user.conf").read_text() == fast_conf.read_text()
+    measurements = json.loads((sub / "measurements" / scen / "default_pytorch_Offline.json").read_text())
     assert measurements["weight_data_types"] == "fp32" and measurements["retraining"] == "no"
-    for needed in ("Offline: no TEST01 run", "Offline/README.md", "systems/default.json", "src/"):
+    for needed in ("Offline: no TEST01 run", "Offline/README.md", "systems/default.json", "code/ssd-resnet34/pytorch"):
         assert needed in out, needed

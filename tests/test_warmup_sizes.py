@@ -91,7 +91,8 @@ def test_every_batch_of_an_offline_submission_was_warmed_up(synthetic_coco, tmp_
     config = load_config(None, {
         "model": {"backbone": "resnet18", "num_classes": 7, "image_size": [257, 257]},
         "data": {"data_dir": str(synthetic_coco), "cache_dir": str(tmp_path / "cache")},
-        "run": {"scenario": "Offline", "mode": "submission", "batch_size": 4, "offline_expected_qps": 50.0,
+        "run": {"scenario": "Offline", "mode": "submission", "rules": "none", "batch_size": 4,
+                "offline_expected_qps": 50.0,
                 "user_conf": str(conf), "output_dir": str(tmp_path / "out")}})
     dataset = open_dataset(config.data, (257,), progress=False)
     queries = offline_query_sizes(config, dataset.qsl.total_count, dataset.qsl.perf_count)

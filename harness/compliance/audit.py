@@ -1,4 +1,4 @@
-"""MLPerf compliance audits TEST01 and TEST04: their ``audit.config`` and its placement.
+"""MLPerf compliance audits (TEST01, TEST04, TEST04-A, TEST04-B, TEST05): their ``audit.config`` and its placement.
 
 Facts about LoadGen 6.0.17 (loadgen.cc ``StartTest``, checked in its source):
 ``StartTest``/``StartTestWithLogSettings`` take ``audit_config_filename``
@@ -19,14 +19,26 @@ This module therefore:
   (:func:`placed_audit_config`, a context manager), and passes its absolute
   path to LoadGen explicitly.
 
-Audit settings (mlcommons/inference ``compliance/nvidia``):
+Audit settings (mlcommons/inference ``compliance/nvidia`` at tag v2.0, commit
+33894a19c4af6207f7cfdda75f84570f04836de5; TEST04 as in v4.0, commit
+e39003a9c4c89a2215db0ca57ad7a57b16f9a785); which audits run is the rules
+profile's (harness/settings/rules.py):
 
-- TEST01: a performance run that also logs a random sample of responses
-  (``accuracy_log_sampling_target`` responses, seed
-  ``accuracy_log_rng_seed``), compared with the accuracy run.
-- TEST04: a performance run that issues one sample over and over
-  (``performance_issue_same = 1``, index ``performance_issue_same_index``);
-  it must not be much faster than the normal run (no caching of results).
+- TEST01 (``TEST01/ssd-resnet34/audit.config``): a performance run that also
+  logs a random sample of responses (``accuracy_log_sampling_target`` responses,
+  seed ``accuracy_log_rng_seed``), compared with the accuracy run.
+- TEST04-A: a performance run issuing the ``performance_sample_count`` loaded
+  samples once each (``performance_issue_unique = 1``).
+- TEST04-B, and TEST04 of later rounds (the same file): a performance run
+  issuing one sample over and over (``performance_issue_same = 1``, index
+  ``performance_issue_same_index``); it must not be much faster than TEST04-A
+  (v2.0) or the performance run (later rounds): no caching of results.
+- TEST05: a performance run with other RNG seeds. v2.0's ``audit.config`` sets
+  ``*.*.qsl_rng_seed`` and the other two, but LoadGen 6.0.17 reads seeds only
+  from its built-in conf (``FromConfig`` with ``conf_type`` 0), never from an
+  audit.config; it takes TEST05's seeds from ``TestSettings.test05_*`` when
+  ``TestSettings.test05`` is on. The harness sets those (settings/loadgen.py),
+  and this file only switches to a performance run.
 """
 from __future__ import annotations
 
@@ -38,11 +50,11 @@ from pathlib import Path
 from typing import Iterator
 
 from ground.errors import InputError
+from harness.settings.rules import AUDITS
 
 log = logging.getLogger("harness")
 
 AUDIT_FILE = "audit.config"
-AUDITS = ("TEST01", "TEST04")
 TEST01_SAMPLING_TARGET = 256
 TEST01_RNG_SEED = 720381539243781796
 TEST04_SAME_INDEX = 3
@@ -55,15 +67,34 @@ class AuditConfigError(InputError, RuntimeError):
     """An audit.config is where LoadGen would read it, or cannot be written there; the message says what to do."""
 
 
+def check_audit_samples(audits: tuple[str, ...] | list[str], performance_sample_count: int, total: int) -> None:
+    """Refuse TEST04-A on a data set smaller than the performance sample count (AuditConfigError).
+
+    TEST04-A (``performance_issue_unique``) issues ``performance_sample_count`` samples, each from the
+    loaded set; LoadGen 6.0.17 (loadgen.cc ``GenerateQueries``) indexes that set past its end when it
+    holds fewer (a data set smaller than the override), and the process dies of a segmentation fault.
+    """
+    if "TEST04-A" in audits and 0 < total < performance_sample_count:
+        raise AuditConfigError(
+            f"TEST04-A issues each of the {performance_sample_count} performance samples once, but the data set has "
+            f"only {total} images (LoadGen would read past them and crash): use at least {performance_sample_count} "
+            "images, or lower performance_sample_count_override in user.conf (the round requires 64 for a submission)")
+
+
 def audit_config_text(test: str) -> str:
-    """The ``audit.config`` of ``test`` (TEST01 or TEST04); mode 2 = PerformanceOnly."""
+    """The ``audit.config`` of ``test`` (one of AUDITS); mode 2 = PerformanceOnly."""
     if test == "TEST01":
         return (_HEADER + "*.*.mode = 2\n"
                 f"*.*.accuracy_log_rng_seed = {TEST01_RNG_SEED}\n"
                 f"*.*.accuracy_log_sampling_target = {TEST01_SAMPLING_TARGET}\n")
-    if test == "TEST04":
+    if test == "TEST04-A":
+        return _HEADER + "*.*.mode = 2\n*.*.performance_issue_unique = 1\n*.*.performance_issue_same = 0\n"
+    if test in ("TEST04", "TEST04-B"):
         return (_HEADER + "*.*.mode = 2\n*.*.performance_issue_unique = 0\n*.*.performance_issue_same = 1\n"
                 f"*.*.performance_issue_same_index = {TEST04_SAME_INDEX}\n")
+    if test == "TEST05":
+        return (_HEADER + "# TEST05's seeds are set on TestSettings (test05 = true, test05_*_rng_seed): LoadGen\n"
+                "# 6.0.17 ignores seeds in an audit.config.\n*.*.mode = 2\n")
     raise ValueError(f"unknown audit {test!r}; known: {', '.join(AUDITS)}")
 
 

@@ -10,7 +10,8 @@ reasons (only for a run that finished with a model: any other run shows its
 label, INTERRUPTED, INCOMPLETE, FAILED, SIMULATED or RUNNING, in their
 place), throughput, latency
 percentiles, mAP with the 12 COCO statistics (``accuracy.txt``), failed
-samples (``run_record.json``), the TEST01/TEST04 verdicts (``verify_*.txt``),
+samples (``run_record.json``), the rules profile the runs followed
+(``run.rules``, harness/settings/rules.py), the audits' verdicts (``verify_*.txt``),
 and links to the pictures: a latency histogram per timed run (drawn here
 from ``latencies_s.npy``) and the demo's ``detections.png`` /
 ``latency_<scenario>.png`` when the output root holds them. Everything is
@@ -40,11 +41,13 @@ from harness.results.layout import (
 from harness.results.loadgen_log import read_detail_log, read_mllog
 from harness.results.run_record import read_run_record
 from harness.results.run_status import RunState, audit_is_stale, run_state
+from harness.settings.rules import AUDITS, RULES
 from ground.files import write_text_atomic
 
 REPORT_NAME = "report.md"
 PERCENTILES = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
-EFFECTIVE_KEYS = ("effective_min_duration_ms", "effective_min_query_count", "effective_sample_index_rng_seed",
+EFFECTIVE_KEYS = ("effective_min_duration_ms", "effective_min_query_count", "effective_qsl_rng_seed",
+                  "effective_sample_index_rng_seed", "effective_schedule_rng_seed",
                   "effective_target_latency_ns", "effective_target_latency_percentile",
                   "effective_samples_per_query", "effective_target_qps", "effective_performance_sample_count",
                   "effective_accuracy_log_sampling_target", "effective_performance_issue_same")
@@ -110,6 +113,10 @@ def _settings(config: Path | None, status: dict | None, runs: list[tuple[str, Pa
         env = ((status or {}).get("environment")) or {}
         md.append(f"_Of the latest run (`{config.parent.relative_to(folder)}/`); each run's own are in its section._")
         md.append("")
+        rules = RULES.get(str(doc.get("run", {}).get("rules", "none")))
+        if rules is not None:
+            md.append(f"- **rules**: MLPerf Inference {rules.name} ({rules.source})" if rules.checker_version else
+                      f"- **rules**: none ({rules.source}; MLPerf's checkers reject these seeds)")
         for section in ("model", "data", "run"):
             items = ", ".join(_in_force(section, k, v, env) for k, v in doc.get(section, {}).items()
                               if v is not None)
@@ -176,8 +183,8 @@ def _run_section(mode: str, run_dir: Path, folder: Path, state: RunState) -> lis
         items = json.loads(own.read_text()).get("run", {})
         md.append("- Run settings: " + ", ".join(_in_force("run", k, v, env or {}) for k, v in items.items()
                                                  if v is not None))
-    if mode in ("TEST01", "TEST04"):
-        md += _verdicts(folder / mode)
+    if mode in AUDITS:
+        md += _verdicts(run_dir)
         if audit_is_stale(folder, mode):
             md.append("- **Stale**: the performance run is newer than this audit, whose verdict compared "
                       "against an earlier one; run `--mode submission` again to audit the current run")

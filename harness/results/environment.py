@@ -46,6 +46,17 @@ def cpu_model() -> str:
     return os.uname().machine
 
 
+def memory_bytes() -> int | None:
+    """The machine's memory (Linux ``/proc/meminfo`` MemTotal), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text(errors="replace").splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _devices(backend: Any) -> list[str]:
     workers = getattr(backend, "workers", None)
     found = [str(getattr(w, "device", "")) for w in (workers() if callable(workers) else [backend])]
@@ -79,6 +90,7 @@ def describe_environment(backend: Any, use_pycocotools: bool = False) -> dict[st
         "host": socket.gethostname(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "memory_bytes": memory_bytes(),
         "threads": torch.get_num_threads(),
         "backend": getattr(core, "name", type(core).__name__),
         "simulated": bool(getattr(core, "simulated", True)),

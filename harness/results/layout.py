@@ -3,9 +3,12 @@
     <output>/<system>/ssd-resnet34/<scenario>/accuracy/          accuracy run
     <output>/<system>/ssd-resnet34/<scenario>/performance/run_1/ performance run
     <output>/<system>/ssd-resnet34/<scenario>/performance/find_peak/  find-peak search
-    <output>/<system>/ssd-resnet34/<scenario>/TEST01/performance/run_1/  TEST01 audit run
-        (its sampled accuracy log moves to TEST01/accuracy/, verify_*.txt in TEST01/)
-    <output>/<system>/ssd-resnet34/<scenario>/TEST04/performance/run_1/  TEST04 audit run
+    <output>/<system>/ssd-resnet34/<scenario>/<TEST>/             an audit run (TEST01, TEST04-A, ...)
+
+An audit's folder keeps LoadGen's raw output together (summary, detail and,
+for TEST01, the sampled accuracy log), as MLPerf's ``run_verification.py``
+reads it (``-c <scenario>/TEST01``), with the harness's verify_*.txt beside it;
+``run.py package`` lays the copies out as the round's ``compliance/`` tree.
 
 LoadGen silently skips its logs when the folder does not exist, so every run
 folder is created, and proven writable, before LoadGen starts.
@@ -26,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.settings.loadgen import LOADGEN_MODEL
+from harness.settings.rules import AUDITS
 from ground.errors import OutputError
 from ground.files import open_lock, prove_writable, read_json_object, take
 from ground.names import path_name_problem
 
 RUN_DIRS = {"accuracy": ("accuracy",), "performance": ("performance", "run_1"),
             "find-peak": ("performance", "find_peak"),
-            "TEST01": ("TEST01", "performance", "run_1"), "TEST04": ("TEST04", "performance", "run_1")}
+            **{test: (test,) for test in AUDITS}}
 
 RUN_LOCK = ".run.lock"
 
@@ -52,11 +56,11 @@ HARNESS_FILES = (STATUS_NAME, RECORD_NAME, LATENCIES_NAME, LATENCY_PNG, ACCURACY
                  "config.json", "user.conf", "harness.log")
 VERIFY_ACCURACY = "verify_accuracy.txt"         # TEST01's verdict on the responses (harness/compliance/verdicts.py)
 VERIFY_PERFORMANCE = "verify_performance.txt"   # an audit's verdict on the speed
-# What an audit's verification writes outside its run folder, relative to <scenario>/<TEST>/.
-AUDIT_FILES = {"TEST01": (VERIFY_ACCURACY, VERIFY_PERFORMANCE, f"accuracy/{ACCURACY_LOG}",
-                          f"accuracy/{ACCURACY_TXT}", "accuracy/baseline_accuracy.txt",
-                          "accuracy/compliance_accuracy.txt"),
-               "TEST04": (VERIFY_PERFORMANCE,)}
+BASELINE_ACCURACY = "baseline_accuracy.txt"       # TEST01's mAP fallback: the subset in the accuracy run
+COMPLIANCE_ACCURACY = "compliance_accuracy.txt"   # ... and in the TEST01 run
+# What an audit's verification writes into its run folder <scenario>/<TEST>/ besides the run's own files.
+AUDIT_FILES = {test: (VERIFY_ACCURACY, VERIFY_PERFORMANCE, BASELINE_ACCURACY, COMPLIANCE_ACCURACY)
+               for test in AUDITS}
 
 
 @contextlib.contextmanager
@@ -93,7 +97,7 @@ def scenario_dir(output: str | Path, system: str, scenario: str) -> Path:
 
 
 def run_dir(output: str | Path, system: str, scenario: str, mode: str) -> Path:
-    """The folder for one LoadGen run of ``mode`` (accuracy, performance, find-peak, TEST01 or TEST04)."""
+    """The folder for one LoadGen run of ``mode`` (accuracy, performance, find-peak or an audit)."""
     return scenario_dir(output, system, scenario).joinpath(*RUN_DIRS[mode])
 
 
@@ -124,9 +128,8 @@ def clear_run(folder: Path, mode: str) -> list[Path]:
     Only the names in LOADGEN_FILES, HARNESS_FILES and (audits) AUDIT_FILES, and their leftover
     ``.<name>.tmp`` files, are removed; anything else stays. OutputError when one cannot be removed.
     """
-    scenario_folder = folder.parents[len(RUN_DIRS[mode]) - 1]
     names = [folder / n for n in LOADGEN_FILES + HARNESS_FILES]
-    names += [scenario_folder / mode / n for n in AUDIT_FILES.get(mode, ())]
+    names += [folder / n for n in AUDIT_FILES.get(mode, ())]
     removed = []
     for path in names:
         for p in (path, path.with_name(f".{path.name}.tmp")):
@@ -148,6 +151,14 @@ def read_status(out_dir: Path) -> dict[str, Any] | None:
     """
     doc = read_json_object(Path(out_dir) / STATUS_NAME)
     return doc if doc is not None and doc.get("written_by") == WRITER else None
+
+
+def run_rules(out_dir: Path) -> str:
+    """The rules profile (harness/settings/rules.py) the run in ``out_dir`` followed, from its ``config.json``;
+    "none" for a run from before rules profiles (LoadGen's own settings) or without a readable config."""
+    doc = read_json_object(Path(out_dir) / "config.json")
+    run = doc.get("run") if doc is not None else None
+    return str(run.get("rules") or "none") if isinstance(run, dict) else "none"
 
 
 def is_harness_run(folder: Path) -> bool:

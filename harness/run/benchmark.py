@@ -2,9 +2,11 @@
 
 ``run_benchmark(config)`` is the whole of ``run.py``'s work as a function
 (``run.py`` only parses flags). ``submission`` runs accuracy, performance,
-then the compliance audits TEST01 and TEST04 (each with its own
-``audit.config``, see harness/compliance/audit.py) and verifies them
-(harness/compliance/verify.py); the scenario folder gets ``report.md``.
+then every compliance audit of the rules profile (``run.rules``,
+harness/settings/rules.py; v2.0: TEST01, TEST04-A, TEST04-B, TEST05), each
+with its own ``audit.config`` (harness/compliance/audit.py), and, once all
+have run, verifies each (harness/compliance/verify.py: TEST04-A compares
+with TEST04-B, which runs after it); the scenario folder gets ``report.md``.
 
 Each run folder records how its run ended (``run_status.json``, see
 harness/results/run_status.py), and report.md is rebuilt as each run starts (it
@@ -21,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness.compliance.audit import AUDITS
+from harness.compliance.audit import AUDITS, check_audit_samples
 from harness.compliance.verify import verify_audit
 from harness.report.markdown import write_report
 from harness.results.layout import (
@@ -34,9 +36,10 @@ from harness.results.result_types import RunResult
 from harness.run.backend import build_backend
 from harness.run.dataset import Dataset, check_num_classes, open_dataset, pin_memory_for
 from harness.run.loadgen_run import run_loadgen
-from harness.run.preflight import MODE_RUNS, check_loadgen_inputs
+from harness.run.preflight import check_loadgen_inputs, mode_runs
 from harness.run.loadgen_thread import Interrupted, WorkerDied
 from harness.settings.config import Config
+from harness.settings.loadgen import make_test_settings
 from ground.errors import OutputError
 
 log = logging.getLogger("harness")
@@ -73,7 +76,7 @@ def _run_benchmark(config: Config, backend: Any, dataset: Dataset | None, use_py
         before any LoadGen run starts; Interrupted on Ctrl-C, WorkerDied when LoadGen outlives a dead
         worker, OutputError when a run's folder is lost (each with the partial result as ``.result``).
     """
-    run, modes = config.run, MODE_RUNS[config.run.mode]
+    run, modes = config.run, mode_runs(config.run)
     for mode in modes:  # folders are made and checked before any work starts; each is cleared as its run starts
         check_run_dir(run_dir(run.output_dir, run.system_name, run.scenario, mode))
     if backend is None:
@@ -82,6 +85,10 @@ def _run_benchmark(config: Config, backend: Any, dataset: Dataset | None, use_py
         dataset = open_dataset(config.data, backend.sizes, pin_memory=pin_memory_for(backend))
     if "accuracy" in modes:   # an mAP needs labels that map onto the categories; speed runs need not
         check_num_classes(config.model.num_classes, dataset)
+    if "TEST04-A" in modes:
+        settings = make_test_settings(run.user_conf, run.scenario, "TEST04-A", run)
+        check_audit_samples(modes, settings.performance_sample_count_override or dataset.qsl.perf_count,
+                            dataset.total_count)
     result = RunResult(run.scenario, run.mode, getattr(backend, "name", type(backend).__name__),
                        simulated=bool(getattr(backend, "simulated", True)))
     scenario_folder = scenario_dir(run.output_dir, run.system_name, run.scenario)
@@ -106,9 +113,9 @@ def _run_benchmark(config: Config, backend: Any, dataset: Dataset | None, use_py
             if one.worker_error:
                 result.error = f"{mode} run: {one.worker_error}"
                 break
-            if mode in AUDITS:
-                one.audit = verify_audit(mode, scenario_folder, dataset.annotation_file, use_pycocotools)
-                log.info("%s", "; ".join(one.audit.lines()))
+        for one in result.audits:   # after every audit ran: TEST04-A is compared with TEST04-B
+            one.audit = verify_audit(one.mode, scenario_folder, dataset.annotation_file, use_pycocotools)
+            log.info("%s", "; ".join(one.audit.lines()))
     finally:
         _write_report(scenario_folder)
     return result

@@ -63,15 +63,14 @@ log = logging.getLogger("harness")
 def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_dir: Path,
                 use_pycocotools: bool = False, progress: bool = False,
                 on_start: Callable[[], None] | None = None) -> LoadGenRun:
-    """One LoadGen run of ``mode`` (accuracy, performance, find-peak, TEST01, TEST04) with its logs in ``out_dir``.
+    """One LoadGen run of ``mode`` (accuracy, performance, find-peak or an audit) with its logs in ``out_dir``.
 
     An audit mode runs as a performance run with the audit's audit.config placed in the working
     directory for this run only; any other run refuses to start while an audit.config is there.
     ``on_start`` is called once the folder is cleared and marked running, before LoadGen starts.
     """
     scenario = config.run.scenario
-    settings = make_test_settings(config.run.user_conf, scenario, "performance" if mode in AUDITS else mode,
-                                  config.run)
+    settings = make_test_settings(config.run.user_conf, scenario, mode, config.run)   # an audit: its own settings
     check_run_dir(out_dir)
     removed = clear_run(out_dir, mode)
     env = describe_environment(backend, use_pycocotools)

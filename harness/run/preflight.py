@@ -12,7 +12,8 @@ order, cheapest first:
 2. A checkpoint or an explicit ``random_weights`` for the PyTorch backend.
 3. The annotation file: COCO structure, every value the QSL, the box
    conversion and COCOeval read (harness/accuracy/annotation_fields.py), no
-   repeated ids (torch is imported from here on).
+   repeated ids (torch is imported from here on); enough images for TEST04-A
+   when the mode runs it.
 4. The checkpoint's own facts: backbone, class count, variant, training size
    (harness/settings/from_checkpoint.py), then the geometry again (a variant
    or a size may have changed).
@@ -28,20 +29,27 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
-from harness.compliance.audit import AUDITS, check_no_stray_audit_config
+from harness.compliance.audit import check_audit_samples, check_no_stray_audit_config
 from harness.results.layout import exclusive_scenario, scenario_dir
-from harness.settings.config import Config
+from harness.settings.config import Config, RunConfig
 from harness.settings.from_checkpoint import apply_checkpoint
 from harness.settings.loadgen import LOADGEN_MODEL, make_test_settings
 from harness.settings.model_checks import check_geometry, size_setting
+from harness.settings.rules import rules_for
 from harness.settings.user_conf import parse_user_conf, unused_file_warning
 from ground.errors import ConfigError
 
 log = logging.getLogger("harness")
 
-# The LoadGen runs each --mode makes, in order.
+# The LoadGen runs each --mode makes, in order; submission adds the rules profile's audits (mode_runs).
 MODE_RUNS = {"accuracy": ("accuracy",), "performance": ("performance",),
-             "submission": ("accuracy", "performance", *AUDITS), "find-peak": ("find-peak",)}
+             "submission": ("accuracy", "performance"), "find-peak": ("find-peak",)}
+
+
+def mode_runs(run: RunConfig) -> tuple[str, ...]:
+    """The LoadGen runs ``run.mode`` makes, in order: submission runs the audits of ``run.rules`` last."""
+    audits = rules_for(run.rules).audits if run.mode == "submission" else ()
+    return MODE_RUNS[run.mode] + audits
 
 
 def check_loadgen_inputs(config: Config) -> None:
@@ -51,8 +59,8 @@ def check_loadgen_inputs(config: Config) -> None:
     """
     run = config.run
     check_no_stray_audit_config()
-    for mode in dict.fromkeys("performance" if m in AUDITS else m for m in MODE_RUNS[run.mode]):
-        make_test_settings(run.user_conf, run.scenario, mode, run)   # the audits run with performance settings
+    for mode in mode_runs(run):
+        make_test_settings(run.user_conf, run.scenario, mode, run)
     with exclusive_scenario(scenario_dir(run.output_dir, run.system_name, run.scenario)):
         pass   # created, writable, and no other run holds it right now
 
@@ -82,13 +90,18 @@ def check_inputs(config: Config, given: Mapping[str, str], backend: str = "pytor
     ann = find_annotation_file(data.data_dir, data.annotation_file)
     doc = read_annotations(ann)
     categories = len(doc["categories"])
+    if loadgen and "TEST04-A" in mode_runs(config.run):   # before the model loads (LoadGen would crash)
+        images = len(doc["images"]) if data.max_images is None else min(len(doc["images"]), data.max_images)
+        settings = make_test_settings(config.run.user_conf, config.run.scenario, "TEST04-A", config.run)
+        if settings.performance_sample_count_override:
+            check_audit_samples(("TEST04-A",), settings.performance_sample_count_override, images)
     config = apply_checkpoint(config, given)
     if backend == "pytorch":
         check_geometry(config.model, size_setting(config.model, given))
     check_can_prepare(data.data_dir, config.model.sizes, data.cache_dir, data.annotation_file, data.max_images,
                       annotations=doc)
     del doc
-    if not loadgen or "accuracy" in MODE_RUNS[config.run.mode]:
+    if not loadgen or "accuracy" in mode_runs(config.run):
         from harness.run.dataset import Dataset, check_num_classes
         check_num_classes(config.model.num_classes, Dataset(qsl=None, annotation_file=ann, num_categories=categories))
     # With --executor ray the GPUs are the cluster's, checked when its workers are placed (backends/ray/).

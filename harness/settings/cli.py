@@ -34,6 +34,7 @@ from harness.settings.model_checks import (
     single_scale_warnings,
     size_setting,
 )
+from harness.settings.rules import RULES
 from ground.errors import ConfigError, InputError
 from qsl.coco_layout import default_annotation_file
 
@@ -165,8 +166,8 @@ SUBCOMMANDS_HELP = """other commands (each has its own --help):
   run.py evaluate ...        COCO mAP of the model without LoadGen
   run.py demo                the embedded default: demo data and model shipped with the project
   run.py report DIR          rebuild report.md for earlier runs under DIR
-  run.py verify DIR          re-verify the TEST01/TEST04 audits under DIR
-  run.py package RESULTS OUT submission copy, accuracy logs truncated and hashed"""
+  run.py verify DIR          re-verify the compliance audits under DIR
+  run.py package RESULTS OUT the MLPerf submission tree of --mode submission runs"""
 
 
 def benchmark_parser() -> argparse.ArgumentParser:
@@ -174,6 +175,9 @@ def benchmark_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBCOMMANDS_HELP)
     p.add_argument("--scenario", choices=SCENARIOS)
     p.add_argument("--mode", choices=MODES)
+    p.add_argument("--rules", choices=tuple(RULES),
+                   help="the MLPerf round whose seeds, durations, latency bounds and audits apply "
+                        "(default v2.0, the last round with ssd-resnet34; none = LoadGen 6.0.17's own)")
     p.add_argument("--output", metavar="DIR", help="results root (submission layout)")
     p.add_argument("--user-conf", metavar="FILE", help=f"LoadGen settings (default {DEFAULT_USER_CONF.name} "
                                                       "at the repository root)")
@@ -212,7 +216,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     run = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size,
            "batch_invariant": args.batch_invariant, "executor": args.executor, "ray_address": args.ray_address,
            "ray_workers": args.ray_workers, "ray_call_timeout_s": args.ray_call_timeout_s}
-    for key in ("scenario", "mode", "system_name", "server_target_qps", "offline_expected_qps",
+    for key in ("scenario", "mode", "rules", "system_name", "server_target_qps", "offline_expected_qps",
                 "server_max_batch", "server_max_wait_ms"):
         run[key] = getattr(args, key, None)
     run["output_dir"] = getattr(args, "output", None)

@@ -32,6 +32,7 @@ from backends.model_config import (
     ModelConfig,
     check_choice,
 )
+from harness.settings.rules import RULES
 from ground.errors import ConfigError
 from ground.files import write_text_atomic
 from ground.names import path_name_problem
@@ -65,6 +66,9 @@ class RunConfig:
 
     scenario: str = "Offline"              # see SCENARIOS
     mode: str = "performance"              # see MODES
+    # The MLPerf round whose rules the runs follow (harness/settings/rules.py): its seeds, durations,
+    # query counts, latency bounds and, in submission mode, its compliance audits. "none" = LoadGen's own.
+    rules: str = "v2.0"
     device: str = "auto"                   # "auto" = cuda when available, else cpu
     threads: int = 0                       # torch intra-op threads on CPU; 0 = torch's default
     # Run each image of a batch on its own: "auto" = on for a CPU, off for CUDA; "on"; "off". On a CPU the
@@ -97,6 +101,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         check_choice("run.scenario", self.scenario, SCENARIOS)
         check_choice("run.mode", self.mode, MODES)
+        check_choice("run.rules", self.rules, tuple(RULES))
         check_choice("run.device", self.device, DEVICES)
         check_choice("run.batch_invariant", self.batch_invariant, BATCH_INVARIANT)
         check_choice("run.executor", self.executor, EXECUTORS)

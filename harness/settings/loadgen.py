@@ -1,4 +1,4 @@
-"""LoadGen test settings: built-in mlperf.conf, then user.conf, then the run config.
+"""LoadGen test settings: built-in mlperf.conf, the round's rules, then user.conf, then the run config.
 
 Assumptions about LoadGen 6.0.17 (checked in its source, test_settings_internal.cc,
 and by running it):
@@ -12,6 +12,13 @@ and by running it):
   ``FromConfig(path, model, scenario, 2)`` (the file only, no counter). The
   result equals a first ``conf_type=1`` call, and stays correct for later runs
   in the same process (submission mode, tests, the demo).
+- Between the two, the rules profile of ``run.rules`` (harness/settings/rules.py)
+  sets what that MLPerf round's mlperf.conf set and LoadGen 6.0.17's no longer
+  does: the seeds (a user.conf cannot set them), TEST05's seeds, durations,
+  query counts, percentiles and the Server bound. LoadGen logs the settings in
+  force in ``mlperf_log_detail.txt`` (``effective_qsl_rng_seed`` ...).
+- An audit run (``mode`` one of rules.AUDITS) is a performance run; TEST05 also
+  turns ``test05`` on, which makes StartTest use the ``test05_*`` seeds.
 - LoadGen names no bad line and ignores unknown keys, so the file is first
   parsed and checked here (harness/settings/user_conf.py); LoadGen then reads it itself.
 - It never sets ``scenario`` and sets ``mode`` only from a ``mode`` key: both are
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.settings.config import HINT_DEFAULTS, RunConfig
+from harness.settings.rules import AUDITS, apply_rules, rules_for
 from harness.settings.user_conf import SettingsError, UserConf, parse_user_conf
 
 __all__ = ["LOADGEN_MODEL", "SettingsError", "Hint", "resolve_hints", "loadgen_mode", "make_test_settings"]
@@ -72,13 +80,15 @@ def resolve_hints(run: RunConfig, conf: UserConf, model: str = LOADGEN_MODEL) ->
 
 
 def loadgen_mode(mode: str):
-    """Map a run mode ('accuracy', 'performance', 'find-peak') to ``lg.TestMode``."""
+    """Map a run mode ('accuracy', 'performance', 'find-peak' or an audit) to ``lg.TestMode``."""
     import mlperf_loadgen as lg
+    if mode in AUDITS:
+        mode = "performance"
     modes = {"accuracy": lg.TestMode.AccuracyOnly, "performance": lg.TestMode.PerformanceOnly,
              "find-peak": lg.TestMode.FindPeakPerformance}
     if mode not in modes:
         raise SettingsError(f"mode {mode!r} is not a single LoadGen run; use one of {', '.join(modes)} "
-                            "('submission' runs accuracy, performance, TEST01 and TEST04)")
+                            "('submission' runs accuracy, performance and the rules' audits)")
     return modes[mode]
 
 
@@ -89,8 +99,9 @@ def make_test_settings(user_conf: str | Path, scenario: str, mode: str, run: Run
     Args:
         user_conf: the LoadGen settings file (``model.scenario.key = value``).
         scenario: SingleStream, MultiStream, Offline or Server.
-        mode: accuracy, performance or find-peak (Server only).
-        run: the expected-QPS and expected-latency hints that win over the file's (None = not given).
+        mode: accuracy, performance, find-peak (Server only) or an audit (TEST01, TEST05, ...).
+        run: the rules profile (``run.rules``) and the expected-QPS and expected-latency hints that win
+            over the file's (None = not given).
 
     Raises:
         SettingsError: the file is missing or has a bad line (named), or the scenario/mode cannot run.
@@ -102,10 +113,12 @@ def make_test_settings(user_conf: str | Path, scenario: str, mode: str, run: Run
         raise SettingsError(f"find-peak mode searches the highest Server QPS; it cannot run {scenario}")
     path = Path(user_conf)
     conf = parse_user_conf(path)
+    rules = rules_for(run.rules)
     settings = lg.TestSettings()
     rc = settings.FromConfig("", model, scenario, 0)  # built-in mlperf.conf only
     if rc != 0:
         raise SettingsError(f"LoadGen could not apply its built-in mlperf.conf (error {rc})")
+    apply_rules(settings, rules, scenario)
     rc = settings.FromConfig(str(path), model, scenario, 2)  # the user file only
     if rc == -ENOENT:
         raise SettingsError(f"LoadGen cannot open the settings file {path}; check that it is readable")
@@ -116,6 +129,7 @@ def make_test_settings(user_conf: str | Path, scenario: str, mode: str, run: Run
         raise SettingsError(f"LoadGen rejected the settings file {path} (error {rc})")
     settings.scenario = getattr(lg.TestScenario, scenario)
     settings.mode = loadgen_mode(mode)
+    settings.test05 = mode == "TEST05"
     for name, hint in resolve_hints(run, conf, model).items():
         attr, _, _, factor = _HINTS[name]
         value = hint.value * factor

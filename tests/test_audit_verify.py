@@ -1,8 +1,6 @@
-"""Compliance: audit.config placement, TEST01/TEST04 verification, streamed logs, the truncated submission copy."""
+"""Verifying the audits: a submission run of every audit of the round, the speed checks, TEST01's responses."""
 from __future__ import annotations
 
-import _thread
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,17 +10,12 @@ import pytest
 from backends.null import NullBackend
 from harness.accuracy.coco import AccuracyError
 from harness.accuracy.log import AccuracyLogReader
-from harness.compliance.audit import (
-    AuditConfigError,
-    audit_config_text,
-    placed_audit_config,
-)
-from harness.compliance.package import ELLIPSIS, package_submission
-from harness.compliance.verify import verify_performance, verify_test01_accuracy
+from harness.compliance.audit import AuditConfigError
+from harness.compliance.perf_check import LATER_SCORES, V20_SCORES, verify_performance
+from harness.compliance.verify import CUDA_NOTE, verify_test01_accuracy
 from harness.report.summary import format_summary
 from harness.run.benchmark import run_benchmark
 from harness.run.dataset import Dataset
-from harness.run.loadgen_thread import Interrupted
 from harness.settings.config import load_config
 from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_scenarios import HINTS
@@ -33,59 +26,39 @@ def _config(tmp_path, conf, scenario="Offline", mode="submission"):
                                       "output_dir": str(tmp_path / "out"), **HINTS}})
 
 
-# -- audit.config -------------------------------------------------------------------------------------------
-def test_audit_config_is_placed_for_the_block_only(tmp_path):
-    assert "*.*.accuracy_log_sampling_target = 256" in audit_config_text("TEST01")
-    assert "*.*.performance_issue_same = 1" in audit_config_text("TEST04")
-    with placed_audit_config("TEST04", tmp_path) as path:
-        assert path == tmp_path / "audit.config" and "performance_issue_same_index = 3" in path.read_text()
-    assert not path.exists()
-    with pytest.raises(KeyboardInterrupt):
-        with placed_audit_config("TEST01", tmp_path):
-            raise KeyboardInterrupt
-    assert not (tmp_path / "audit.config").exists()
-
-
-def test_stray_audit_config_refuses_every_run(tmp_path, fast_conf, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "audit.config").write_text("*.*.mode = 2\n")
-    for mode in ("performance", "submission"):
-        with pytest.raises(AuditConfigError, match=r"audit.config.*silently change this run's settings. Remove it"):
-            run_benchmark(_config(tmp_path, fast_conf, mode=mode), NullBackend(), Dataset(MemoryQSL(20)))
-    assert not (tmp_path / "out").exists()          # refused before any folder or LoadGen run
-    with pytest.raises(AuditConfigError):
-        with placed_audit_config("TEST01", tmp_path):
-            pass
-    assert (tmp_path / "audit.config").read_text() == "*.*.mode = 2\n"   # never overwritten
-
-
-def test_submission_runs_and_verifies_both_audits(tmp_path, fast_conf, monkeypatch, capsys):
+def test_submission_runs_and_verifies_every_audit_of_the_round(tmp_path, fast_conf, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     result = run_benchmark(_config(tmp_path, fast_conf), NullBackend(latency_ms=1.0), Dataset(MemoryQSL(100)))
     assert [r.mode for r in result.runs] == ["accuracy", "performance"]
-    assert [r.mode for r in result.audits] == ["TEST01", "TEST04"]
+    assert [r.mode for r in result.audits] == ["TEST01", "TEST04-A", "TEST04-B", "TEST05"]   # v2.0's
     assert not (tmp_path / "audit.config").exists()
     scen = tmp_path / "out" / "default" / "ssd-resnet34" / "Offline"
-    for mode, found in (("performance/run_1", 0), ("TEST01/performance/run_1", 1), ("TEST04/performance/run_1", 1)):
+    for mode, found in (("performance/run_1", 0), ("TEST01", 1), ("TEST04-A", 1), ("TEST04-B", 1), ("TEST05", 1)):
         detail = (scen / mode / "mlperf_log_detail.txt").read_text()
         assert detail.count("Found Audit Config file") == found, mode
     assert '"key": "effective_performance_issue_same", "value": true' in \
-        (scen / "TEST04/performance/run_1/mlperf_log_detail.txt").read_text()
+        (scen / "TEST04-B/mlperf_log_detail.txt").read_text()
+    assert '"key": "effective_performance_issue_unique", "value": true' in \
+        (scen / "TEST04-A/mlperf_log_detail.txt").read_text()
+    # LoadGen's raw output stays together, as MLPerf's run_verification.py reads it (-c <scenario>/TEST01).
+    assert {"mlperf_log_accuracy.json", "mlperf_log_summary.txt", "mlperf_log_detail.txt"} <= \
+        {p.name for p in (scen / "TEST01").iterdir()}
     t01 = result.audits[0].audit
     assert t01.verdicts[0].check == "TEST01 accuracy" and t01.verdicts[0].passed   # null backend: same bytes
     assert "TEST PASS" in (scen / "TEST01/verify_accuracy.txt").read_text().splitlines()
-    assert (scen / "TEST01/accuracy/mlperf_log_accuracy.json").is_file()
-    assert not (scen / "TEST01/performance/run_1/mlperf_log_accuracy.json").exists()
-    for test in ("TEST01", "TEST04"):
+    assert not (scen / "TEST01/baseline_accuracy.txt").exists()        # only after the mAP fallback
+    assert "reference: " + str(scen / "TEST04-A") in (scen / "TEST04-A/verify_performance.txt").read_text()
+    for test in ("TEST01", "TEST04-A", "TEST04-B", "TEST05"):
         last = (scen / test / "verify_performance.txt").read_text().splitlines()[-1]
         assert last == "TEST PASS" or last.startswith("TEST FAIL: speed")   # timing on a shared machine
     summary = format_summary(result)
     assert "TEST01 accuracy: PASS" in summary and "COMPLIANCE: " in summary
     assert "[SIMULATED: the runs compared ran no model]" in summary          # the null backend: no model ran
     report = (scen / "report.md").read_text()
-    assert "## TEST01" in report and "## TEST04" in report and "`verify_accuracy.txt`: **TEST PASS**" in report
+    assert "## TEST01" in report and "## TEST05" in report and "`verify_accuracy.txt`: **TEST PASS**" in report
+    assert "- **rules**: MLPerf Inference v2.0 (mlcommons/inference tag v2.0" in report
     # Re-verification after one logged response changed: bytes differ, no annotations for the fallback.
-    sampled = scen / "TEST01/accuracy/mlperf_log_accuracy.json"
+    sampled = scen / "TEST01/mlperf_log_accuracy.json"
     entries = json.loads(sampled.read_text())
     entries[0]["data"] = "00" * 28
     sampled.write_text(json.dumps(entries))
@@ -96,32 +69,11 @@ def test_submission_runs_and_verifies_both_audits(tmp_path, fast_conf, monkeypat
     assert "TEST FAIL: 1 responses differ" in (scen / "report.md").read_text()
 
 
-class InterruptDuringAudit(NullBackend):
-    """Presses Ctrl-C (in the main thread) while the audit.config is in place."""
-
-    def predict(self, images, image_hw):
-        if Path("audit.config").exists() and not getattr(self, "pressed", False):
-            self.pressed = True
-            _thread.interrupt_main()
-        return super().predict(images, image_hw)
-
-
-def test_ctrl_c_during_an_audit_removes_its_config(tmp_path, fast_conf, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(Interrupted) as e:
-        run_benchmark(_config(tmp_path, fast_conf), InterruptDuringAudit(latency_ms=1.0), Dataset(MemoryQSL(50)))
-    assert e.value.finished and e.value.result.interrupted
-    assert [r.mode for r in e.value.result.runs] == ["accuracy", "performance"]
-    assert not (tmp_path / "audit.config").exists()
-    assert (tmp_path / "out/default/ssd-resnet34/Offline/report.md").is_file()
-
-
 # -- verification against hand-made logs ------------------------------------------------------------------------
 def _detail(path: Path, scenario: str, value: float, validity="VALID", target_ns=None) -> Path:
-    key = {"Offline": "result_samples_per_second", "Server": "result_completed_samples_per_sec",
-           "SingleStream": "early_stopping_latency_ss", "MultiStream": "early_stopping_latency_ms"}[scenario]
+    """A detail log whose score is ``value`` both as the later rounds read it and as v2.0's scripts do."""
     rows = [("effective_scenario", scenario), ("effective_target_latency_ns", target_ns or 0),
-            ("result_validity", validity), (key, value)]
+            ("result_validity", validity), (LATER_SCORES[scenario], value), (V20_SCORES[scenario], value)]
     path.write_text("".join(f':::MLLOG {json.dumps({"key": k, "value": v})}\n' for k, v in rows))
     return path
 
@@ -138,8 +90,18 @@ def _detail(path: Path, scenario: str, value: float, validity="VALID", target_ns
 ])
 def test_performance_tolerance(tmp_path, scenario, ref, test, test01, test04):
     r, t = _detail(tmp_path / "r.txt", scenario, ref), _detail(tmp_path / "t.txt", scenario, test)
-    assert verify_performance("TEST01", r, t).passed is test01
-    assert verify_performance("TEST04", r, t).passed is test04
+    for rules in ("none", "v2.0"):
+        assert verify_performance("TEST01", r, t, rules).passed is test01
+        assert verify_performance("TEST04", r, t, rules).passed is test04
+
+
+def test_test05_allows_5_percent_and_test04a_compares_with_test04b_whatever_their_validity(tmp_path):
+    r = _detail(tmp_path / "r.txt", "Offline", 100.0)
+    assert verify_performance("TEST05", r, _detail(tmp_path / "t.txt", "Offline", 104.0), "v2.0").passed
+    assert not verify_performance("TEST05", r, _detail(tmp_path / "t.txt", "Offline", 94.0), "v2.0").passed
+    a = _detail(tmp_path / "a.txt", "Offline", 100.0, "INVALID")       # TEST04-A issues too few samples to be VALID
+    assert verify_performance("TEST04-A", a, _detail(tmp_path / "b.txt", "Offline", 60.0, "INVALID"), "v2.0").passed
+    assert not verify_performance("TEST04-A", a, _detail(tmp_path / "b.txt", "Offline", 120.0), "v2.0").passed
 
 
 def test_performance_needs_valid_runs_and_the_same_bound(tmp_path):
@@ -185,6 +147,8 @@ def test_test01_accuracy_bytes_then_map_fallback(tmp_path, synthetic_coco):
     assert v.passed and "TEST PASS" not in v.lines and "num_perf_log_data_mismatch = 3" in v.lines
     assert "delta 0.00%" in v.reason
     assert (tmp_path / "baseline_accuracy.txt").read_text().startswith("mAP=100.000%")
+    v = verify_test01_accuracy(acc, tmp_path / "close.json", ann, tmp_path, on_cuda=True)
+    assert v.passed and CUDA_NOTE in v.lines           # on CUDA differing bytes are expected; the mAP decides
     # Boxes shifted by 10% of the width: the compliance mAP falls far below the baseline.
     v = verify_test01_accuracy(acc, _log(tmp_path / "far.json", _gt_records(synthetic_coco, shift=0.1),
                                          order=picked), ann, tmp_path)
@@ -214,60 +178,22 @@ def test_reader_streams_across_chunks_and_stops_at_a_cut(tmp_path):
         list(AccuracyLogReader(bad))
 
 
-# -- the submission copy ----------------------------------------------------------------------------------------
-def finished(run_dir: Path, simulated: bool = False, **env) -> Path:
-    """Mark ``run_dir`` as a run that finished (with a model unless ``simulated``), as the harness would."""
-    from harness.results.run_status import begin_status, end_status
-    run_dir.mkdir(parents=True, exist_ok=True)
-    doc = begin_status(run_dir, "x", "Offline", {"backend": "model", "simulated": simulated, **env})
-    end_status(run_dir, doc, "finished", [], True)
-    return run_dir
-
-
-def test_package_truncates_and_hashes_like_the_checker(tmp_path):
-    scen = tmp_path / "res" / "sys" / "ssd-resnet34" / "Offline"
-    big = _log(tmp_path / "big.json", {i: np.full((30, 7), i, np.float32) for i in range(30)})
-    finished(scen / "accuracy", precision="bf16", checkpoint="/models/model700.pt")
-    original = big.read_bytes()
-    (scen / "accuracy" / "mlperf_log_accuracy.json").write_bytes(original)
-    (scen / "accuracy" / "accuracy.txt").write_text("mAP=20.000%\n")
-    finished(scen / "performance" / "run_1")
-    (scen / "performance" / "run_1" / "mlperf_log_summary.txt").write_text("Result is : VALID\n")
-    finished(scen / "TEST01" / "performance" / "run_1")            # audits after the run they audit
-    (scen / "TEST01" / "accuracy").mkdir(parents=True)
-    (scen / "TEST01" / "accuracy" / "mlperf_log_accuracy.json").write_text("[\n]\n")    # shorter than 4096
-    for name in ("verify_accuracy.txt", "verify_performance.txt"):
-        (scen / "TEST01" / name).write_text("...\nTEST PASS\n")
-    done = package_submission(tmp_path / "res", tmp_path / "sub")
-    assert len(done.truncated) == 2
-    copy = tmp_path / "sub" / "sys" / "ssd-resnet34" / "Offline"
-    cut = (copy / "accuracy" / "mlperf_log_accuracy.json").read_bytes()
-    assert cut == original[:4096] + ELLIPSIS.encode() + original[-4096:] and len(cut) < 10 * 1024
-    assert (copy / "accuracy" / "accuracy.txt").read_text() == \
-        f"mAP=20.000%\n\nhash={hashlib.sha256(original).hexdigest()}\n"
-    assert (copy / "TEST01" / "accuracy" / "mlperf_log_accuracy.json").read_text() == "[\n]\n"
-    small_hash = hashlib.sha256("[\n]\n".encode()).hexdigest()
-    assert (copy / "TEST01" / "accuracy" / "accuracy.txt").read_text() == f"hash={small_hash}\n"
-    assert (copy / "performance" / "run_1" / "mlperf_log_summary.txt").is_file()
-    assert (scen / "accuracy" / "mlperf_log_accuracy.json").read_bytes() == original     # original untouched
-    from ground.errors import OutputError
-    with pytest.raises(OutputError, match="already exists"):
-        package_submission(tmp_path / "res", tmp_path / "sub")
-
-
 def test_report_marks_audits_older_than_the_performance_run_and_shows_each_runs_settings(tmp_path, fast_conf,
                                                                                          monkeypatch):
     import dataclasses
     monkeypatch.chdir(tmp_path)
     config = _config(tmp_path, fast_conf)
-    run_benchmark(config, NullBackend(latency_ms=1.0), Dataset(MemoryQSL(50)))
+    with pytest.raises(AuditConfigError, match="TEST04-A issues each of the 64 performance samples once, but the "
+                                               "data set has only 50 images"):   # LoadGen would crash
+        run_benchmark(config, NullBackend(latency_ms=1.0), Dataset(MemoryQSL(50)))
+    run_benchmark(config, NullBackend(latency_ms=1.0), Dataset(MemoryQSL(64)))
     folder = tmp_path / "out/default/ssd-resnet34/Offline"
     assert "Stale" not in (folder / "report.md").read_text()
     again = dataclasses.replace(config, run=dataclasses.replace(config.run, mode="performance",
                                                                 offline_expected_qps=1234.0))
-    run_benchmark(again, NullBackend(latency_ms=1.0), Dataset(MemoryQSL(50)))
+    run_benchmark(again, NullBackend(latency_ms=1.0), Dataset(MemoryQSL(64)))
     report = (folder / "report.md").read_text()
-    assert report.count("- **Stale**: the performance run is newer than this audit") == 2      # TEST01, TEST04
+    assert report.count("- **Stale**: the performance run is newer than this audit") == 4      # v2.0's four audits
     perf = report[report.index("## performance"):report.index("## TEST01")]
     assert "mode=performance" in perf and "offline_expected_qps=1234.0" in perf   # its own settings
     assert "_Of the latest run (`performance/run_1/`)" in report
@@ -289,17 +215,3 @@ def test_recorded_paths_can_be_followed_from_anywhere(tmp_path, fast_conf, monke
     assert shlex.split(rebuild) == ["my out/default/ssd-resnet34/Offline"]   # pastes as one argument
 
 
-def test_an_audit_config_of_a_running_compliance_run_is_named_as_such(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from harness.compliance.audit import check_no_stray_audit_config
-    with placed_audit_config("TEST01", tmp_path) as path:
-        assert path.read_text().startswith(f"# placed by process {os.getpid()} for TEST01")
-        with pytest.raises(AuditConfigError, match=rf"belongs to a compliance run \(process {os.getpid()}\)"):
-            check_no_stray_audit_config(tmp_path)
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "audit.config").write_text(f"# placed by process {done.stdout.strip()} for TEST04; removed ...\n")
-    with pytest.raises(AuditConfigError, match="left over from an interrupted compliance run"):
-        check_no_stray_audit_config(tmp_path)                  # its process has ended: a leftover
