@@ -240,7 +240,7 @@ def _leave_now_if_running(code: int, first_test: int) -> None:
     would abort (exit 134) long after the run said how it ended, so the process leaves now, with ``code``.
     Only LoadGen tests this call started count (``first_test`` on)."""
     thread = sys.modules.get("harness.run.loadgen_thread")   # not imported: no LoadGen run in this process
-    if thread is not None and thread.still_running(thread.RELEASE_GRACE_S, since=first_test):
+    if thread is not None and thread.still_running(0.5, since=first_test):
         thread.leave_now(code)
 
 
