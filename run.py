@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = SUBCOMMANDS.get(argv[0]) if argv else None
     _signal_exit["code"] = 130
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_is_main() else None
-    thread = sys.modules.get("harness.run.loadgen_thread")   # imported by an earlier call in this process
-    first_test = thread.tests_started() if thread is not None else 0
+    exits = sys.modules.get("harness.run.process_exit")   # imported by an earlier call in this process
+    first_test = exits.tests_started() if exits is not None else 0
     try:
         code = handler(argv[1:]) if handler else benchmark_main(argv)
     except InputError as e:
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _leave_now(code: int) -> None:
-    from harness.run.loadgen_thread import leave_now
+    from harness.run.process_exit import leave_now
     leave_now(code)
 
 
@@ -239,9 +239,9 @@ def _leave_now_if_running(code: int, first_test: int) -> None:
     """After a signal, a batch may still compute inside torch (or LoadGen still run): Python's teardown under it
     would abort (exit 134) long after the run said how it ended, so the process leaves now, with ``code``.
     Only LoadGen tests this call started count (``first_test`` on)."""
-    thread = sys.modules.get("harness.run.loadgen_thread")   # not imported: no LoadGen run in this process
-    if thread is not None and thread.still_running(0.5, since=first_test):
-        thread.leave_now(code)
+    exits = sys.modules.get("harness.run.process_exit")   # not imported: no LoadGen run in this process
+    if exits is not None and exits.still_running(0.5, since=first_test):
+        exits.leave_now(code)
 
 
 def threading_is_main() -> bool:

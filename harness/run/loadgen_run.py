@@ -42,11 +42,11 @@ from harness.results.result_types import LoadGenRun
 from harness.results.run_record import check_run_logs, write_run_record
 from harness.results.run_status import begin_status, end_status
 from harness.run.dataset import Dataset
+from harness.run.process_exit import loadgen_returned
 from harness.run.loadgen_thread import (
     Interrupted,
     WorkerDied,
     interrupt_cause,
-    loadgen_returned,
     run_test,
 )
 from harness.settings.config import Config

@@ -20,12 +20,9 @@ LoadGen's summary written. Any other exception on the main thread (a test's
 timeout, an embedding program's ``SystemExit``) does the same and is
 re-raised as it is.
 
-A batch still computing after a signal keeps its thread inside torch, and
-Python's teardown under such a thread aborts (134); so does one under a
-running LoadGen. :func:`still_running` says whether one is left, and
-:func:`leave_now` ends the process without that teardown; run.py calls them,
-and at interpreter exit an ``atexit`` hook does (exit status: an embedding
-program's ``SystemExit`` code, else 1).
+Every test registers in harness/run/process_exit.py, which says whether one
+(or a batch of its SUT stuck in torch after a signal) still runs and ends the
+process without Python's teardown, which would abort under it.
 
 Progress (``progress`` of :func:`run_test`): completed samples against the
 number the run will issue, on a terminal as a bar with the time left, else one
@@ -48,12 +45,9 @@ leave the process without tearing LoadGen down.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import math
-import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -61,6 +55,7 @@ from typing import Any, Callable
 
 from ground.errors import INTERRUPTS, ExitStatus, RunStopped
 from ground.progress import Progress
+from harness.run import process_exit
 from harness.sut.base import BaseSUT
 
 log = logging.getLogger("harness")
@@ -70,7 +65,6 @@ INFLIGHT_WAIT_S = 300.0   # longest wait for a query computing on LoadGen's thre
 WORKER_GRACE_S = 3.0
 RELEASE_WAIT_S = 30.0     # longest wait for the SUT's threads to end once LoadGen returned
 RELEASE_GRACE_S = 2.0     # the same after a signal or an exception: a batch still computing is not waited for
-EXIT_WAIT_S = 5.0         # at interpreter exit, for a test still running
 POLL_S = 0.2
 
 
@@ -203,9 +197,7 @@ class _Test:
                 self.release()
 
         self.thread = threading.Thread(target=target, name="loadgen", daemon=True)
-        self.number = len(_STARTED)
-        _STARTED.append(self.number)
-        _RUNNING.append(self)
+        self.number = process_exit.register(self)
         self.thread.start()
 
     def release(self) -> None:
@@ -222,50 +214,8 @@ class _Test:
         """Whether LoadGen or a thread of the SUT still runs (a stage stuck in ``predict`` after a signal)."""
         return (self.thread is not None and self.thread.is_alive()) or bool(self.sut.alive_threads())
 
-
-_RUNNING: list[_Test] = []    # tests started in this process whose threads may still run
-_STARTED: list[int] = []      # the number of each test started in this process
-_EXIT_CODE = {"code": ExitStatus.FAILED}   # what atexit leaves with while one still runs (SystemExit's own)
-
-
-def tests_started() -> int:
-    """How many LoadGen tests this process started (for :func:`still_running`'s ``since``)."""
-    return len(_STARTED)
-
-
-def still_running(wait_s: float = 0.0, since: int = 0) -> bool:
-    """Whether a LoadGen test (the ``since``-th or later) or its SUT's threads still run in this process,
-    waiting up to ``wait_s`` for them to end. Python's teardown under such a thread aborts (134) or crashes
-    (139): leave with :func:`leave_now` instead."""
-    end = time.monotonic() + wait_s
-    while True:
-        _RUNNING[:] = [t for t in _RUNNING if t.running()]
-        mine = [t for t in _RUNNING if t.number >= since]
-        if not mine or time.monotonic() >= end:
-            return bool(mine)
-        time.sleep(POLL_S / 4)
-
-
-def loadgen_returned() -> bool:
-    """Whether every LoadGen test started in this process has returned."""
-    return all(t.returned.is_set() for t in _RUNNING)
-
-
-def leave_now(code: int) -> None:
-    """Flush stdout, stderr and the log handlers, then end the process with ``code`` at once."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    logging.shutdown()
-    os._exit(int(code))
-
-
-@atexit.register
-def _exit_without_teardown() -> None:
-    """At interpreter exit (an embedding program's SystemExit, an uncaught exception) with a test still
-    running: give it ``EXIT_WAIT_S``, then leave without the teardown that would crash under it."""
-    if still_running(EXIT_WAIT_S):
-        leave_now(_EXIT_CODE["code"])
+    def loadgen_running(self) -> bool:
+        return not self.returned.is_set()
 
 
 def run_test(sut: BaseSUT, qsl: Any, settings: Any, log_dir: Path, audit_file: Path,
@@ -329,7 +279,8 @@ def run_test(sut: BaseSUT, qsl: Any, settings: Any, log_dir: Path, audit_file: P
                   "responses", what)
         sut.completer.close("stopped", f"the run was stopped by {what}")
         if isinstance(e, SystemExit):
-            _EXIT_CODE["code"] = e.code if isinstance(e.code, int) else 0 if e.code is None else ExitStatus.FAILED
+            process_exit.exit_code_at_exit(e.code if isinstance(e.code, int) else 0 if e.code is None
+                                           else ExitStatus.FAILED)
         _wait_quietly(done, INTERRUPT_GRACE_S)
         _wait_quietly(test.released, RELEASE_GRACE_S if done.is_set() else 0.0)
         raise
