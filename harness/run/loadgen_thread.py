@@ -273,6 +273,8 @@ def run_test(sut: BaseSUT, qsl: Any, settings: Any, log_dir: Path, audit_file: P
         finished = wait_after_interrupt(sut, done)
         _wait_quietly(test.released, RELEASE_GRACE_S if finished else 0.0)
         raise Interrupted(finished, how, code) from None
+    except WorkerDied:
+        raise
     except BaseException as e:  # not Ctrl-C: a test's timeout, SystemExit from a signal handler, ...
         what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         log.error("%s on the main thread while LoadGen runs: completing the outstanding samples with empty "
