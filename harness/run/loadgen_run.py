@@ -9,9 +9,11 @@ harness/run/loadgen_thread.py), and reads the result back; an accuracy run also 
 ``accuracy.txt``, every run ``run_record.json`` and, for timed runs,
 ``latencies_s.npy``. However the run ends (finished, failed samples, Ctrl-C,
 SIGTERM, a dead worker, an error), ``run_status.json`` is then replaced with
-how; only ``kill -9`` leaves it "running". A run folder that disappears, or
-LoadGen logs left incomplete (disk full), is an
-:class:`~ground.errors.OutputError` naming the folder.
+how (a signal: at once, before waiting for LoadGen, and again once it ended;
+with a ``run_record.json`` of what was computed until then); only ``kill -9``
+leaves it "running". A run folder that disappears, LoadGen logs left
+incomplete (disk full), or a final status that cannot be written, is an
+:class:`~ground.errors.OutputError` naming the folder or file.
 """
 from __future__ import annotations
 
@@ -42,13 +44,13 @@ from harness.results.result_types import LoadGenRun
 from harness.results.run_record import check_run_logs, write_run_record
 from harness.results.run_status import begin_status, end_status
 from harness.run.dataset import Dataset
-from harness.run.process_exit import loadgen_returned
 from harness.run.loadgen_thread import (
     Interrupted,
     WorkerDied,
     interrupt_cause,
     run_test,
 )
+from harness.run.process_exit import loadgen_returned
 from harness.settings.config import Config
 from harness.settings.loadgen import make_test_settings
 from ground.errors import OutputError
