@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from harness.settings.cli import (
     UsageError,
@@ -58,8 +57,17 @@ def benchmark_main(argv: list[str]) -> int:
     config = config_from_args(args)
     options = backend_options(args)
     # Every input is checked before anything slow: torch is imported only once the flags are known to be good.
-    from harness.run.preflight import check_inputs
-    config = check_inputs(config, model_keys_given(args), args.backend)
+    from harness.results.layout import exclusive_scenario, scenario_dir
+    from harness.run.preflight import check_inputs, check_loadgen_inputs
+    check_loadgen_inputs(config)   # user.conf and the output folder, before the folder is made for the lock
+    run = config.run
+    with exclusive_scenario(scenario_dir(run.output_dir, run.system_name, run.scenario)):
+        return _benchmark(args, check_inputs(config, model_keys_given(args), args.backend), options)
+
+
+def _benchmark(args: argparse.Namespace, config: Any, options: dict[str, Any]) -> int:
+    """:func:`benchmark_main` once the inputs are checked, the scenario folder held (a second run into it is
+    refused at once, not after this one's model is built)."""
     from harness.report.summary import format_summary
     from harness.run.backend import close_backend, make_backend
     from harness.run.benchmark import run_benchmark
@@ -79,7 +87,7 @@ def benchmark_main(argv: list[str]) -> int:
         elif not e.finished:  # LoadGen still holds the SUT: leave without tearing it down
             print(f"error: {e.how if isinstance(e, Interrupted) else e}; LoadGen was still running, exiting without "
                   "waiting for it (its logs so far are on disk)", file=sys.stderr, flush=True)
-            os._exit(code)
+            _leave_now(code)
         return code
     finally:
         close_backend(backend)
@@ -218,22 +226,40 @@ def main(argv: list[str] | None = None) -> int:
     handler = SUBCOMMANDS.get(argv[0]) if argv else None
     _signal_exit["code"] = 130
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_is_main() else None
+    exits = sys.modules.get("harness.run.process_exit")   # imported by an earlier call in this process
+    first_test = exits.tests_started() if exits is not None else 0
     try:
-        return handler(argv[1:]) if handler else benchmark_main(argv)
+        code = handler(argv[1:]) if handler else benchmark_main(argv)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return ExitStatus.BAD_INPUT
+        code = ExitStatus.BAD_INPUT
     except KeyboardInterrupt:
         print(INTERRUPTS[_signal_exit["code"]], file=sys.stderr)
-        return _signal_exit["code"]
+        code = _signal_exit["code"]
     except RunStopped as e:    # a run inside another subcommand (demo) stopped: its own exit status
         print(f"error: {e}", file=sys.stderr, flush=True)
         if not e.finished:     # LoadGen still holds the SUT: leave without tearing it down
-            os._exit(e.exit_code)
-        return e.exit_code
+            _leave_now(e.exit_code)
+        code = e.exit_code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    _leave_now_if_running(code, first_test)
+    return code
+
+
+def _leave_now(code: int) -> None:
+    from harness.run.process_exit import leave_now
+    leave_now(code)
+
+
+def _leave_now_if_running(code: int, first_test: int) -> None:
+    """After a signal, a batch may still compute inside torch (or LoadGen still run): Python's teardown under it
+    would abort (exit 134) long after the run said how it ended, so the process leaves now, with ``code``.
+    Only LoadGen tests this call started count (``first_test`` on)."""
+    exits = sys.modules.get("harness.run.process_exit")   # not imported: no LoadGen run in this process
+    if exits is not None and exits.still_running(0.5, since=first_test):
+        exits.leave_now(code)
 
 
 def threading_is_main() -> bool:

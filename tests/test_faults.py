@@ -252,15 +252,22 @@ def test_guard_covers_every_worker_of_a_multi_worker_backend():
 
 
 def test_a_second_process_writing_the_same_scenario_folder_is_refused(tmp_path, fast_conf, monkeypatch):
-    """Another process holding the scenario folder (flock binds open files, so a lock held here stands in)."""
-    from harness.results.layout import RUN_LOCK, exclusive_scenario, scenario_dir
+    """Another process holding the scenario folder (flock binds open files, so a lock taken here on a file of its
+    own stands in; exclusive_scenario itself is re-entrant within a process)."""
+    from ground.files import open_lock, take
+    from harness.results.layout import RUN_LOCK, scenario_dir
     monkeypatch.chdir(tmp_path)
     config = _config(tmp_path, fast_conf)
     folder = scenario_dir(tmp_path / "out", "default", "Offline")
-    with exclusive_scenario(folder):
+    folder.mkdir(parents=True)
+    fd = open_lock(folder / RUN_LOCK)
+    try:
+        assert take(fd) is None
         with pytest.raises(OutputError, match=rf"another run \(process {os.getpid()}\) is writing to .*Offline"):
             run_benchmark(config, NullBackend(), Dataset(MemoryQSL(8)))
         assert not (folder / "performance").exists()                 # refused before writing anything
+    finally:
+        os.close(fd)
     assert run_benchmark(config, NullBackend(), Dataset(MemoryQSL(8))).exit_code == 0   # free again
     assert (folder / RUN_LOCK).is_file()
 

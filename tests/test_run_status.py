@@ -94,7 +94,7 @@ def test_an_interrupted_run_never_reads_valid(tmp_path, synthetic_coco, fast_con
 
 KILL_POINTS = {
     "before LoadGen starts": ("pass", "import harness.run.loadgen_run as m\n"
-                                      "m.start_test = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)"),
+                                      "m.run_test = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)"),
     "mid-run": ("if self.calls == 2: os.kill(os.getpid(), signal.SIGKILL)", ""),
     "after LoadGen ends": ("pass", "import harness.run.loadgen_run as m\n"
                                    "m.check_run_logs = lambda *a: os.kill(os.getpid(), signal.SIGKILL)"),

@@ -153,6 +153,14 @@ BAD = [  # (line, fragment of the message)
     (f"{MODEL}.Server.coalesce_queries = 2", "write 0 (off) or 1 (on)"),
     (f"{MODEL}.*.qsl_rng_seed = 5", "only from its built-in mlperf.conf"),
     (f"{MODEL}.*.mode = 2", "from --mode"),
+    (f"{MODEL}.Offline.min_duration = 99999999999999999999999",
+     "min_duration = 99999999999999999999999 is out of range (LoadGen holds milliseconds as signed 64-bit "
+     "nanoseconds): write a value from 0 to 9223372036854"),
+    (f"{MODEL}.Offline.min_query_count = 9223372036854775808", "write a value from 0 to 9223372036854775807"),
+    (f"{MODEL}.Server.max_async_queries = 2147483648", "write a value from 0 to 2147483647"),
+    (f"{MODEL}.Server.target_qps = 1e400", "target_qps = 1e400 is out of range"),
+    (f"{MODEL}.Server.target_latency = 9223372036855", "write a value from above 0 to 9223372036854 ms"),
+    (f"{MODEL}.SingleStream.target_latency = 1e13", "write a value from above 0 to 9223372036854 ms"),
 ]
 
 
@@ -174,6 +182,7 @@ def test_bad_line_is_named_with_its_fix(tmp_path, line, message):
     (f"{MODEL}.Offlin.min_duration = 100", "min_duration_ms", 100),
     (f"{MODEL}.Server.target_latency = 0.5", "server_target_latency_ns", 500_000),
     (f"{MODEL}.Server.target_qps = 500 # peak", "server_target_qps", 500),
+    (f"{MODEL}.Offline.min_duration = 99999999999999999999999", "min_duration_ms", 99999999999999999999999),
 ])
 def test_lines_loadgen_misreads_are_rejected(tmp_path, line, attr, meant):
     """LoadGen alone fails on these lines or silently reads something else than they say; the parser stops them."""
@@ -192,6 +201,17 @@ def test_bad_user_conf_via_run_py_is_one_line(capsys, synthetic_coco, tmp_path):
     assert rc == 2 and "line 1" in err and "did you mean 'min_duration'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_an_out_of_range_value_is_refused_before_anything_runs(capsys, synthetic_coco, tmp_path):
+    """LoadGen reads 99999999999999999999999 as 2^64-1 ms and crashed the run; it is refused in one line."""
+    path = conf(tmp_path, f"{MODEL}.*.min_query_count = 4", f"{MODEL}.Offline.min_duration = 99999999999999999999999")
+    rc = run.main(["--data", str(synthetic_coco), "--backend", "null", "--user-conf", str(path),
+                   "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{path}, line 2 (" in err and "min_duration = 99999999999999999999999 is out of range" in err
+    assert "from 0 to 9223372036854" in err and not (tmp_path / "o").exists()
 
 
 def test_a_file_with_no_line_for_this_model_is_warned_about_naming_the_model(tmp_path, capsys, caplog,

@@ -70,7 +70,18 @@ def exclusive_scenario(folder: Path):
     A second process running the same scenario into the same output would share
     the run folders and overwrite the first one's logs; it is refused at once,
     before it writes anything. The kernel drops the lock when its holder exits.
+    Re-entrant within a process: run.py holds it from its input checks on, so a
+    second run is refused before the first one's model is built, and the
+    run inside takes it again.
     """
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key] -= 1
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = open_lock(folder / RUN_LOCK)
@@ -82,9 +93,16 @@ def exclusive_scenario(folder: Path):
         if holder is not None:
             raise OutputError(f"another run (process {holder}) is writing to {folder}: wait for it to end, or "
                               "pass another --output or --system-name")
-        yield folder
+        _HELD[key] = 1
+        try:
+            yield folder
+        finally:
+            del _HELD[key]
     finally:
         os.close(fd)
+
+
+_HELD: dict[str, int] = {}   # scenario folders whose lock this process holds -> how many holders inside it
 
 
 def scenario_dir(output: str | Path, system: str, scenario: str) -> Path:

@@ -2,9 +2,11 @@
 
 Per LoadGen run, beside LoadGen's logs:
 
-- ``run_record.json``: mode, samples issued, seconds, failed samples (count and
-  the first ``MAX_RECORDED_FAILURES`` with index, stage and error), why a worker
-  died, out-of-memory batches, why accuracy was not computed;
+- ``run_record.json``: mode, what interrupted the run (Ctrl-C, SIGTERM: a run
+  stopped so, or by a dead worker, gets one too, with what was computed until
+  then), samples issued, seconds, failed samples (count and the first
+  ``MAX_RECORDED_FAILURES`` with index, stage and error), why a worker died,
+  out-of-memory batches, why accuracy was not computed;
 - ``latencies_s.npy``: float32 issue-to-completion seconds per completed sample
   (timed runs), from which the report draws its latency histogram.
 
@@ -60,8 +62,9 @@ def _tail(path: Path) -> bytes:
         return f.read()
 
 
-def run_record(run: LoadGenRun) -> dict[str, Any]:
-    return {"mode": run.mode, "issued": run.issued, "seconds": round(run.seconds, 3),
+def run_record(run: LoadGenRun, interrupted: str | None = None) -> dict[str, Any]:
+    """The record of ``run``; ``interrupted``: what stopped it ("terminated (SIGTERM)"), None when nothing did."""
+    return {"mode": run.mode, "interrupted": interrupted, "issued": run.issued, "seconds": round(run.seconds, 3),
             "completed": len(run.latencies_s), "failed": len(run.failures),
             "failures": [{"index": f.index, "stage": f.stage, "error": f.error}
                          for f in run.failures[:MAX_RECORDED_FAILURES]],
@@ -71,9 +74,9 @@ def run_record(run: LoadGenRun) -> dict[str, Any]:
             "accuracy_error": run.accuracy_error}
 
 
-def write_run_record(run: LoadGenRun) -> None:
+def write_run_record(run: LoadGenRun, interrupted: str | None = None) -> None:
     """Write ``run_record.json`` and (timed runs) ``latencies_s.npy`` into the run's folder."""
-    write_text_atomic(run.out_dir / RECORD_NAME, json.dumps(run_record(run), indent=1) + "\n")
+    write_text_atomic(run.out_dir / RECORD_NAME, json.dumps(run_record(run, interrupted), indent=1) + "\n")
     if run.mode != "accuracy" and run.latencies_s:
         buf = io.BytesIO()
         np.save(buf, np.asarray(run.latencies_s, dtype=np.float32))

@@ -7,9 +7,16 @@ with how: ``finished``, ``failed`` (failed samples, a dead worker, no or an
 incomplete mAP, errors LoadGen logged), ``interrupted`` (Ctrl-C or SIGTERM:
 the samples not yet computed were answered empty so that LoadGen could end) or
 ``incomplete`` (LoadGen's logs lost). Both writes are atomic, so the file is
-always whole. A run killed outright (``kill -9``, the out-of-memory killer, a
-power cut) leaves ``"running"`` behind; read back once its process is gone,
-that is INCOMPLETE.
+always whole. A signal is recorded as ``interrupted`` at once, before the run
+waits for LoadGen to end (``final=False``), and again once it ended. A run
+killed outright (``kill -9``, the out-of-memory killer, a power cut) leaves
+``"running"`` behind; read back once its process is gone, that is INCOMPLETE.
+
+A disk that fills during the run must not leave ``"running"`` (read later as
+killed, the wrong cause): a file not yet final ends in ``RESERVE_BYTES``
+spaces (JSON allows them), and when the atomic replacement fails,
+:func:`end_status` overwrites those bytes in place, which needs no new room on
+the disk, with ``incomplete`` and why, then raises OutputError.
 
 :func:`run_state` turns the file into the one label that ``report``,
 ``verify`` and ``package`` show instead of LoadGen's VALID:
@@ -26,6 +33,7 @@ time in ``/proc``, so a reused pid is not taken for the run's own.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -42,6 +50,7 @@ from harness.results.layout import (
     WRITER,
     read_status,
 )
+from ground.errors import OutputError
 from ground.files import write_text_atomic
 
 FORMAT = 1
@@ -67,16 +76,57 @@ def begin_status(out_dir: Path, mode: str, scenario: str, environment: dict[str,
            "started": _now(), "ended": None, "pid": os.getpid(), "host": socket.gethostname(),
            "process_start": _process_start(os.getpid()), "reasons": [], "loadgen_finished": None,
            "environment": environment}
-    write_text_atomic(out_dir / STATUS_NAME, json.dumps(doc, indent=1) + "\n")
+    write_text_atomic(out_dir / STATUS_NAME, _text(doc, final=False))
     return doc
 
 
 def end_status(out_dir: Path, doc: dict[str, Any], status: str, reasons: list[str],
-               loadgen_finished: bool) -> None:
-    """Replace ``run_status.json`` with how the run ended: ``status`` is finished, failed, interrupted or
-    incomplete; ``reasons`` one line each (empty when finished). OutputError on failure."""
+               loadgen_finished: bool, final: bool = True) -> None:
+    """Replace ``run_status.json`` with how the run ended (``final`` False: so far, to be replaced again):
+    ``status`` is finished, failed, interrupted or incomplete; ``reasons`` one line each (empty when finished).
+
+    OutputError when it cannot be replaced; the file then says ``incomplete`` and why, where the room
+    reserved in it allows (see the module docstring).
+    """
     done = {**doc, "status": status, "reasons": reasons, "ended": _now(), "loadgen_finished": loadgen_finished}
-    write_text_atomic(out_dir / STATUS_NAME, json.dumps(done, indent=1) + "\n")
+    path = out_dir / STATUS_NAME
+    try:
+        write_text_atomic(path, _text(done, final))
+    except OutputError as e:
+        outcome = f"it ended {status}" + (f" ({'; '.join(reasons)})" if reasons else "")
+        stuck = {**done, "status": "incomplete",
+                 "reasons": [f"how this run ended could not be recorded: {e}"[:RESERVE_BYTES // 2],
+                             outcome[:RESERVE_BYTES // 4]]}
+        try:
+            try:
+                _overwrite_in_place(path, json.dumps(stuck, separators=(",", ":")) + "\n")
+            except OSError:   # no room for the environment as well
+                _overwrite_in_place(path, json.dumps({**stuck, "environment": {}}, separators=(",", ":")) + "\n")
+        except OSError as again:
+            raise OutputError(f"{e}; {path} still reads as running ({again.strerror or again})") from None
+        raise OutputError(f"{e}; {path} now says so in place of the record of the run") from None
+
+
+RESERVE_BYTES = 2048   # trailing spaces of a status not yet final: room to say "incomplete" on a full disk
+
+
+def _text(doc: dict[str, Any], final: bool) -> str:
+    return json.dumps(doc, indent=1) + "\n" + ("" if final else " " * RESERVE_BYTES + "\n")
+
+
+def _overwrite_in_place(path: Path, text: str) -> None:
+    """Write ``text`` over the start of ``path``, spaces over the rest: no new blocks, so also on a full disk.
+    Not atomic (a crash meanwhile may leave it unreadable); used only when the atomic replacement failed."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if len(data) > size:
+            raise OSError(errno.ENOSPC, f"{len(data)} bytes do not fit in the {size} of the file")
+        os.pwrite(fd, data + b" " * (size - len(data)), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ harness/run/loadgen_thread.py), and reads the result back; an accuracy run also 
 ``accuracy.txt``, every run ``run_record.json`` and, for timed runs,
 ``latencies_s.npy``. However the run ends (finished, failed samples, Ctrl-C,
 SIGTERM, a dead worker, an error), ``run_status.json`` is then replaced with
-how; only ``kill -9`` leaves it "running". A run folder that disappears, or
-LoadGen logs left incomplete (disk full), is an
-:class:`~ground.errors.OutputError` naming the folder.
+how (a signal: at once, before waiting for LoadGen, and again once it ended;
+with a ``run_record.json`` of what was computed until then); only ``kill -9``
+leaves it "running". A run folder that disappears, LoadGen logs left
+incomplete (disk full), or a final status that cannot be written, is an
+:class:`~ground.errors.OutputError` naming the folder or file.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from harness.results.layout import (
     clear_run,
     prepare_run_dir,
 )
-from harness.results.loadgen_log import read_detail_log
+from harness.results.loadgen_log import LoadGenResult, read_detail_log
 from harness.results.result_types import LoadGenRun
 from harness.results.run_record import check_run_logs, write_run_record
 from harness.results.run_status import begin_status, end_status
@@ -46,9 +48,9 @@ from harness.run.loadgen_thread import (
     Interrupted,
     WorkerDied,
     interrupt_cause,
-    start_test,
-    worker_death,
+    run_test,
 )
+from harness.run.process_exit import loadgen_returned
 from harness.settings.config import Config
 from harness.settings.loadgen import make_test_settings
 from ground.errors import OutputError
@@ -75,13 +77,18 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
     removed = clear_run(out_dir, mode)
     env = describe_environment(backend, use_pycocotools)
     status = begin_status(out_dir, mode, scenario, env)
+
+    def on_interrupt(how: str) -> None:   # before any wait: a SIGKILL soon after still finds the run interrupted
+        _end(out_dir, status, "interrupted", [f"{how}: {CUT}; LoadGen was still ending the run when this was "
+                                              "recorded"], False, final=False)
+
     try:
         if on_start is not None:
             on_start()
-        run = _run(config, mode, settings, backend, dataset, out_dir, use_pycocotools, progress, removed)
+        run = _run(config, mode, settings, backend, dataset, out_dir, use_pycocotools, progress, removed,
+                   on_interrupt)
     except Interrupted as e:
-        cut = "the samples not yet computed were answered with no detections so that LoadGen could end"
-        _end(out_dir, status, "interrupted", [f"{e.how}: " + (cut if e.finished else "LoadGen did not finish")],
+        _end(out_dir, status, "interrupted", [f"{e.how}: " + (CUT if e.finished else "LoadGen did not finish")],
              e.finished)
         raise
     except WorkerDied as e:
@@ -94,28 +101,36 @@ def run_loadgen(config: Config, mode: str, backend: Any, dataset: Dataset, out_d
     except OutputError as e:
         _end(out_dir, status, "incomplete", [str(e)], True)
         raise
-    except BaseException as e:
-        _end(out_dir, status, "failed", [f"{type(e).__name__}: {e}"], True)
+    except BaseException as e:         # also a test's timeout or SystemExit on the main thread during LoadGen
+        _end(out_dir, status, "failed", [f"{type(e).__name__}: {e}"], loadgen_returned())
         raise
     run.simulated = bool(env["simulated"])
     problems = run.problems()
-    _end(out_dir, status, "failed" if problems else "finished", problems, True)
+    _end(out_dir, status, "failed" if problems else "finished", problems, True, must=True)
     return run
 
 
-def _end(out_dir: Path, status: dict, how: str, reasons: list[str], loadgen_finished: bool) -> None:
-    """Record how the run ended. A status that cannot be written (the folder is gone) is logged, never raised
-    over the run's own outcome: the one left on disk still says "running", which reads as INCOMPLETE."""
+CUT = "the samples not yet computed were answered with no detections so that LoadGen could end"
+
+
+def _end(out_dir: Path, status: dict, how: str, reasons: list[str], loadgen_finished: bool, final: bool = True,
+         must: bool = False) -> None:
+    """Record how the run ended (``final`` False: so far). A status that cannot be written atomically (disk
+    full, the folder gone) is written in place as INCOMPLETE where the disk allows (harness/results/run_status.py);
+    then it raises OutputError when ``must`` (the run's exit status must say so), else it is logged, never raised
+    over the run's own outcome."""
     try:
-        end_status(out_dir, status, how, reasons, loadgen_finished)
+        end_status(out_dir, status, how, reasons, loadgen_finished, final=final)
     except OutputError as e:
+        if must:
+            raise
         log.error("%s", e)
 
 
 def _run(config: Config, mode: str, settings: Any, backend: Any, dataset: Dataset, out_dir: Path,
-         use_pycocotools: bool, progress: bool, removed: list[Path]) -> LoadGenRun:
-    """:func:`run_loadgen` once the folder is marked running."""
-    import mlperf_loadgen as lg
+         use_pycocotools: bool, progress: bool, removed: list[Path], on_interrupt: Callable[[str], None]
+         ) -> LoadGenRun:
+    """:func:`run_loadgen` once the folder is marked running; ``on_interrupt(how)`` records a signal at once."""
     scenario, audit = config.run.scenario, mode if mode in AUDITS else None
     prepare_run_dir(out_dir, config.run.user_conf)
     config.save(out_dir / "config.json")
@@ -124,7 +139,7 @@ def _run(config: Config, mode: str, settings: Any, backend: Any, dataset: Datase
     log.addHandler(handler)
     if removed:
         log.info("removed %d file(s) an earlier %s run left in %s", len(removed), mode, out_dir)
-    qsl = dataset.qsl
+    qsl = dataset.qsl   # LoadGen's QSL callbacks; ConstructQSL, ConstructSUT and StartTest: run_test
     wanted = settings.performance_sample_count_override or qsl.perf_count
     log.info("%s %s run (%s): %d samples in the data set, performance sample count %d", scenario, mode,
              getattr(backend, "description", None) or getattr(backend, "name", type(backend).__name__),
@@ -136,43 +151,46 @@ def _run(config: Config, mode: str, settings: Any, backend: Any, dataset: Datase
     hint = batch_hint(scenario, config.run.batch_size, config.run.server_max_batch)
     guarded = backend.with_hint(hint) if isinstance(backend, GuardedBackend) else GuardedBackend(backend, hint=hint)
     sut = make_sut(scenario, guarded, qsl, config, settings)
-    log_settings = lg.LogSettings()
-    log_settings.log_output.outdir = str(out_dir)
-    log_settings.log_output.copy_summary_to_stdout = False
-    log_settings.enable_trace = False
-    qsl_handle = lg.ConstructQSL(qsl.total_count, qsl.perf_count, qsl.load, qsl.unload)
-    sut.construct()
-    sut.start()
     t0 = time.monotonic()
-    finished, death = True, None
     try:
         bar = (f"{scenario} {mode}", dataset.total_count if mode == "accuracy" else None) if progress else None
         with placed_audit_config(audit) if audit else _no_audit_config() as audit_file:
-            start_test(sut, qsl_handle, settings, log_settings, audit_file, bar)
-        death = worker_death(sut)   # before stop(), which closes the completer itself
+            death = run_test(sut, qsl, settings, out_dir, audit_file, bar, on_interrupt)
     except (Interrupted, WorkerDied) as e:
-        finished = e.finished
+        _record_stopped(sut, guarded, mode, out_dir, time.monotonic() - t0, e)
         raise
     finally:
         seconds = time.monotonic() - t0
-        if finished:
-            sut.stop()
-            sut.destroy()
-            lg.DestroyQSL(qsl_handle)
         log.removeHandler(handler)
         handler.close()
     check_run_logs(out_dir)
     spq = settings.multi_stream_samples_per_query if scenario == "MultiStream" else 1
-    run = LoadGenRun(mode=mode, out_dir=out_dir, loadgen=read_detail_log(out_dir / "mlperf_log_detail.txt", spq),
-                     failures=list(sut.completer.failures), issued=sut.issued, seconds=seconds,
-                     latencies_s=list(sut.completer.latencies_s), worker_error=death,
-                     oom_batches=guarded.oom_batches, workers=len(sut.pipeline.pool.workers),
-                     recomputed_batches=sut.pipeline.pool.recomputed,
-                     lost_workers=list(sut.pipeline.pool.lost))
+    run = _run_of(sut, guarded, mode, out_dir, seconds, read_detail_log(out_dir / "mlperf_log_detail.txt", spq))
+    run.worker_error = death
     if mode == "accuracy":
         _check_accuracy(run, dataset, use_pycocotools)
     write_run_record(run)
     return run
+
+
+def _run_of(sut: Any, guarded: GuardedBackend, mode: str, out_dir: Path, seconds: float,
+            loadgen: LoadGenResult) -> LoadGenRun:
+    return LoadGenRun(mode=mode, out_dir=out_dir, loadgen=loadgen, failures=list(sut.completer.failures),
+                      issued=sut.issued, seconds=seconds, latencies_s=list(sut.completer.latencies_s),
+                      oom_batches=guarded.oom_batches, workers=len(sut.pipeline.pool.workers),
+                      recomputed_batches=sut.pipeline.pool.recomputed, lost_workers=list(sut.pipeline.pool.lost))
+
+
+def _record_stopped(sut: Any, guarded: GuardedBackend, mode: str, out_dir: Path, seconds: float,
+                    e: Interrupted | WorkerDied) -> None:
+    """run_record.json of a run that a signal or a dead worker stopped: what was computed until then."""
+    run = _run_of(sut, guarded, mode, out_dir, seconds, LoadGenResult())
+    if isinstance(e, WorkerDied):
+        run.worker_error = e.cause
+    try:
+        write_run_record(run, interrupted=e.how if isinstance(e, Interrupted) else None)
+    except OutputError as err:
+        log.error("%s", err)
 
 
 @contextlib.contextmanager

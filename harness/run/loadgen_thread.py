@@ -1,17 +1,30 @@
-"""LoadGen's ``StartTest`` on a helper thread, watched from the main thread.
+"""One LoadGen test: ``ConstructQSL``, ``ConstructSUT``, ``StartTest`` on a helper thread, both destroyed after.
 
-``StartTest`` blocks in C++, where Python cannot deliver Ctrl-C, so it runs on
-a helper thread while the main thread polls. On Ctrl-C (and SIGTERM, which
-run.py turns into one) the completer is closed (every outstanding and later
-sample completes at once with an empty response), LoadGen gets
-``INTERRUPT_GRACE_S`` to finish, and :class:`Interrupted` tells the caller
-whether it did; the logs written so far stay on disk. SingleStream and
-MultiStream compute on LoadGen's own thread, which cannot return before the
-query in flight is done: while one is, the wait goes on, up to
-``INFLIGHT_WAIT_S`` (a second Ctrl-C stops it), so a slow model (seconds per
-sample on a CPU) still ends with LoadGen's summary written.
+:func:`run_test` is the whole LoadGen API of a run in one place, as in
+LoadGen's demos. ``StartTest`` blocks in C++, where Python cannot deliver
+Ctrl-C, so it runs on a helper thread while the main thread polls; that
+thread alone stops the SUT and destroys the SUT and QSL, once ``StartTest``
+has returned: whatever happens on the main thread, nothing is destroyed
+under a running LoadGen (which crashes it, SIGSEGV).
 
-Progress (``progress`` of :func:`start_test`): completed samples against the
+On Ctrl-C (and SIGTERM, which run.py turns into one) the completer is closed
+(every outstanding and later sample completes at once with an empty
+response), the caller is told at once (``on_interrupt``: the run folder then
+says INTERRUPTED before any wait), LoadGen gets ``INTERRUPT_GRACE_S`` to
+finish, and :class:`Interrupted` tells the caller whether it did; the logs
+written so far stay on disk. SingleStream and MultiStream compute on
+LoadGen's own thread, which cannot return before the query in flight is done:
+while one is, the wait goes on, up to ``INFLIGHT_WAIT_S`` (a second Ctrl-C
+stops it), so a slow model (seconds per sample on a CPU) still ends with
+LoadGen's summary written. Any other exception on the main thread (a test's
+timeout, an embedding program's ``SystemExit``) does the same and is
+re-raised as it is.
+
+Every test registers in harness/run/process_exit.py, which says whether one
+(or a batch of its SUT stuck in torch after a signal) still runs and ends the
+process without Python's teardown, which would abort under it.
+
+Progress (``progress`` of :func:`run_test`): completed samples against the
 number the run will issue, on a terminal as a bar with the time left, else one
 log line every few seconds (ground/progress.py). For a performance run
 that number is estimated from the settings as LoadGen 6.0.17 plans the run
@@ -32,15 +45,17 @@ leave the process without tearing LoadGen down.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ground.errors import INTERRUPTS, ExitStatus, RunStopped
 from ground.progress import Progress
+from harness.run import process_exit
 from harness.sut.base import BaseSUT
 
 log = logging.getLogger("harness")
@@ -48,6 +63,8 @@ log = logging.getLogger("harness")
 INTERRUPT_GRACE_S = 3.0
 INFLIGHT_WAIT_S = 300.0   # longest wait for a query computing on LoadGen's thread after Ctrl-C
 WORKER_GRACE_S = 3.0
+RELEASE_WAIT_S = 30.0     # longest wait for the SUT's threads to end once LoadGen returned
+RELEASE_GRACE_S = 2.0     # the same after a signal or an exception: a batch still computing is not waited for
 POLL_S = 0.2
 
 
@@ -150,30 +167,94 @@ def worker_death(sut: BaseSUT) -> str | None:
     return reason[1] if reason is not None and reason[0] == "worker" else None
 
 
-def start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any, audit_file: Path,
-                progress: tuple[str, int | None] | None = None) -> None:
-    """Run LoadGen on a helper thread; the main thread stays free to receive Ctrl-C and to watch the workers.
+class _Test:
+    """One LoadGen test: the SUT and QSL handles, and the helper thread that alone destroys them, once
+    ``StartTest`` has returned (destroying them under a running LoadGen crashes it)."""
 
-    ``audit_file``: the path LoadGen checks for an audit.config (it applies the file when it exists).
+    def __init__(self, sut: BaseSUT, qsl: Any) -> None:
+        import mlperf_loadgen as lg
+        self.sut = sut
+        self.returned = threading.Event()   # StartTest returned: LoadGen's logs are closed
+        self.released = threading.Event()   # and then the SUT stopped, SUT and QSL destroyed
+        self.errors: list[BaseException] = []
+        self.death: str | None = None       # why a worker died, as LoadGen returned (stop() closes it too)
+        self.thread: threading.Thread | None = None
+        self.qsl_handle = lg.ConstructQSL(qsl.total_count, qsl.perf_count, qsl.load, qsl.unload)
+        self.sut_handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
+
+    def start(self, settings: Any, log_settings: Any, audit_file: Path) -> None:
+        import mlperf_loadgen as lg
+
+        def target() -> None:
+            try:
+                lg.StartTestWithLogSettings(self.sut_handle, self.qsl_handle, settings, log_settings,
+                                            str(audit_file))
+            except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
+                self.errors.append(e)
+            finally:
+                self.death = worker_death(self.sut)
+                self.returned.set()
+                self.release()
+
+        self.thread = threading.Thread(target=target, name="loadgen", daemon=True)
+        self.number = process_exit.register(self)
+        self.thread.start()
+
+    def release(self) -> None:
+        """Stop the SUT, then destroy the SUT and the QSL; only once LoadGen returned or never started."""
+        import mlperf_loadgen as lg
+        try:
+            self.sut.stop()
+        finally:
+            lg.DestroySUT(self.sut_handle)
+            lg.DestroyQSL(self.qsl_handle)
+            self.released.set()
+
+    def running(self) -> bool:
+        """Whether LoadGen or a thread of the SUT still runs (a stage stuck in ``predict`` after a signal)."""
+        return (self.thread is not None and self.thread.is_alive()) or bool(self.sut.alive_threads())
+
+    def loadgen_running(self) -> bool:
+        return not self.returned.is_set()
+
+
+def run_test(sut: BaseSUT, qsl: Any, settings: Any, log_dir: Path, audit_file: Path,
+             progress: tuple[str, int | None] | None = None,
+             on_interrupt: Callable[[str], None] | None = None) -> str | None:
+    """One LoadGen test with its logs in ``log_dir``, the whole API in one place (as in LoadGen's demos):
+
+        qsl_handle = lg.ConstructQSL(total, perf_count, qsl.load, qsl.unload)
+        sut_handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
+        lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings, audit_file)
+        lg.DestroySUT(sut_handle); lg.DestroyQSL(qsl_handle)
+
+    StartTest runs on a helper thread, which also destroys both once it returned; the main thread stays
+    free to receive Ctrl-C and to watch the workers. ``audit_file``: the path LoadGen checks for an
+    audit.config (it applies the file when it exists). ``on_interrupt(how)`` is called on Ctrl-C or
+    SIGTERM once the outstanding samples are completed, before any wait (the run folder says so at once).
+    Returns why a worker died during the run, or None.
+
+    Raises Interrupted (Ctrl-C, SIGTERM), WorkerDied, LoadGen's own error; any other exception on the main
+    thread (a test's timeout, an embedding program's SystemExit) completes the outstanding samples, gives
+    LoadGen ``INTERRUPT_GRACE_S`` to end, and is re-raised: the SUT and QSL stay alive while LoadGen runs.
     """
     import mlperf_loadgen as lg
-    done = threading.Event()
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(log_dir)
+    log_settings.log_output.copy_summary_to_stdout = False
+    log_settings.enable_trace = False
+    test = _Test(sut, qsl)
+    try:
+        sut.start()
+    except BaseException:
+        test.release()    # LoadGen never started
+        raise
+    done = test.returned
     if progress is not None:
         threading.Thread(target=_show_progress, args=(sut, done, *progress, settings), name="progress",
                          daemon=True).start()
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            lg.StartTestWithLogSettings(sut.handle, qsl_handle, settings, log_settings, str(audit_file))
-        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
-            errors.append(e)
-        finally:
-            done.set()
-
-    loadgen = threading.Thread(target=target, name="loadgen", daemon=True)
     try:  # start() inside the try: a Ctrl-C while it returns must not escape as a bare KeyboardInterrupt
-        loadgen.start()
+        test.start(settings, log_settings, audit_file)
         while not done.wait(POLL_S):
             cause = worker_death(sut)
             if cause is not None:
@@ -181,10 +262,38 @@ def start_test(sut: BaseSUT, qsl_handle: int, settings: Any, log_settings: Any, 
                 if not done.wait(WORKER_GRACE_S):
                     raise WorkerDied(cause, finished=False)
                 break
+        test.released.wait(RELEASE_WAIT_S)
     except KeyboardInterrupt as e:
         how, code = interrupt_cause(e)
         log.error("%s: completing the outstanding samples with empty responses", how)
         sut.completer.close("interrupted", f"the run was {how}")
-        raise Interrupted(wait_after_interrupt(sut, done), how, code) from None
-    if errors:
-        raise errors[0]
+        if on_interrupt is not None:
+            with contextlib.suppress(KeyboardInterrupt):   # a second Ctrl-C: the file is written atomically
+                on_interrupt(how)
+        finished = wait_after_interrupt(sut, done)
+        _wait_quietly(test.released, RELEASE_GRACE_S if finished else 0.0)
+        raise Interrupted(finished, how, code) from None
+    except WorkerDied:
+        raise
+    except BaseException as e:  # not Ctrl-C: a test's timeout, SystemExit from a signal handler, ...
+        what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        log.error("%s on the main thread while LoadGen runs: completing the outstanding samples with empty "
+                  "responses", what)
+        sut.completer.close("stopped", f"the run was stopped by {what}")
+        if isinstance(e, SystemExit):
+            process_exit.exit_code_at_exit(e.code if isinstance(e.code, int) else 0 if e.code is None
+                                           else ExitStatus.FAILED)
+        _wait_quietly(done, INTERRUPT_GRACE_S)
+        _wait_quietly(test.released, RELEASE_GRACE_S if done.is_set() else 0.0)
+        raise
+    if test.errors:
+        raise test.errors[0]
+    return test.death
+
+
+def _wait_quietly(event: threading.Event, seconds: float) -> bool:
+    """``event.wait(seconds)``; a Ctrl-C meanwhile ends the wait (the caller is already stopping)."""
+    try:
+        return event.wait(seconds)
+    except KeyboardInterrupt:
+        return event.is_set()

@@ -55,38 +55,49 @@ class KeySpec:
 
     kind: "int" (whole number), "real", "flag" (0 or 1) or "percent" (LoadGen multiplies by 0.01).
     scenarios: the scenarios LoadGen reads the key for. positive: must be > 0 (else >= 0).
+    limit: (largest value, why) for "int" and "real" keys, see ``_LIMITS``.
     """
 
     kind: str
     scenarios: tuple[str, ...] = _ALL
     positive: bool = False
+    limit: tuple[int | float, str] | None = None
+
+
+# The largest value of each kind of number that LoadGen 6.0.17 holds as written (test_settings_internal.cc):
+# beyond it, strtoull saturates at 2^64-1 or the value wraps, and LoadGen then crashes or runs for ever.
+_MS = ((2**63 - 1) // 10**6, "LoadGen holds milliseconds as signed 64-bit nanoseconds")
+_COUNT = (2**63 - 1, "LoadGen counts in 64-bit integers and multiplies the counts")
+_SEED = (2**64 - 1, "LoadGen reads it as an unsigned 64-bit integer")
+_INT32 = (2**31 - 1, "LoadGen stores it in a 32-bit int")
+_QPS = (1e9, "LoadGen schedules queries in whole nanoseconds")
 
 
 KEYS: dict[str, KeySpec] = {
-    "min_duration": KeySpec("int"),                       # ms
-    "max_duration": KeySpec("int"),                       # ms; 0 = no limit
-    "min_query_count": KeySpec("int"),
-    "max_query_count": KeySpec("int"),                    # 0 = no limit
-    "performance_sample_count_override": KeySpec("int"),  # 0 = the QSL's own count
-    "accuracy_sample_count_override": KeySpec("int"),     # 0 = every sample
-    "target_qps": KeySpec("real", ("Server", "Offline"), positive=True),
-    "target_latency": KeySpec("real", ("SingleStream", "MultiStream", "Server"), positive=True),  # ms
+    "min_duration": KeySpec("int", limit=_MS),                        # ms
+    "max_duration": KeySpec("int", limit=_MS),                        # ms; 0 = no limit
+    "min_query_count": KeySpec("int", limit=_COUNT),
+    "max_query_count": KeySpec("int", limit=_COUNT),                  # 0 = no limit
+    "performance_sample_count_override": KeySpec("int", limit=_COUNT),  # 0 = the QSL's own count
+    "accuracy_sample_count_override": KeySpec("int", limit=_COUNT),   # 0 = every sample
+    "target_qps": KeySpec("real", ("Server", "Offline"), positive=True, limit=_QPS),
+    "target_latency": KeySpec("real", ("SingleStream", "MultiStream", "Server"), positive=True, limit=_MS),  # ms
     "target_latency_percentile": KeySpec("percent", ("SingleStream", "MultiStream", "Server")),
-    "samples_per_query": KeySpec("int", ("MultiStream",), positive=True),
-    "max_async_queries": KeySpec("int", ("Server",)),     # 0 = no limit
+    "samples_per_query": KeySpec("int", ("MultiStream",), positive=True, limit=_COUNT),
+    "max_async_queries": KeySpec("int", ("Server",), limit=_INT32),  # 0 = no limit
     "coalesce_queries": KeySpec("flag", ("Server",)),
-    "ttft_latency": KeySpec("int", ("Server",)),          # ms, with use_token_latencies
-    "tpot_latency": KeySpec("int", ("Server",)),          # ms, with use_token_latencies
+    "ttft_latency": KeySpec("int", ("Server",), limit=_MS),          # ms, with use_token_latencies
+    "tpot_latency": KeySpec("int", ("Server",), limit=_MS),          # ms, with use_token_latencies
     "use_token_latencies": KeySpec("flag"),
     "infer_token_latencies": KeySpec("flag"),
-    "token_latency_scaling_factor": KeySpec("int"),
+    "token_latency_scaling_factor": KeySpec("int", limit=_COUNT),
     "performance_issue_unique": KeySpec("flag"),
     "performance_issue_same": KeySpec("flag"),
-    "performance_issue_same_index": KeySpec("int"),
+    "performance_issue_same_index": KeySpec("int", limit=_COUNT),
     "sample_concatenate_permutation": KeySpec("flag"),
     "print_timestamps": KeySpec("flag"),
-    "accuracy_log_rng_seed": KeySpec("int"),
-    "accuracy_log_sampling_target": KeySpec("int"),
+    "accuracy_log_rng_seed": KeySpec("int", limit=_SEED),
+    "accuracy_log_sampling_target": KeySpec("int", limit=_COUNT),
 }
 # Keys LoadGen knows but that have no effect in a user file here: say so instead of ignoring them.
 NO_EFFECT: dict[str, str] = {
@@ -239,6 +250,12 @@ def _value(spec: KeySpec, name: str, scenario: str, raw: str, fail) -> float:
                    f"e.g. 99 for the 99th percentile, not {raw}")
     if spec.positive and value <= 0:
         raise fail(f"{key} must be positive, not {raw}")
+    if spec.limit is not None:
+        top, why = spec.limit
+        if (int(raw) if whole else value) > top:
+            low, unit = "above 0" if spec.positive else "0", " ms" if spec.limit is _MS else ""
+            top_text = f"{top:g}" if isinstance(top, float) else str(top)
+            raise fail(f"{key} = {raw} is out of range ({why}): write a value from {low} to {top_text}{unit}")
     return value
 
 

@@ -4,11 +4,13 @@ A subclass decides only how issued samples become batches (``_enqueue``) and
 what a flush means. ``issue_queries`` runs on LoadGen's thread holding the
 GIL: for Offline and Server it only registers the samples and enqueues them
 (the pipeline's threads do the work); the stream SUTs do the work right
-there. ``handle`` is the id from ``lg.ConstructSUT`` (exactly two callbacks in
-LoadGen 6.0); ``destroy`` releases it.
+there. LoadGen's ``ConstructSUT``/``DestroySUT`` take the two callbacks
+(exactly two in LoadGen 6.0) in harness/run/loadgen_thread.py, beside
+``ConstructQSL`` and ``StartTest``.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 from harness.sut.batching import BatchSource
@@ -31,7 +33,6 @@ class BaseSUT:
         self.pipeline = Pipeline(backend, qsl, self.completer, source, threaded=self.threaded, ahead=self.ahead,
                                  name=self.scenario or type(self).__name__, max_batch=max_batch,
                                  deadline_s=deadline_s)
-        self.handle: int | None = None
         self.issued = 0
 
     def start(self) -> None:
@@ -40,16 +41,9 @@ class BaseSUT:
     def stop(self) -> None:
         self.pipeline.stop()
 
-    def construct(self) -> int:
-        import mlperf_loadgen as lg
-        self.handle = lg.ConstructSUT(self.issue_queries, self.flush_queries)
-        return self.handle
-
-    def destroy(self) -> None:
-        if self.handle is not None:
-            import mlperf_loadgen as lg
-            lg.DestroySUT(self.handle)
-            self.handle = None
+    def alive_threads(self) -> list[threading.Thread]:
+        """The pipeline's threads still running (after stop(), one stuck in a batch that never returns)."""
+        return self.pipeline.alive_threads()
 
     # -- LoadGen callbacks -------------------------------------------------------
     def issue_queries(self, query_samples: Sequence[Any]) -> None:

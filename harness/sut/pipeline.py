@@ -114,6 +114,9 @@ class Pipeline:
             t.join(max(0.0, end - time.monotonic()))
         self.completer.close("worker", "the SUT stopped before this sample was processed")
 
+    def alive_threads(self) -> list[threading.Thread]:
+        return [t for t in self._threads if t.is_alive()]
+
     # -- threads -----------------------------------------------------------------
     def _guard(self, stage: str, fn, *args) -> None:
         try:
