@@ -28,9 +28,12 @@ EXPECTED = {"harness/sut/base.py", "harness/sut/batching.py", "harness/sut/pipel
             "harness/sut/completion.py", "harness/sut/response.py"}
 
 
+PACKAGES = ("ground", "backends", "qsl", "harness")   # the product's code (not tests, not a venv inside the checkout)
+
+
 def _project(path: str) -> str | None:
     rel = os.path.relpath(path, ROOT)
-    return None if rel.startswith(("..", "tests")) or not rel.endswith(".py") else rel
+    return rel if rel.endswith(".py") and rel.split(os.sep)[0] in PACKAGES else None
 
 
 def _trace_offline_samples(n: int = 64) -> set[tuple[str, str]]:
