@@ -10,6 +10,9 @@ Assumptions, checked against Ray 2.60.0:
   it when a token exists (or ``RAY_AUTH_MODE=token``); a process joining an address given explicitly
   sends the token only with ``RAY_AUTH_MODE=token`` in its environment, and otherwise fails to
   connect after retrying for about 25 s.
+- ``ray.init`` replaces the process's SIGTERM handler with one that calls ``sys.exit(15)``, and Ray's
+  core then installs its failure handler for SIGTERM (it aborts the process: exit status 134):
+  :func:`connect` puts the process's own handler back, so SIGTERM ends a Ray run as it ends a local one.
 - ``ray.nodes()`` lists each node's resources as declared by ``ray start`` ("CPU", "GPU").
 - An actor's resource amounts above 1 must be whole numbers; fractions below 1 are allowed.
 
@@ -23,6 +26,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +124,7 @@ def connect(address: str | None, packages: Sequence[str] = ("backends", "harness
     if ray.is_initialized():
         return Connection(address or "this process's Ray", owned=False)
     where = f"the Ray cluster at {address}" if address else "a local Ray"
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         # "local": a new Ray even when one runs on this machine already (ray.init() would join that one).
         ray.init(address=address or "local", include_dashboard=False if address is None else None,
@@ -141,7 +146,16 @@ def connect(address: str | None, packages: Sequence[str] = ("backends", "harness
         raise RayClusterError(f"{where} refused this process's authentication token ({str(e).splitlines()[0]}); "
                               "copy the head's token (`ray get-auth-token` on the head) to ~/.ray/auth_token "
                               "here, or set RAY_AUTH_TOKEN") from None
+    finally:
+        restore_sigterm(sigterm)
     return Connection(address or "local", owned=True)
+
+
+def restore_sigterm(handler: Any) -> None:
+    """Put back the SIGTERM handler ``ray.init`` replaced (only the main thread sets handlers; so does Ray)."""
+    import threading
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def alive_nodes() -> list[Node]:
