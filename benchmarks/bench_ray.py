@@ -49,13 +49,14 @@ def _cluster(nodes: int, cpus_per_node: int, store_bytes: int):
     import ray
     from ray.cluster_utils import Cluster
 
-    from backends.ray.cluster import code_env
+    from backends.ray.cluster import WORKER_PACKAGES, code_env
     node = {"num_cpus": cpus_per_node, "object_store_memory": store_bytes}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     for _ in range(nodes - 1):
         cluster.add_node(**node)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, runtime_env=code_env(("backends", "harness")), logging_level="WARNING")
+    with tempfile.TemporaryDirectory(prefix="ray-job-") as empty:   # the workers' (empty) working directory
+        ray.init(address=cluster.address, runtime_env=code_env(WORKER_PACKAGES, empty), logging_level="WARNING")
     return cluster
 
 

@@ -5,8 +5,9 @@ puts the weights into the object store once, starts the actors pinned to their n
 each to build its backend: first until every process is up (placed, started, the project's code
 imported; ``start_timeout_s``), then until every backend is built and has computed one image
 through Ray (``build_timeout_s``). The
-project's packages travel with the job (Ray's ``py_modules``, see ``cluster.code_env``), so nodes need the same Python
-packages installed (requirements.txt) but neither this checkout nor the checkpoint. Anything that
+project's packages a worker needs (``backends`` and ``ground``) travel with the job (Ray's ``py_modules``, see
+``cluster.code_env``), so nodes need the same Python packages installed (requirements.txt) but neither this
+checkout nor the checkpoint. Anything that
 goes wrong on the way is a :class:`~backends.ray.cluster.RayClusterError` naming the worker and its
 node, and the actors started so far are stopped.
 
@@ -29,6 +30,7 @@ from backends.base import WorkerLost
 from backends.ray.cluster import (
     Connection,
     RayClusterError,
+    WORKER_PACKAGES,
     Slot,
     alive_nodes,
     check_versions,
@@ -68,7 +70,7 @@ class RayBackend:
     @classmethod
     def start(cls, factory: BackendFactory, *, address: str | None = None, device: str = "auto",
               workers: int | None = None, threads: int = 0, weights: Any = None, deadline_s: float = 600.0,
-              packages: Sequence[str] = ("backends", "harness"), start_timeout_s: float = START_TIMEOUT_S,
+              packages: Sequence[str] = WORKER_PACKAGES, start_timeout_s: float = START_TIMEOUT_S,
               build_timeout_s: float = BUILD_TIMEOUT_S) -> "RayBackend":
         """Start the workers and return the backend once every one has built its backend.
 

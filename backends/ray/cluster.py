@@ -28,6 +28,7 @@ import os
 import platform
 import signal
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +38,7 @@ from ground.errors import InputError
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 3.0   # how long the head's port may take to accept a connection
+WORKER_PACKAGES = ("backends", "ground")   # all a worker imports of this project (backends/factory.py)
 
 
 class RayClusterError(InputError, RuntimeError):
@@ -102,17 +104,20 @@ def check_reachable(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
                               "start a local Ray for the run") from None
 
 
-def code_env(packages: Sequence[str]) -> dict[str, Any]:
+def code_env(packages: Sequence[str], working_dir: str) -> dict[str, Any]:
     """A Ray runtime environment that ships the project's top-level ``packages`` to every worker process.
 
     Ray uploads them once per job (a local directory is accepted only in ``ray.init``'s job-level
     environment) and every node unpacks them, so nodes need no checkout of the project.
+    ``working_dir`` (an empty folder; Ray uploads it at ``ray.init``, after which it may go) is the
+    workers' working directory: without one Ray puts the driver's working directory on every worker's
+    path, and a worker on the driver's machine could import what a remote node cannot.
     """
     dirs = [str(Path(importlib.import_module(p).__file__).parent) for p in packages]
-    return {"py_modules": dirs, "excludes": ["__pycache__", "*.pyc"]}
+    return {"py_modules": dirs, "working_dir": working_dir, "excludes": ["__pycache__", "*.pyc"]}
 
 
-def connect(address: str | None, packages: Sequence[str] = ("backends", "harness")) -> Connection:
+def connect(address: str | None, packages: Sequence[str] = WORKER_PACKAGES) -> Connection:
     """Join the cluster at ``address``, or start a local Ray when it is None, shipping ``packages``.
 
     A process already connected (an embedding program, the tests) keeps its connection and its job's
@@ -127,8 +132,9 @@ def connect(address: str | None, packages: Sequence[str] = ("backends", "harness
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         # "local": a new Ray even when one runs on this machine already (ray.init() would join that one).
-        ray.init(address=address or "local", include_dashboard=False if address is None else None,
-                 logging_level=logging.WARNING, runtime_env=code_env(packages))
+        with tempfile.TemporaryDirectory(prefix="ray-job-") as empty:
+            ray.init(address=address or "local", include_dashboard=False if address is None else None,
+                     logging_level=logging.WARNING, runtime_env=code_env(packages, empty))
     except RuntimeError as e:
         if "Version mismatch" in str(e):
             detail = " ".join(str(e).split())

@@ -6,6 +6,7 @@ by value (cloudpickle), since the workers import only the project's packages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ import run as run_py
 from backends.base import WorkerLost
 from backends.model_config import ModelConfig
 from backends.null import NullBackend
-from harness.run.backend import call_deadline_s, make_ray_backend, worker_backend
+from backends.factory import build_worker
+from harness.run.backend import backend_spec, call_deadline_s, make_backend, make_ray_backend
 from harness.run.benchmark import run_benchmark
 from harness.settings.config import Config, RunConfig, load_config
 
@@ -148,9 +150,9 @@ def test_a_worker_builds_from_the_shipped_weights_without_the_checkpoint_file(tm
     from backends.pytorch.backend import read_weights
     config = load_config(ROOT / "configs" / "demo.toml", {"run": {"device": "cpu"}})
     weights = read_weights(config.model)
-    gone = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(tmp_path / "no.pt")))
-    remote = worker_backend(gone, "pytorch", None, "cpu", 1, weights)
-    local = run_py_backend(config)
+    gone = dataclasses.replace(config.model, checkpoint=str(tmp_path / "no.pt"))
+    remote = build_worker(dataclasses.replace(backend_spec(config, "pytorch"), model=gone), "cpu", 1, weights)
+    local = make_backend(config, "pytorch")
     images, hw = _batch(2, 300)
     images[600] = torch.zeros(2, 3, 600, 600, dtype=torch.uint8)
     images[300][1].fill_(200)
@@ -158,9 +160,34 @@ def test_a_worker_builds_from_the_shipped_weights_without_the_checkpoint_file(tm
         assert torch.equal(a, b)
 
 
-def run_py_backend(config: Config):
-    from harness.run.backend import make_backend
-    return make_backend(config, "pytorch")
+def test_what_a_worker_builds_from_is_data_the_driver_worked_out(fast_conf):
+    """The worker's factory refers to nothing above backends/ and ground/, and the CUDA graph shapes of
+    an Offline run (which need user.conf) are in it already."""
+    import pickletools
+
+    from ray import cloudpickle
+    config = load_config(None, {"run": {"scenario": "Offline", "user_conf": str(fast_conf), "batch_size": 24,
+                                        "offline_expected_qps": 100}})
+    spec = backend_spec(config, "pytorch")
+    assert spec.graph_sizes == (24, 16, 1)         # 256 samples (min_query_count): 10 batches of 24 and one of 16
+    modules = {str(arg).split()[0] for op, arg, _ in pickletools.genops(cloudpickle.dumps(
+        functools.partial(build_worker, spec))) if op.name in ("GLOBAL", "SHORT_BINUNICODE", "BINUNICODE")
+        and str(arg).split(".")[0] in ("backends", "ground", "harness", "qsl", "run")}
+    assert "backends.factory" in modules and not {m for m in modules if m.split(".")[0] in ("harness", "qsl", "run")}
+
+
+def test_workers_import_only_what_the_job_ships(ray_cluster):
+    """The nodes of these tests are as remote as a real cluster's: the checkout is not on their path."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def probe():
+        import importlib.util
+        return {m: importlib.util.find_spec(m) is not None for m in ("backends", "ground", "harness", "qsl")}, \
+            sys.path, os.getcwd()
+    found, path, cwd = ray.get(probe.remote())
+    assert found == {"backends": True, "ground": True, "harness": False, "qsl": False}
+    assert str(ROOT) not in path and not cwd.startswith(str(ROOT))
 
 
 def test_the_call_deadline_follows_the_server_bound(fast_conf):
