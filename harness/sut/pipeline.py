@@ -55,6 +55,7 @@ from typing import Any
 
 import torch
 
+from backends.base import WorkerLost
 from harness.sut.batching import Batch, BatchSource
 from harness.sut.completion import Completer, Sample
 from harness.sut.stages import (
@@ -261,8 +262,24 @@ class Pipeline:
                 continue
         return _STOP
 
+    def _ready(self, w: Worker) -> bool:
+        """Wait, between batches, until ``w`` takes one: a backend with ``wait_ready`` (a remote worker whose
+        process restarts) may hold off; False when the pipeline stops, or ``w`` is lost (it is retired)."""
+        wait_ready = getattr(w.backend, "wait_ready", None)
+        if wait_ready is None:
+            return True
+        while not (self._released.is_set() or w.retired):
+            try:
+                if wait_ready(_POLL_S):
+                    return True
+            except WorkerLost as e:
+                self.routing.retire(w, e, [])
+                return False
+        return False
+
     def _loader_loop(self, w: Worker, q_compute: queue.Queue) -> None:
-        while (slot := self._slot(w)) is not _STOP and (batch := self.source.next_batch(w.index)) is not None:
+        while ((slot := self._slot(w)) is not _STOP and self._ready(w)
+               and (batch := self.source.next_batch(w.index)) is not None):
             if w.retired:                   # lost while this loader waited
                 self.routing.hand_back(batch.samples)
                 break

@@ -30,7 +30,9 @@ def ray_cluster():
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
             cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
-            ray.init(address=cluster.address, runtime_env=code_env(WORKER_PACKAGES, elsewhere), logging_level="WARNING")
+            # log_to_driver off: the workers' own output (a killed one's stack) would land in a later test's stderr.
+            ray.init(address=cluster.address, runtime_env=code_env(WORKER_PACKAGES, elsewhere), logging_level="WARNING",
+                     log_to_driver=False)
         finally:
             os.chdir(here)
         yield cluster

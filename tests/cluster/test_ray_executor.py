@@ -19,6 +19,7 @@ import torch
 
 import run as run_py
 from backends.base import WorkerLost
+from backends.ray.proxy import WorkerRestarting
 from backends.model_config import ModelConfig
 from backends.null import NullBackend
 from backends.factory import build_worker
@@ -57,10 +58,11 @@ def _start(factory, cluster, **kw):
     return RayBackend.start(factory, address=cluster.address, **kw)
 
 
-def test_workers_on_two_nodes_compute_like_a_local_backend_and_a_killed_one_is_lost(ray_cluster):
+def test_workers_on_two_nodes_compute_like_a_local_backend_and_a_killed_one_comes_back(ray_cluster):
+    import ray
     backend = make_ray_backend(_ray_config(ray_cluster, ray_workers=2), "null")
     try:
-        assert len({s.node_id for s in backend.states}) == 2
+        assert len({s.node_id for s in backend.states}) == 2       # SPREAD: one bundle on each node
         assert backend.name == "null on Ray, 2 workers on 2 nodes" and backend.simulated and backend.sizes == (300,)
         expected = NullBackend().predict(*_batch())
         for proxy in backend.workers():
@@ -73,15 +75,23 @@ def test_workers_on_two_nodes_compute_like_a_local_backend_and_a_killed_one_is_l
         assert len(backend.predict(*_batch(3))) == 3
 
         first, second = backend.workers()
-        os.kill(backend.states[0].pid, signal.SIGKILL)
-        with pytest.raises(WorkerLost, match=r"^worker 0 on node \S+ .*is lost: The actor is dead because its worker "
-                                             r"process has died$"):
+        killed = backend.states[0].pid
+        os.kill(killed, signal.SIGKILL)
+        with pytest.raises(WorkerRestarting, match=r"^worker 0 on node \S+ .*went away with this batch; Ray restarts it if it can$"):
             first.predict(*_batch())
-        with pytest.raises(WorkerLost):                            # and stays lost
+        assert len(second.predict(*_batch(2))) == 2               # the other worker computes meanwhile
+        deadline = time.monotonic() + 120                          # re-admitted between batches once it is back
+        while not first.wait_ready(0.5):
+            assert time.monotonic() < deadline
+        assert backend.states[0].pid != killed and backend.states[0].restarts == 1
+        assert len(first.predict(*_batch(2))) == 2
+
+        for state in backend.states:                               # gone for good: lost, and stays lost
+            ray.kill(state.actor, no_restart=True)
+        with pytest.raises(WorkerLost, match=r"^worker 0 on node \S+ .*is lost: "):
+            first.predict(*_batch())
+        with pytest.raises(WorkerLost):
             first.predict(*first.stage(*_batch()))
-        for _ in range(3):                                         # the backend as a whole still computes
-            assert len(backend.predict(*_batch(2))) == 2
-        os.kill(backend.states[1].pid, signal.SIGKILL)
         with pytest.raises(WorkerLost, match="every Ray worker is lost: worker 0 .*; worker 1 "):
             backend.predict(*_batch())
         assert len(backend.lost()) == 2
@@ -99,8 +109,11 @@ def test_a_worker_past_its_deadline_is_lost_and_stopped(ray_cluster):
                                              r"4; it was stopped"):
             proxy.predict(*_batch())
         assert time.monotonic() - t0 < 2.5                         # well before the 3 s batch would end
-        with pytest.raises(ray.exceptions.RayActorError):          # killed: no stale work comes back later
-            ray.get(backend.states[0].actor.ping.options(concurrency_group="control").remote(), timeout=30)
+        deadline = time.monotonic() + 30                           # killed (ray.kill takes effect shortly after):
+        with pytest.raises(ray.exceptions.RayActorError):          # no stale work comes back later
+            while time.monotonic() < deadline:
+                ray.get(backend.states[0].control("ping"), timeout=30)
+                time.sleep(0.1)
     finally:
         backend.close()
 
