@@ -14,7 +14,7 @@ what was started is stopped.
 Actors restart when their process dies (``max_restarts``; the weights stay in the object store for
 that) and never re-run a call (``max_task_retries=0``); ``proxy.py`` re-admits them between batches.
 
-``samples(qsl)`` wraps the run's QSL so each loaded sample set goes to the workers once and batches
+``shared_samples(qsl)`` wraps the run's QSL so each loaded sample set goes to the workers once and batches
 send only rows of it (``samples.py``). ``workers()`` gives the pipeline one proxy per remote worker,
 so it drives them as it drives local ones. ``predict`` itself (direct evaluation) uses one worker at
 a time, moving on to the next when one is lost. ``close`` stops the actors, releases the placement
@@ -127,7 +127,7 @@ class RayBackend:
         """One backend per remote worker, for the pipeline's compute threads."""
         return list(self.proxies)
 
-    def samples(self, qsl: Any) -> SharedSamples:
+    def shared_samples(self, qsl: Any) -> SharedSamples:
         """``qsl`` as the workers see it: its loaded sets in the object store, batches as rows of them."""
         return SharedSamples(qsl, self.publish)
 
