@@ -35,7 +35,6 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError, Ray
 
 from backends.base import WorkerLost
 
-from .samples import SampleRows
 
 log = logging.getLogger(__name__)
 
