@@ -35,7 +35,6 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError, Ray
 
 from backends.base import WorkerLost
 
-
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2           # how often a restarting actor is asked whether it is back
