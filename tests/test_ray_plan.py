@@ -1,15 +1,10 @@
-"""Where Ray workers go, and the --executor flags; none of this needs a Ray cluster."""
+"""What Ray workers reserve, and the --executor flags; none of this needs a Ray cluster."""
 from __future__ import annotations
 
 import pytest
 
-from backends.ray.cluster import (
-    Node,
-    RayClusterError,
-    check_reachable,
-    check_versions,
-    plan_workers,
-)
+from backends.ray.cluster import RayClusterError, check_reachable, check_versions
+from backends.ray.placement import Node, Slot, plan_workers
 from harness.settings.cli import benchmark_parser, config_from_args
 from ground.errors import ConfigError
 
@@ -18,28 +13,25 @@ B = Node("b", "10.0.0.2", "gpu-b", cpus=4, gpus=1)
 C = Node("c", "10.0.0.3", "cpu-c", cpus=3, gpus=0)
 
 
-def test_one_worker_per_gpu_of_every_node_by_default():
+def test_one_worker_per_gpu_of_the_cluster_by_default():
     slots = plan_workers([A, B, C], "auto", None)
-    assert [s.node.node_id for s in slots] == ["a", "b", "a"]
-    assert all(s.gpu and s.device == "cuda" for s in slots)
-    # Each GPU worker reserves one CPU where the node has enough, a share where it does not.
-    assert [s.num_cpus for s in slots] == [1.0, 1.0, 1.0]
+    # Each GPU worker reserves one GPU and one CPU where the nodes have enough, a share where they do not.
+    assert slots == [Slot(True, 1.0, "cuda", 0)] * 3 and slots[0].bundle() == {"CPU": 1.0, "GPU": 1.0}
     assert [s.num_cpus for s in plan_workers([Node("d", "10.0.0.4", "", cpus=1, gpus=4)], "cuda", None)] == [0.25] * 4
+    assert len(plan_workers([A, B], "cuda", 2)) == 2
+    assert Slot(True, 0.0, "cuda", 0).bundle() == {"GPU": 1.0}   # a bundle never asks for 0 of anything
 
 
-def test_fewer_gpu_workers_spread_over_the_nodes():
-    assert [s.node.node_id for s in plan_workers([A, B], "cuda", 2)] == ["a", "b"]
-
-
-def test_cpu_workers_one_per_node_by_default_or_spread_with_a_share_of_cpus():
-    slots = plan_workers([A, C], "cpu", None)
-    assert [(s.node.node_id, s.gpu, s.num_cpus, s.threads) for s in slots] == [("a", False, 8.0, 8),
-                                                                             ("c", False, 3.0, 3)]
+def test_cpu_workers_one_per_node_by_default_or_an_equal_share_of_the_smallest_node():
+    slots = plan_workers([A, C], "cpu", None)          # one per node, each the smallest node's 3 CPUs
+    assert [(s.gpu, s.num_cpus, s.threads) for s in slots] == [(False, 3.0, 3)] * 2
     slots = plan_workers([C], "cpu", 2)               # 3 CPUs / 2 workers: one whole CPU each
     assert [(s.num_cpus, s.threads) for s in slots] == [(1.0, 1), (1.0, 1)]
     slots = plan_workers([C], "cpu", 4, threads=2)    # a fraction below one; --threads wins
     assert [(s.num_cpus, s.threads) for s in slots] == [(0.75, 2)] * 4
-    assert [s.node.node_id for s in plan_workers([A, B, C], "auto", 1)] == ["a"]   # GPUs first with auto
+    slots = plan_workers([A, C], "cpu", 4)            # two per node when spread: 3 / 2 -> 1 each
+    assert [s.num_cpus for s in slots] == [1.0] * 4
+    assert [s.gpu for s in plan_workers([A, B, C], "auto", 1)] == [True]   # GPUs first with auto
 
 
 def test_a_cluster_without_the_gpus_asked_for_is_refused_with_its_inventory():

@@ -24,12 +24,14 @@ unknown and its remainder, if new, runs eagerly (untimed).
 
 ``--executor ray`` puts the workers on Ray actors (backends/ray/). The driver reads and checks the
 checkpoint once (a bad file stops the run here, exit status 2) and ships its weights through Ray's
-object store; each worker builds its backend with :func:`worker_backend`, the same code as a local
-run (per-image execution on a CPU, the warm-up of the run's batch sizes), so a worker's detections
-are byte for byte the local ones. A call that takes longer than :func:`call_deadline_s` loses its
-worker (its batch goes to another): Server 10 x the latency bound, at least 5 s (a batch a few times
-over the bound is slow, not lost; one 10 times over it holds samples that already failed); other
-scenarios 600 s, which no healthy device needs for one batch; ``--ray-call-timeout`` overrides both.
+object store; each worker builds its backend from a :class:`~backends.factory.BackendSpec` that
+:func:`backend_spec` works out here (the worker reads neither user.conf nor the data set and imports
+only ``backends`` and ``ground``), with the same code as a local run (per-image execution on a CPU,
+the warm-up of the run's batch sizes), so a worker's detections are byte for byte the local ones.
+A call that takes longer than :func:`call_deadline_s` loses its worker (its batch goes to another):
+Server 10 x the latency bound, at least 5 s (a batch a few times over the bound is slow, not lost;
+one 10 times over it holds samples that already failed); other scenarios 600 s, which no healthy
+device needs for one batch; ``--ray-call-timeout`` overrides both.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ import functools
 import logging
 from typing import Any, Sequence
 
+from backends.factory import BackendSpec, build_worker
+from backends.factory import build_backend as factory_build
 from harness.settings.config import Config
 from ground.errors import ConfigError
 from harness.sut.per_image import GuardedBackend
@@ -102,38 +106,40 @@ def warmup_batch_sizes(config: Config, every_size: bool, offline_queries: Sequen
     return tuple(sorted(sizes, reverse=True))
 
 
+def backend_spec(config: Config, kind: str, dataset: Any = None, sim: Any = None) -> BackendSpec:
+    """Everything needed to build ``config``'s backend of ``kind``, worked out here (``backends/factory.py``).
+
+    The warm-up sizes follow the scenario (:func:`warmup_batch_sizes`); with CUDA graphs, Offline's
+    remainders come from :func:`offline_query_sizes` (user.conf, ``dataset``'s counts when given), so
+    a Ray worker reads neither user.conf nor the data set.
+    """
+    queries: tuple[int, ...] = ()
+    if kind == "pytorch" and config.model.cuda_graphs and config.run.scenario == "Offline":
+        qsl = getattr(dataset, "qsl", None)
+        queries = offline_query_sizes(config, getattr(qsl, "total_count", None), getattr(qsl, "perf_count", None))
+    return BackendSpec(kind, config.model, config.run.batch_invariant, warmup_batch_sizes(config, False),
+                       warmup_batch_sizes(config, True, queries), sim)
+
+
 def build_backend(config: Config, per_image: bool | None = None, dataset: Any = None,
                   weights: Any = None) -> Any:
     """The PyTorch backend for ``config``, loaded and warmed up for the run's batch sizes.
 
-    The warm-up runs the batch shapes of the scenario (:func:`warmup_batch_sizes`; with CUDA graphs
-    the Offline remainders of :func:`offline_query_sizes`, using ``dataset``'s counts when given),
-    so torch.compile and CUDA graph capture happen here, never inside a timed run. ``per_image``
-    runs each image of a batch on its own so that its response bytes do not depend on the batch
-    (see harness/sut/per_image.py); when not given, ``config.run.batch_invariant`` decides
-    ("auto" = on for a CPU). ``weights``: the checkpoint already read (``read_weights``), instead of
-    reading ``config.model.checkpoint``.
+    The warm-up runs the batch shapes of the scenario (:func:`backend_spec`), so torch.compile and
+    CUDA graph capture happen here, never inside a timed run. ``per_image`` runs each image of a
+    batch on its own so that its response bytes do not depend on the batch (see
+    harness/sut/per_image.py); when not given, ``config.run.batch_invariant`` decides ("auto" = on
+    for a CPU). ``weights``: the checkpoint already read (``read_weights``), instead of reading
+    ``config.model.checkpoint``.
     """
-    from backends.pytorch.backend import PyTorchBackend
     if not config.model.checkpoint and not config.model.random_weights and weights is None:
         raise ConfigError("model.checkpoint is not set: give a checkpoint, or set model.random_weights to run on "
                           "untrained weights (speed measurements only)")
-    backend = PyTorchBackend(config.model, device=config.run.device, threads=config.run.threads,
-                             trust_pickle=config.model.trust_pickle, weights=weights)
-    backend.load()
-    on_cpu = str(getattr(backend, "device", "cpu")).startswith("cpu")
-    if per_image is None:
-        per_image = {"on": True, "off": False}.get(config.run.batch_invariant, on_cpu)
-    if per_image:   # the network only ever sees batches of one
-        backend.warmup(batch_sizes=(1,))
-        return GuardedBackend(backend, per_image=True)
-    graphs = not on_cpu and config.model.cuda_graphs
-    queries: tuple[int, ...] = ()
-    if graphs and config.run.scenario == "Offline":
-        qsl = getattr(dataset, "qsl", None)
-        queries = offline_query_sizes(config, getattr(qsl, "total_count", None), getattr(qsl, "perf_count", None))
-    backend.warmup(batch_sizes=warmup_batch_sizes(config, graphs, queries))
-    return backend
+    spec = backend_spec(config, "pytorch", dataset)
+    if per_image is not None:
+        spec = dataclasses.replace(spec, batch_invariant="on" if per_image else "off")
+    backend, one_by_one = factory_build(spec, config.run.device, config.run.threads, weights)
+    return GuardedBackend(backend, per_image=True) if one_by_one else backend
 
 
 def make_backend(config: Config, kind: str, sim: Any = None, weights: Any = None):
@@ -179,20 +185,6 @@ def call_deadline_s(config: Config) -> float:
     return deadline_s(run, bound_s)
 
 
-def worker_backend(config: Config, kind: str, sim: Any, device: str, threads: int, weights: Any) -> Any:
-    """On a Ray worker: the backend a local run of ``config`` builds, on ``device``, from ``weights``.
-
-    The checkpoint path is dropped: the worker's node need not have the file. A simulated backend
-    holds one device (a Ray worker is one device).
-    """
-    run = dataclasses.replace(config.run, device=device, threads=threads, executor="local", ray_address=None,
-                              ray_workers=None, ray_call_timeout_s=None)
-    model = dataclasses.replace(config.model, checkpoint=None)
-    if sim is not None:
-        sim = dataclasses.replace(sim, devices=1)
-    return make_backend(Config(model, config.data, run), kind, sim=sim, weights=weights)
-
-
 def make_ray_backend(config: Config, kind: str, sim: Any = None) -> Any:
     """The backend of ``kind`` (--backend) with its workers on the Ray cluster of ``config.run``.
 
@@ -207,6 +199,9 @@ def make_ray_backend(config: Config, kind: str, sim: Any = None) -> Any:
     workers = run.ray_workers
     if kind == "simulated" and workers is None and sim is not None:
         workers = sim.devices
-    return RayBackend.start(functools.partial(worker_backend, config, kind, sim), address=run.ray_address,
-                            device=run.device, workers=workers, threads=run.threads, weights=weights,
-                            deadline_s=call_deadline_s(config))
+    # The checkpoint path stays here (the worker's node need not have the file); a simulated worker is one device.
+    model = dataclasses.replace(config.model, checkpoint=None)
+    spec = dataclasses.replace(backend_spec(config, kind), model=model,
+                               sim=dataclasses.replace(sim, devices=1) if sim is not None else None)
+    return RayBackend.start(functools.partial(build_worker, spec), address=run.ray_address, device=run.device,
+                            workers=workers, threads=run.threads, weights=weights, deadline_s=call_deadline_s(config))

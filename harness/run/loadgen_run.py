@@ -139,7 +139,10 @@ def _run(config: Config, mode: str, settings: Any, backend: Any, dataset: Datase
     log.addHandler(handler)
     if removed:
         log.info("removed %d file(s) an earlier %s run left in %s", len(removed), mode, out_dir)
-    qsl = dataset.qsl   # LoadGen's QSL callbacks; ConstructQSL, ConstructSUT and StartTest: run_test
+    # LoadGen's QSL callbacks (ConstructQSL, ConstructSUT and StartTest: run_test). Remote workers
+    # (--executor ray) take each loaded set once, and batches then name its rows.
+    shared = getattr(backend, "shared_samples", None)
+    qsl = shared(dataset.qsl) if callable(shared) else dataset.qsl
     wanted = settings.performance_sample_count_override or qsl.perf_count
     log.info("%s %s run (%s): %d samples in the data set, performance sample count %d", scenario, mode,
              getattr(backend, "description", None) or getattr(backend, "name", type(backend).__name__),

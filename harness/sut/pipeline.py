@@ -202,11 +202,26 @@ class Pipeline:
         live = self.pool.live()
         return next((w for w in live if w.index not in batch.avoid), live[0] if live else None)
 
+    def _ready(self, w: Worker) -> bool:
+        """Wait, between batches, until ``w`` takes one: a backend with ``wait_ready`` (a remote worker whose
+        process restarts) may hold off; False when the pipeline stops, or ``w`` is lost (it is retired)."""
+        wait_ready = getattr(w.backend, "wait_ready", None)
+        if wait_ready is None:
+            return True
+        while not (self._released.is_set() or w.retired):
+            try:
+                if wait_ready(_POLL_S):
+                    return True
+            except WorkerLost as e:
+                self._retire(w, Lost(e, []))
+                return False
+        return False
+
     def _loader_loop(self, w: Worker) -> None:
         q_compute = self._q_compute[w.index]
         while True:
             ok, slot = self.slots.take(w, self._stopping, _POLL_S)
-            if not ok or (batch := self.source.next_batch(w.index)) is None:
+            if not ok or not self._ready(w) or (batch := self.source.next_batch(w.index)) is None:
                 break
             if w.retired:                   # lost while this loader waited
                 self.routing.hand_back(batch)

@@ -6,6 +6,7 @@ by value (cloudpickle), since the workers import only the project's packages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -18,9 +19,11 @@ import torch
 
 import run as run_py
 from backends.base import WorkerLost
+from backends.ray.proxy import WorkerRestarting
 from backends.model_config import ModelConfig
 from backends.null import NullBackend
-from harness.run.backend import call_deadline_s, make_ray_backend, worker_backend
+from backends.factory import build_worker
+from harness.run.backend import backend_spec, call_deadline_s, make_backend, make_ray_backend
 from harness.run.benchmark import run_benchmark
 from harness.settings.config import Config, RunConfig, load_config
 
@@ -55,10 +58,11 @@ def _start(factory, cluster, **kw):
     return RayBackend.start(factory, address=cluster.address, **kw)
 
 
-def test_workers_on_two_nodes_compute_like_a_local_backend_and_a_killed_one_is_lost(ray_cluster):
+def test_workers_on_two_nodes_compute_like_a_local_backend_and_a_killed_one_comes_back(ray_cluster):
+    import ray
     backend = make_ray_backend(_ray_config(ray_cluster, ray_workers=2), "null")
     try:
-        assert len({s.node_id for s in backend.states}) == 2
+        assert len({s.node_id for s in backend.states}) == 2       # SPREAD: one bundle on each node
         assert backend.name == "null on Ray, 2 workers on 2 nodes" and backend.simulated and backend.sizes == (300,)
         expected = NullBackend().predict(*_batch())
         for proxy in backend.workers():
@@ -71,15 +75,23 @@ def test_workers_on_two_nodes_compute_like_a_local_backend_and_a_killed_one_is_l
         assert len(backend.predict(*_batch(3))) == 3
 
         first, second = backend.workers()
-        os.kill(backend.states[0].pid, signal.SIGKILL)
-        with pytest.raises(WorkerLost, match=r"^worker 0 on node \S+ .*is lost: The actor is dead because its worker "
-                                             r"process has died$"):
+        killed = backend.states[0].pid
+        os.kill(killed, signal.SIGKILL)
+        with pytest.raises(WorkerRestarting, match=r"^worker 0 on node \S+ .*went away with this batch; Ray restarts it if it can$"):
             first.predict(*_batch())
-        with pytest.raises(WorkerLost):                            # and stays lost
+        assert len(second.predict(*_batch(2))) == 2               # the other worker computes meanwhile
+        deadline = time.monotonic() + 120                          # re-admitted between batches once it is back
+        while not first.wait_ready(0.5):
+            assert time.monotonic() < deadline
+        assert backend.states[0].pid != killed and backend.states[0].restarts == 1
+        assert len(first.predict(*_batch(2))) == 2
+
+        for state in backend.states:                               # gone for good: lost, and stays lost
+            ray.kill(state.actor, no_restart=True)
+        with pytest.raises(WorkerLost, match=r"^worker 0 on node \S+ .*is lost: "):
+            first.predict(*_batch())
+        with pytest.raises(WorkerLost):
             first.predict(*first.stage(*_batch()))
-        for _ in range(3):                                         # the backend as a whole still computes
-            assert len(backend.predict(*_batch(2))) == 2
-        os.kill(backend.states[1].pid, signal.SIGKILL)
         with pytest.raises(WorkerLost, match="every Ray worker is lost: worker 0 .*; worker 1 "):
             backend.predict(*_batch())
         assert len(backend.lost()) == 2
@@ -97,8 +109,11 @@ def test_a_worker_past_its_deadline_is_lost_and_stopped(ray_cluster):
                                              r"4; it was stopped"):
             proxy.predict(*_batch())
         assert time.monotonic() - t0 < 2.5                         # well before the 3 s batch would end
-        with pytest.raises(ray.exceptions.RayActorError):          # killed: no stale work comes back later
-            ray.get(backend.states[0].actor.ping.options(concurrency_group="control").remote(), timeout=30)
+        deadline = time.monotonic() + 30                           # killed (ray.kill takes effect shortly after):
+        with pytest.raises(ray.exceptions.RayActorError):          # no stale work comes back later
+            while time.monotonic() < deadline:
+                ray.get(backend.states[0].control("ping"), timeout=30)
+                time.sleep(0.1)
     finally:
         backend.close()
 
@@ -148,9 +163,9 @@ def test_a_worker_builds_from_the_shipped_weights_without_the_checkpoint_file(tm
     from backends.pytorch.backend import read_weights
     config = load_config(ROOT / "configs" / "demo.toml", {"run": {"device": "cpu"}})
     weights = read_weights(config.model)
-    gone = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(tmp_path / "no.pt")))
-    remote = worker_backend(gone, "pytorch", None, "cpu", 1, weights)
-    local = run_py_backend(config)
+    gone = dataclasses.replace(config.model, checkpoint=str(tmp_path / "no.pt"))
+    remote = build_worker(dataclasses.replace(backend_spec(config, "pytorch"), model=gone), "cpu", 1, weights)
+    local = make_backend(config, "pytorch")
     images, hw = _batch(2, 300)
     images[600] = torch.zeros(2, 3, 600, 600, dtype=torch.uint8)
     images[300][1].fill_(200)
@@ -158,9 +173,34 @@ def test_a_worker_builds_from_the_shipped_weights_without_the_checkpoint_file(tm
         assert torch.equal(a, b)
 
 
-def run_py_backend(config: Config):
-    from harness.run.backend import make_backend
-    return make_backend(config, "pytorch")
+def test_what_a_worker_builds_from_is_data_the_driver_worked_out(fast_conf):
+    """The worker's factory refers to nothing above backends/ and ground/, and the CUDA graph shapes of
+    an Offline run (which need user.conf) are in it already."""
+    import pickletools
+
+    from ray import cloudpickle
+    config = load_config(None, {"run": {"scenario": "Offline", "user_conf": str(fast_conf), "batch_size": 24,
+                                        "offline_expected_qps": 100}})
+    spec = backend_spec(config, "pytorch")
+    assert spec.graph_sizes == (24, 16, 1)         # 256 samples (min_query_count): 10 batches of 24 and one of 16
+    modules = {str(arg).split()[0] for op, arg, _ in pickletools.genops(cloudpickle.dumps(
+        functools.partial(build_worker, spec))) if op.name in ("GLOBAL", "SHORT_BINUNICODE", "BINUNICODE")
+        and str(arg).split(".")[0] in ("backends", "ground", "harness", "qsl", "run")}
+    assert "backends.factory" in modules and not {m for m in modules if m.split(".")[0] in ("harness", "qsl", "run")}
+
+
+def test_workers_import_only_what_the_job_ships(ray_cluster):
+    """The nodes of these tests are as remote as a real cluster's: the checkout is not on their path."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def probe():
+        import importlib.util
+        return {m: importlib.util.find_spec(m) is not None for m in ("backends", "ground", "harness", "qsl")}, \
+            sys.path, os.getcwd()
+    found, path, cwd = ray.get(probe.remote())
+    assert found == {"backends": True, "ground": True, "harness": False, "qsl": False}
+    assert str(ROOT) not in path and not cwd.startswith(str(ROOT))
 
 
 def test_the_call_deadline_follows_the_server_bound(fast_conf):

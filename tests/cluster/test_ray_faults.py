@@ -1,4 +1,7 @@
-"""Faults of Ray workers in the middle of LoadGen runs: every sample completed once, the loss reported, no hang.
+"""Faults of Ray workers in the middle of LoadGen runs: every sample completed once, the fault reported, no hang.
+
+A worker whose process dies is restarted by Ray and re-admitted; one that cannot come back (restarts
+off, its node gone) is lost, and its batches go to the others.
 
 Workers are null backends that hold each batch a few milliseconds; the one meant to fail does so from
 inside (its process killed, its device stuck) or loses its node, after it computed some batches.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import sys
 import threading
@@ -91,7 +95,9 @@ def _run(tmp_path, conf, scenario, backend, offline_qps=500.0):
 
 
 @pytest.mark.parametrize("scenario", ["Offline", "Server"])
-def test_a_worker_killed_mid_run_hands_its_batch_on_and_the_run_is_whole(ray_cluster, tmp_path, fast_conf, scenario):
+def test_a_worker_killed_mid_run_hands_its_batch_on_and_restarts(ray_cluster, tmp_path, fast_conf, scenario):
+    """Whether it is back before the run ends depends on this machine's speed: test_ray_executor.py checks
+    that a restarted worker is re-admitted."""
     backend = _backend(ray_cluster, tmp_path, "die")
     result, run, log = _run(tmp_path, fast_conf, scenario, backend)
     # Every issued sample completed once with its detections (the completer counts a second completion as
@@ -99,8 +105,9 @@ def test_a_worker_killed_mid_run_hands_its_batch_on_and_the_run_is_whole(ray_clu
     assert run.failures == [] and result.exit_code == 0 and run.worker_error is None
     assert read_detail_log(run.out_dir / "mlperf_log_detail.txt").samples_per_s > 0
     assert run.loadgen.validity in ("VALID", "INVALID")   # a result either way: Server may miss its bound
-    assert "worker 0 of 2 was lost (WorkerLost: worker " in log or "worker 1 of 2 was lost (WorkerLost: worker " in log
-    assert "is lost: The actor is dead because its worker process has died" in log and "1 left" in log
+    assert "(WorkerRestarting: worker " in log and "went away with this batch; Ray restarts it if it can); " \
+        "another worker takes it" in log
+    assert "was lost" not in log and sum(s.restarts for s in backend.states) <= 1   # restarted, not lost
 
 
 def test_a_stuck_worker_misses_its_server_deadline_and_the_run_goes_on(ray_cluster, tmp_path, fast_conf):
@@ -113,7 +120,7 @@ def test_a_stuck_worker_misses_its_server_deadline_and_the_run_goes_on(ray_clust
 
 
 def test_a_cluster_that_lost_every_worker_ends_with_status_1_and_readable_logs(ray_cluster, tmp_path, fast_conf):
-    backend = _backend(ray_cluster, tmp_path, "die", every=True)
+    backend = _backend(ray_cluster, tmp_path, "die", every=True, max_restarts=0)
     result, run, log = _run(tmp_path, fast_conf, "Offline", backend)
     assert result.exit_code == 1 and "no worker is left" in run.worker_error
     # Each worker dies at its 4th call: after the start-up image and at most 2 batches of 8 (a batch that
@@ -132,7 +139,7 @@ def test_a_node_lost_mid_run_loses_its_worker_only(ray_cluster, tmp_path, fast_c
     node_id = node.node_id
     try:
         backend = _backend(ray_cluster, tmp_path, "mark", workers=3, after=1, every=True, node_id=node_id,
-                           ms=20.0)
+                           ms=20.0, max_restarts=0)
         assert len({s.node_id for s in backend.states}) == 3
 
         def remove_when_ready():
@@ -147,8 +154,11 @@ def test_a_node_lost_mid_run_loses_its_worker_only(ray_cluster, tmp_path, fast_c
         result, run, log = _run(tmp_path, fast_conf, "Offline", backend, offline_qps=2400.0)  # > 1 s of batches
         remover.join(60)
         assert run.failures == [] and result.exit_code == 0 and run.loadgen.validity == "VALID"
-        assert "of 3 was lost (WorkerLost: worker " in log and "2 left" in log
-        assert log.count("was lost (") == 1
+        # Until Ray marks the node dead (about 10 s here) its actor reads as unavailable: its batches go to
+        # the others and it takes no more; once Ray knows, it is lost. Either way, only that worker.
+        hit = set(re.findall(r"on worker (\d) \(WorkerRestarting: ", log)) | set(re.findall(r"worker (\d) of 3 was lost",
+                                                                                            log))
+        assert len(hit) == 1 and log.count("was lost (") <= 1
     finally:
         if node in ray_cluster.worker_nodes:
             ray_cluster.remove_node(node, allow_graceful=False)
