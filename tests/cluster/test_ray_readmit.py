@@ -54,4 +54,4 @@ def test_a_worker_not_ready_takes_no_batch_until_it_is(tmp_path, fast_conf):
 
 def test_a_worker_that_will_never_be_ready_is_retired(tmp_path, fast_conf):
     run, log = _run(tmp_path, fast_conf, Two(Restarting(down=0, never=True)))
-    assert run.failures == [] and "worker 0 of 2 was lost (WorkerLost: its actor is dead for good); 1 left" in log
+    assert run.failures == [] and "worker 0 of 2 lost (WorkerLost: its actor is dead for good); 1 left" in log
