@@ -9,22 +9,21 @@ each on its own thread when ``threaded`` (Offline, Server):
     compute:   ``StageWork.compute`` (``backend.predict``)
     completer: ``Completer.complete_detections`` (records, one ``QuerySamplesComplete`` per batch)
 
-The loader gathers batch n+1 and the completer packs batch n-1 while the
-backend computes batch n. ``ahead``: the batches a worker's loader may hold
-beyond the one it computes, each in buffers of its own, reused (stages.Slots).
-Offline uses 1; Server 0, so a batch closes only when a worker can take it.
-With ``threaded=False`` (SingleStream, MultiStream: nothing to overlap)
-``run_inline`` runs the stages on LoadGen's issue thread, cheaper than a
-handoff (measured here: 86 us per null-backend query via a thread, 28 inline).
+The loader gathers batch n+1 and the completer packs batch n-1 while the backend computes batch n.
+``ahead``: the batches a worker's loader may hold beyond the one it computes, each in buffers of its own,
+reused (stages.Slots). Offline uses 1; Server 0, so a batch closes only when a worker can take it. With
+``threaded=False`` (SingleStream, MultiStream: nothing to overlap) ``run_inline`` runs the stages on
+LoadGen's issue thread, cheaper than a handoff (86 us per null-backend query via a thread, 28 inline).
 
 Each of a backend's ``workers()`` (two per GPU) gets its own loader and
 compute thread on the same source; one completer thread serves them all.
 Where a batch goes when a worker fails or is lost: workers.py. ``deadline_s``:
 the longest one ``predict`` may take; a worker past it is retired as lost (its
 thread, a daemon, is abandoned) and its samples go to the others; inline, it
-holds LoadGen's thread, so the completer closes (as for a dead worker). A stage thread that dies closes the completer: every outstanding
-and later sample completes at once, empty, so LoadGen never hangs. ``stop``
-waits a bounded time, so a stuck ``predict`` never holds the process.
+holds LoadGen's thread, so the completer closes (as for a dead worker). A
+stage thread that dies closes the completer: every outstanding and later
+sample completes at once, empty, so LoadGen never hangs. ``stop`` waits a
+bounded time, so a stuck ``predict`` never holds the process.
 """
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ from typing import Any
 from backends.base import WorkerLost
 from harness.sut.batching import Batch, BatchSource, WorkLeft
 from harness.sut.completion import Completer, Sample
-from harness.sut.stages import Lost, QSLLike, Slots, StageWork, use_backend_threads
+from harness.sut.stages import Lost, QSLLike, Slots, StageWork, use_backend_threads, wait_ready
 from harness.sut.workers import Routing, Worker, WorkerPool, backend_workers
 
 log = logging.getLogger("harness")
@@ -177,7 +176,7 @@ class Pipeline:
             todo = self._left.todo = [Batch(samples)]
             while todo:
                 batch = todo.pop()
-                w = self._inline_worker(batch)
+                w = self.pool.first(avoid=batch.avoid)
                 if w is None:
                     break
                 key = (threading.get_ident(), w.index)
@@ -197,25 +196,13 @@ class Pipeline:
         finally:
             self.inline_busy = False
 
-    def _inline_worker(self, batch: Batch) -> Worker | None:
-        """The first worker still running that ``batch`` need not avoid, else the first one still running."""
-        live = self.pool.live()
-        return next((w for w in live if w.index not in batch.avoid), live[0] if live else None)
-
     def _ready(self, w: Worker) -> bool:
-        """Wait, between batches, until ``w`` takes one: a backend with ``wait_ready`` (a remote worker whose
-        process restarts) may hold off; False when the pipeline stops, or ``w`` is lost (it is retired)."""
-        wait_ready = getattr(w.backend, "wait_ready", None)
-        if wait_ready is None:
-            return True
-        while not (self._released.is_set() or w.retired):
-            try:
-                if wait_ready(_POLL_S):
-                    return True
-            except WorkerLost as e:
-                self._retire(w, Lost(e, []))
-                return False
-        return False
+        """``wait_ready`` between batches; a worker that will never be ready (WorkerLost) is retired."""
+        try:
+            return not w.retired and wait_ready(w.backend, self._released, _POLL_S)
+        except WorkerLost as e:
+            self._retire(w, Lost(e, []))
+            return False
 
     def _loader_loop(self, w: Worker) -> None:
         q_compute = self._q_compute[w.index]

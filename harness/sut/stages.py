@@ -243,3 +243,14 @@ class StageWork:
     def _computed(self, w: Worker, batch: Batch) -> None:
         if batch.failed_on or self.routing.pool.strikes[w.device]:
             self.routing.computed(w, batch)
+
+
+def wait_ready(backend: Any, stop: threading.Event, poll_s: float) -> bool:
+    """Wait until ``backend`` takes a batch: one with ``wait_ready`` (a remote worker whose process restarts)
+    may hold off. False once ``stop`` is set; ``wait_ready`` raises WorkerLost for a worker that will never be
+    ready."""
+    ready = getattr(backend, "wait_ready", None)
+    while ready is not None and not stop.is_set():
+        if ready(poll_s):
+            return True
+    return ready is None

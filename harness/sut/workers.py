@@ -68,6 +68,11 @@ class WorkerPool:
     def live(self) -> list[Worker]:
         return [w for w in self.workers if not w.retired]
 
+    def first(self, avoid: Sequence[int] = ()) -> Worker | None:
+        """The first worker still running whose index is not in ``avoid``, else the first one still running."""
+        live = self.live()
+        return next((w for w in live if w.index not in avoid), live[0] if live else None)
+
     def live_devices(self) -> set[str]:
         return {w.device for w in self.workers if not w.retired}
 
