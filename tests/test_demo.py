@@ -93,3 +93,29 @@ def test_demo_data_is_generated_in_an_empty_folder_and_regenerated_only_when_it_
         with pytest.raises(demo.DemoDataError, match=f"--num-images must be at least 1, got {bad}"):
             demo.ensure_demo_data(tmp_path / "new", bad)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_copied_demo_config_finds_the_shipped_checkpoint_and_precision_is_a_flag(tmp_path, monkeypatch):
+    copy = tmp_path / "elsewhere" / "mine.toml"
+    copy.parent.mkdir()
+    copy.write_text((ROOT / "configs" / "demo.toml").read_text())
+    monkeypatch.chdir(tmp_path)                                  # neither the project folder nor the copy's
+    args = demo.demo_parser().parse_args(["--config", str(copy), "--data", "d", "--precision", "fp32"])
+    config = demo.demo_config(args)
+    assert Path(config.model.checkpoint).resolve() == CHECKPOINT and config.model.precision == "fp32"
+    config = demo.demo_config(demo.demo_parser().parse_args(["--config", str(copy), "--data", "d"]))
+    assert config.model.precision == "auto"                      # the shipped config leaves it to the machine
+
+
+def test_a_demo_config_whose_checkpoint_is_nowhere_says_where_it_looked_before_anything_runs(tmp_path, capsys,
+                                                                                           monkeypatch):
+    import run
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text((ROOT / "configs" / "demo.toml").read_text().replace("models/demo_ssd18_300.pt", "models/gone.pt"))
+    assert run.main(["demo", "--config", str(bad), "--data", "d", "--output", "o"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: [model] checkpoint = 'models/gone.pt': checkpoint file not found" in err
+    for place in (tmp_path, ROOT):                               # beside the config (= working dir), project folder
+        assert str(place / "models" / "gone.pt") in err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "o").exists()

@@ -27,6 +27,7 @@ from harness.settings.config import (
     SCENARIOS,
     Config,
     load_config,
+    missing_config_checkpoint,
     model_keys_in_file,
 )
 from harness.settings.model_checks import (
@@ -285,10 +286,7 @@ def _missing_checkpoint(ckpt: str, args: argparse.Namespace) -> str:
     if args.model is not None:
         tried = "" if path.is_absolute() else f" (looked in the working directory {Path.cwd()})"
         return f"--model {ckpt}: {what}{tried}"
-    tried = [path] if path.is_absolute() else [Path.cwd() / path, Path(args.config).parent.resolve() / path]
-    return (f"{args.config}: [model] checkpoint = {ckpt!r}: {what}; tried {' and '.join(map(str, tried))} "
-            "(a relative path is looked up in the working directory, then beside the config file); "
-            "correct it in the config file or pass --model CKPT")
+    return missing_config_checkpoint(ckpt, args.config, what) + " or pass --model CKPT"
 
 
 def _check_paths(config: Config, args: argparse.Namespace) -> Config:
