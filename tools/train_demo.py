@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                      "elapsed_s": elapsed, "args": vars(args)}, state_path)
 
     from tqdm import tqdm
-    bar = tqdm(total=steps, initial=step, unit="step", disable=not args.progress, mininterval=5)
+    # Redirected output gets the lines below instead of a bar's carriage returns.
+    bar = tqdm(total=steps, initial=step, unit="step", disable=not args.progress or not sys.stderr.isatty(),
+               mininterval=5)
     ema, start = None, time.monotonic() - elapsed
     while progress_of(step, elapsed) < 1:
         lr = learning_rate(progress_of(step, elapsed), args.lr, args.warmup)
