@@ -51,6 +51,11 @@ def test_demo_runs_end_to_end_with_a_real_map_and_pictures(tmp_path, capsys):
         assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "demo" / "ssd-resnet34" / "Offline" / "report.md").read_text()
     assert "detections.png" in report and "mAP" in report
+    status = json.loads((acc / "run_status.json").read_text())["environment"]   # the precision auto chose, and why
+    assert status["precision"] in ("bf16", "fp32") and status["precision_reason"].startswith("auto: ")
+    assert f"precision={status['precision']} (requested auto)" in report
+    assert f"precision {status['precision']} ({status['precision_reason']})" in report
+    assert f"precision {status['precision']} (auto: " in printed
     config = json.loads((acc / "config.json").read_text())
     assert config["model"]["image_size"] == [300, 600] and config["model"]["backbone"] == "resnet18"
 
