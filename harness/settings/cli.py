@@ -64,7 +64,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--large-mask", type=int, nargs="+", metavar="0/1", help="6 flags: feature maps used at S1")
     g.add_argument("--use-filter", action="store_true", default=None, help="S0 keeps large, S1 small boxes")
     g.add_argument("--use-fp16", action="store_true", help="same as --precision fp16")
-    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="network precision; auto (the default): fp16 on CUDA, bf16 on a CPU that computes it "
+                        "natively (AVX512-BF16, AMX), fp32 on other CPUs")
     g.add_argument("--backbone", choices=BACKBONES)
     g.add_argument("--variant", choices=VARIANTS)
     g.add_argument("--num-classes", type=int, help="classes including background (81 for COCO)")
