@@ -115,8 +115,8 @@ def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | 
     t0 = time.monotonic()
     floor = None if total is not None else (lambda elapsed: planned_samples(settings, elapsed, 0)[1] or 0.0)
     bar = Progress(desc, total=total, unit="samples", floor_s=floor, logger=log)
+    finished = False
     try:
-        finished = False
         while not finished:
             finished = done.wait(0.5)
             c = sut.completer
@@ -126,10 +126,11 @@ def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | 
             bar.set(answered)
     finally:   # the last line counts the samples computed, not those answered empty (after Ctrl-C, say)
         c = sut.completer
-        bar.set(c.completed)
+        if finished:
+            bar.set(c.completed)
         empty = len(c.failures)
         why = f" ({c.closed_reason[1]})" if c.closed_reason else ""
-        bar.close(note=f"{empty} more answered empty{why}" if empty else "")
+        bar.close(done=finished, note=f"{empty} more answered empty{why}" if empty else "")
 
 
 def wait_after_interrupt(sut: BaseSUT, done: threading.Event, grace_s: float = INTERRUPT_GRACE_S,
