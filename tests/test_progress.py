@@ -46,7 +46,7 @@ def test_without_a_terminal_a_line_is_logged_every_few_seconds_and_at_the_end(ca
     ("Offline", max(256, int(1.1 * 0.5 * 2000))),       # one query: max(min_query_count, 1.1 x duration x QPS)
     ("Server", max(100, math.ceil(0.5 * 300))),           # queries: max(min_query_count, duration x target QPS)
     ("SingleStream", max(100, math.ceil(0.5 / 0.002))),   # before any sample: duration / expected latency
-    ("MultiStream", 8 * max(100, math.ceil(0.5 / 0.004))),
+    ("MultiStream", 8 * max(662, math.ceil(0.5 / 0.004))),  # min_query_count 662 for early stopping
 ])
 def test_the_planned_samples_follow_loadgens_rules(fast_conf, scenario, planned):
     run_config = RunConfig(offline_expected_qps=2000, server_target_qps=300, singlestream_expected_latency_ms=2,
