@@ -189,12 +189,12 @@ def test_postprocess_keeps_one_confident_box():
 
 
 def test_a_step_writes_a_loadable_fp16_checkpoint_and_resume_adds_one(tmp_path):
-    """The smallest run that shows it: the smallest input the SSD takes, one image per step, fp32 on every CPU."""
+    """The smallest run that shows it: the smallest input the SSD takes, one image per step, bf16 autocast only on
+    a CPU that computes bf16 natively (the default)."""
     make_coco(tmp_path / "data")
     out = tmp_path / "demo.pt"
     common = ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--data", str(tmp_path / "data"),
-              "--image-size", "257", "--batch-size", "1", "--threads", "2", "--no-progress", "--save-every", "1",
-              "--no-bf16"]
+              "--image-size", "257", "--batch-size", "1", "--threads", "2", "--no-progress", "--save-every", "1"]
     assert train_demo.main(common + ["--steps", "1"]) == 0
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert {"model", "label_map", "categories", "backbone", "num_classes", "image_size", "trained_steps",
