@@ -13,7 +13,7 @@ from typing import Any
 from ground.errors import ConfigError
 
 NUM_FEATURE_MAPS = 6
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKBONES = ("resnet34", "resnet18")
 # "training": the MLPerf training SSD (v0.5/v0.6), heads stride 1.
 # "ssd1200": the MLPerf inference SSD-ResNet34 1200x1200, heads stride 3.
@@ -46,7 +46,9 @@ class ModelConfig:
     small_mask: tuple[int, ...] = (1,) * NUM_FEATURE_MAPS  # maps used in the S0 pass
     large_mask: tuple[int, ...] = (1,) * NUM_FEATURE_MAPS  # maps used in the S1 pass
     use_filter: bool = False               # S0 keeps area > 96^2, S1 keeps area < 96^2 (original pixels)
-    precision: str = "fp32"                # network precision: fp32, bf16 (CPU/CUDA) or fp16 (CUDA)
+    # Network precision: fp32, bf16 (CPU/CUDA), fp16 (CUDA), or "auto": fp16 on CUDA, bf16 on a CPU that
+    # computes it natively (AVX512-BF16, AMX), fp32 on other CPUs (backends/pytorch/precision.py).
+    precision: str = "auto"
     channels_last: bool = True             # NHWC memory layout for the convolutions
     compile: bool = False                  # torch.compile the network (inductor); its compile time is logged
     cuda_graphs: bool = True               # CUDA only: replay the network as a CUDA graph per (batch, input size)

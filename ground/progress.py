@@ -2,10 +2,13 @@
 
 On a terminal a tqdm bar shows the count, the total, the rate and the time
 left. When stderr is not a terminal (output redirected, a CI job, ``nohup``)
-a bar would print nothing useful, so one line is logged every
+a bar would write carriage returns into the log, so one line is logged every
 ``LOG_EVERY_S`` seconds instead, e.g.
 ``prepare 300/600: 1200/5000 images (24%), 41 s, about 2 min left``, and one
-when the job ends. The time left is measured from the rate since the start
+when the job ends. The lines come from a heartbeat thread, so they keep coming
+while no item completes (a batch that takes minutes on a slow CPU); an update
+made when a line is due logs it at once; ``every_s`` 0 logs every update and
+starts no thread. The time left is measured from the rate since the start
 (items that were already done when it started, such as a resumed
 preparation, do not count), and can be given a floor by the caller (LoadGen
 runs never end before their minimum duration).
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import Callable, TextIO
 
@@ -44,10 +48,14 @@ class Progress:
         stream = stream or sys.stderr
         self._bar = None
         self._enabled = enabled
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         if enabled and getattr(stream, "isatty", lambda: False)():
             from tqdm import tqdm
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit.rstrip("s") or unit, file=stream,
                              smoothing=0.1, mininterval=0.5, leave=False, dynamic_ncols=True)
+        elif enabled and self._every > 0:
+            threading.Thread(target=self._heartbeat, name=f"progress {desc}", daemon=True).start()
 
     def __enter__(self) -> "Progress":
         return self
@@ -76,9 +84,21 @@ class Progress:
             if self._floor is not None:
                 self._bar.set_postfix_str(f"at least {duration(self._floor(self.elapsed))} left", refresh=False)
         self.n = n
-        if self._enabled and self._bar is None and time.monotonic() - self._last >= self._every:
-            self._last = time.monotonic()
+        if self._bar is None:
+            self._log_if_due()
+
+    def _log_if_due(self) -> None:
+        with self._lock:
+            due = self._enabled and time.monotonic() - self._last >= self._every
+            if due:
+                self._last = time.monotonic()
+        if due:
             self._log.info("%s", self.line())
+
+    def _heartbeat(self) -> None:
+        """A line whenever none was logged for ``every_s``, until closed."""
+        while not self._stop.wait(max(0.0, self._last + self._every - time.monotonic())):
+            self._log_if_due()
 
     @property
     def elapsed(self) -> float:
@@ -102,10 +122,14 @@ class Progress:
         tail = f", about {duration(left)} left" if left is not None else ""
         return f"{self.desc}: {count}, {duration(self.elapsed)}{tail}"
 
-    def close(self, done: bool = True) -> None:
+    def close(self, done: bool = True, note: str = "") -> None:
+        """End the job: the bar goes, or the last line says how many items took how long, then ``note``."""
+        self._stop.set()
+        with self._lock:
+            enabled, self._enabled = self._enabled, False
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self._enabled and done and self.n > self._initial:
-            self._log.info("%s: %d %s in %s", self.desc, self.n - self._initial, self.unit, duration(self.elapsed))
-        self._enabled = False
+        elif enabled and done and (self.n > self._initial or note):
+            self._log.info("%s: %d %s in %s%s", self.desc, self.n - self._initial, self.unit, duration(self.elapsed),
+                           f"; {note}" if note else "")

@@ -11,7 +11,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def cfg(**kw):
-    base = dict(backbone="resnet18", num_classes=4, image_size=(257, 300), use_filter=True)
+    base = dict(backbone="resnet18", num_classes=4, image_size=(257, 300), use_filter=True, precision="fp32")
     base.update(kw)
     return ModelConfig(**base)
 

@@ -221,6 +221,31 @@ def test_a_worker_that_dies_ends_the_preparation_with_the_image_it_was_on(data, 
     assert ensure_cache(data, [257], workers=2, progress=False).num_images == NUM   # a re-run finishes it
 
 
+def test_the_killed_workers_signal_survives_the_pool_reaping_it_at_the_same_time(data, monkeypatch):
+    """The pool's own thread reaps the workers while the caller reads their exit codes. When it has reaped the
+    killed one but not yet recorded its status, the caller's waitpid fails and the process reads as running:
+    the message said 'signal 15' (the others, ended by the pool) for a SIGKILL. Widened here: the pool's thread
+    records its reap of the killed worker 1.5 s late, the caller looks 0.2 s late."""
+    import threading
+    import time
+    from concurrent.futures.process import _ExecutorManagerThread
+    real = os.waitpid
+
+    def waitpid(pid, options):
+        pool_thread = isinstance(threading.current_thread(), _ExecutorManagerThread)
+        if not pool_thread:
+            time.sleep(0.2)
+        got = real(pid, options)
+        if pool_thread and got[0] and os.WIFSIGNALED(got[1]) and os.WTERMSIG(got[1]) == signal.SIGKILL:
+            time.sleep(1.5)
+        return got
+
+    monkeypatch.setattr(pool, "_work", _dies_on_image_3)
+    monkeypatch.setattr(os, "waitpid", waitpid)
+    with pytest.raises(PrepareError, match=r"a decoding process died \(killed by signal 9; "):
+        ensure_cache(data, [257], workers=2, progress=False)
+
+
 def test_the_early_check_names_what_would_be_prepared(data):
     assert check_can_prepare(data, [257, 260], max_images=2) == [257, 260]
     ensure_cache(data, [257], workers=1, progress=False)

@@ -14,11 +14,12 @@ from harness.demo import command as demo
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "demo_ssd18_300.pt"
 
-# LoadGen settings small enough for a test: a fraction of a second per run.
+# LoadGen settings small enough for a test: the performance run computes 8 samples (its query is
+# max(min_query_count, 1.1 x 0.2 s x the demo's expected 5 samples/s)), whatever the CPU's speed.
 TINY_CONF = """\
 ssd-resnet34.*.performance_sample_count_override = 64
 ssd-resnet34.Offline.min_duration = 200
-ssd-resnet34.Offline.min_query_count = 16
+ssd-resnet34.Offline.min_query_count = 8
 """
 
 
@@ -50,6 +51,11 @@ def test_demo_runs_end_to_end_with_a_real_map_and_pictures(tmp_path, capsys):
         assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "demo" / "ssd-resnet34" / "Offline" / "report.md").read_text()
     assert "detections.png" in report and "mAP" in report
+    status = json.loads((acc / "run_status.json").read_text())["environment"]   # the precision auto chose, and why
+    assert status["precision"] in ("bf16", "fp32") and status["precision_reason"].startswith("auto: ")
+    assert f"precision={status['precision']} (requested auto)" in report
+    assert f"precision {status['precision']} ({status['precision_reason']})" in report
+    assert f"precision {status['precision']} (auto: " in printed
     config = json.loads((acc / "config.json").read_text())
     assert config["model"]["image_size"] == [300, 600] and config["model"]["backbone"] == "resnet18"
 
@@ -93,3 +99,29 @@ def test_demo_data_is_generated_in_an_empty_folder_and_regenerated_only_when_it_
         with pytest.raises(demo.DemoDataError, match=f"--num-images must be at least 1, got {bad}"):
             demo.ensure_demo_data(tmp_path / "new", bad)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_copied_demo_config_finds_the_shipped_checkpoint_and_precision_is_a_flag(tmp_path, monkeypatch):
+    copy = tmp_path / "elsewhere" / "mine.toml"
+    copy.parent.mkdir()
+    copy.write_text((ROOT / "configs" / "demo.toml").read_text())
+    monkeypatch.chdir(tmp_path)                                  # neither the project folder nor the copy's
+    args = demo.demo_parser().parse_args(["--config", str(copy), "--data", "d", "--precision", "fp32"])
+    config = demo.demo_config(args)
+    assert Path(config.model.checkpoint).resolve() == CHECKPOINT and config.model.precision == "fp32"
+    config = demo.demo_config(demo.demo_parser().parse_args(["--config", str(copy), "--data", "d"]))
+    assert config.model.precision == "auto"                      # the shipped config leaves it to the machine
+
+
+def test_a_demo_config_whose_checkpoint_is_nowhere_says_where_it_looked_before_anything_runs(tmp_path, capsys,
+                                                                                           monkeypatch):
+    import run
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text((ROOT / "configs" / "demo.toml").read_text().replace("models/demo_ssd18_300.pt", "models/gone.pt"))
+    assert run.main(["demo", "--config", str(bad), "--data", "d", "--output", "o"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: [model] checkpoint = 'models/gone.pt': checkpoint file not found" in err
+    for place in (tmp_path, ROOT):                               # beside the config (= working dir), project folder
+        assert str(place / "models" / "gone.pt") in err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "o").exists()

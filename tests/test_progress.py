@@ -5,6 +5,7 @@ import io
 import logging
 import math
 
+import numpy as np
 import pytest
 
 import ground.progress as progress
@@ -45,7 +46,7 @@ def test_without_a_terminal_a_line_is_logged_every_few_seconds_and_at_the_end(ca
     ("Offline", max(256, int(1.1 * 0.5 * 2000))),       # one query: max(min_query_count, 1.1 x duration x QPS)
     ("Server", max(100, math.ceil(0.5 * 300))),           # queries: max(min_query_count, duration x target QPS)
     ("SingleStream", max(100, math.ceil(0.5 / 0.002))),   # before any sample: duration / expected latency
-    ("MultiStream", 8 * max(100, math.ceil(0.5 / 0.004))),
+    ("MultiStream", 8 * max(662, math.ceil(0.5 / 0.004))),  # min_query_count 662 for early stopping
 ])
 def test_the_planned_samples_follow_loadgens_rules(fast_conf, scenario, planned):
     run_config = RunConfig(offline_expected_qps=2000, server_target_qps=300, singlestream_expected_latency_ms=2,
@@ -88,3 +89,62 @@ def test_the_checkpoint_line_is_readable(caplog):
     (line,) = [r.getMessage() for r in caplog.records if "loaded checkpoint" in r.getMessage()]
     assert "{" not in line and line == ("loaded checkpoint models/demo_ssd18_300.pt: resnet18 backbone, 7 classes, "
                                         "trained at 300, float16 weights (dict['model'])")
+
+
+def _wait_for(caplog, prefix: str, count: int, limit_s: float = 30.0) -> list[str]:
+    """The log lines starting with ``prefix``, once there are ``count`` of them (or ``limit_s`` has passed)."""
+    import time
+    end = time.monotonic() + limit_s
+    while True:
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+        if len(lines) >= count or time.monotonic() > end:
+            return lines
+
+
+def test_without_a_terminal_a_heartbeat_line_comes_while_no_item_completes(caplog):
+    caplog.set_level(logging.INFO, logger="harness")
+    bar = Progress("Offline performance", total=64, unit="samples", stream=io.StringIO(), every_s=0.05)
+    try:                                            # a first batch that takes minutes: no update at all
+        lines = _wait_for(caplog, "Offline performance: 0/64 samples (0%), ", 2)
+    finally:
+        bar.close()
+    assert len(lines) >= 2, lines
+    closed = len(caplog.records)
+    import time
+    time.sleep(0.2)
+    assert len(caplog.records) == closed            # closed: no more lines
+
+
+def test_an_interrupted_runs_last_line_counts_the_samples_computed(caplog):
+    """8 of 200 computed, then Ctrl-C answers the other 192 empty: the last line says 8, and why the rest are empty."""
+    import threading
+    import types
+
+    from harness.run.loadgen_thread import _show_progress
+    from harness.sut.completion import Completer, Sample
+    caplog.set_level(logging.INFO, logger="harness")
+    completer = Completer(complete_fn=lambda responses: None, response_fn=lambda *a: a)
+    samples = [Sample(i, i) for i in range(200)]
+    completer.register(samples)
+    completer.complete(samples[:8], [np.zeros((1, 7), np.float32)] * 8)
+    completer.close("interrupted", "the run was interrupted (Ctrl-C)")
+    done = threading.Event()
+    done.set()
+    _show_progress(types.SimpleNamespace(completer=completer), done, "Offline accuracy", 200, None)
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Offline accuracy: ")][-1]
+    assert last.startswith("Offline accuracy: 8 samples in "), last
+    assert last.endswith("; 192 more answered empty (the run was interrupted (Ctrl-C))"), last
+
+
+def test_evaluate_writes_lines_not_a_bar_when_redirected(capfd, caplog, monkeypatch):
+    from backends.null import NullBackend
+    from backends.model_config import ModelConfig
+    from harness.run.evaluate import predict_all
+    from qsl.memory_qsl import MemoryQSL
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="harness")
+    records = predict_all(NullBackend(ModelConfig(image_size=(32, 32))), MemoryQSL(20), batch_size=8)
+    assert sorted(records) == list(range(20))
+    assert "\r" not in capfd.readouterr().err                   # tqdm's bar would redraw with carriage returns
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate: ")]
+    assert lines[0].startswith("evaluate: 8/20 images (40%), ") and lines[-1].startswith("evaluate: 20 images in ")

@@ -230,7 +230,10 @@ def test_each_run_records_what_it_really_ran_on(tmp_path, synthetic_coco, fast_c
     env = status["environment"]
     assert status["status"] == "finished" and status["started"] and status["ended"]
     assert env["device"] == "cpu" and env["cuda_graphs"] is False and env["threads"] == 1
-    assert env["backend"] == "pytorch" and env["simulated"] is False and env["precision"] == "fp32"
+    from backends.pytorch.precision import native_bf16
+    auto = "bf16" if native_bf16()[0] else "fp32"          # the default precision, auto, is the CPU's best
+    assert env["backend"] == "pytorch" and env["simulated"] is False and env["precision"] == auto
+    assert env["precision_reason"].startswith("auto: ") and f"precision={auto} (requested auto)" in report
     assert env["packages"]["torch"] and env["packages"]["mlcommons-loadgen"] == "6.0.17" and env["python"]
     assert env["cpu"] and env["evaluator"].startswith("faster-coco-eval ")
 

@@ -188,23 +188,26 @@ def test_postprocess_keeps_one_confident_box():
     assert torch.allclose(det[0, :4], torch.tensor([0.4, 0.4, 0.6, 0.6])) and det[0, 5] == 2
 
 
-def test_two_steps_write_a_loadable_fp16_checkpoint_and_resume(tmp_path):
+def test_a_step_writes_a_loadable_fp16_checkpoint_and_resume_adds_one(tmp_path):
+    """The smallest run that shows it: the smallest input the SSD takes, one image per step, bf16 autocast only on
+    a CPU that computes bf16 natively (the default)."""
     make_coco(tmp_path / "data")
     out = tmp_path / "demo.pt"
     common = ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--data", str(tmp_path / "data"),
-              "--batch-size", "2", "--threads", "1", "--no-progress", "--save-every", "1"]
-    assert train_demo.main(common + ["--steps", "2"]) == 0
+              "--image-size", "257", "--batch-size", "1", "--threads", "2", "--no-progress", "--save-every", "1"]
+    assert train_demo.main(common + ["--steps", "1"]) == 0
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert {"model", "label_map", "categories", "backbone", "num_classes", "image_size", "trained_steps",
             "data"} <= set(ckpt)
-    assert ckpt["label_map"] == {1: 1, 2: 3} and ckpt["num_classes"] == 3 and ckpt["trained_steps"] == 2
+    assert ckpt["label_map"] == {1: 1, 2: 3} and ckpt["num_classes"] == 3 and ckpt["trained_steps"] == 1
+    assert ckpt["image_size"] == 257
     floats = [v for v in ckpt["model"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
     assert all(torch.isfinite(v.float()).all() for v in floats)
     assert ckpt["model"]["conf.0.weight"].shape == (4 * 3, 256, 3, 3)
     assert out.stat().st_size < 20e6
-    assert train_demo.main(common + ["--steps", "3", "--resume"]) == 0
-    assert torch.load(out, map_location="cpu", weights_only=True)["trained_steps"] == 3
+    assert train_demo.main(common + ["--steps", "2", "--resume"]) == 0
+    assert torch.load(out, map_location="cpu", weights_only=True)["trained_steps"] == 2
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):

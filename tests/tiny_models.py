@@ -12,8 +12,10 @@ SIZE = 257   # the smallest input this SSD accepts
 
 
 def tiny_backend(device: str = "cpu", **model: object) -> PyTorchBackend:
-    """A loaded resnet18 SSD with 5 classes at SIZE, class head scaled so real detections appear."""
-    cfg = ModelConfig(**{"backbone": "resnet18", "num_classes": 5, "image_size": (SIZE, SIZE), **model})
+    """A loaded resnet18 SSD with 5 classes at SIZE, class head scaled so real detections appear; fp32 unless
+    ``precision`` says otherwise (the reference the other precisions and layouts are compared with)."""
+    cfg = ModelConfig(**{"backbone": "resnet18", "num_classes": 5, "image_size": (SIZE, SIZE), "precision": "fp32",
+                         **model})
     backend = PyTorchBackend(cfg, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # random weights, fp16 on a CPU

@@ -13,6 +13,7 @@ Assumptions:
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def load_coco_set(root: Path, split: str, image_size: int = 300, limit: int | No
     stored = torch.empty(len(images), 3, image_size, image_size, dtype=torch.uint8)  # filled in place: no copy
     boxes, labels, hw = [], [], []
     iterator = images
-    if progress:
+    if progress and sys.stderr.isatty():   # a bar's carriage returns do not belong in a redirected log
         from tqdm import tqdm
         iterator = tqdm(images, desc=f"decode {split}", unit="img")
     for i, im in enumerate(iterator):

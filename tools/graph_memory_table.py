@@ -18,6 +18,7 @@ Each GPU runs ``CUDA_WORKERS_PER_GPU`` workers, each with its own graphs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.pytorch.graph_memory import GIB, estimate, model_passes  # noqa: E402
 from backends.pytorch.network import prepare_network  # noqa: E402
+from backends.pytorch.precision import choose_precision  # noqa: E402
 from backends.pytorch.backend import CUDA_WORKERS_PER_GPU  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from harness.settings.config import load_config  # noqa: E402
@@ -39,6 +41,7 @@ def table(configs: list[str], batches: list[int]) -> list[str]:
     lines = ["| config | batch | Offline | Server | one stream per capture (before) |", "|---|---|---|---|---|"]
     for path in configs:
         m = load_config(path).model
+        m = dataclasses.replace(m, precision=choose_precision(m.precision, "cuda").precision)
         with torch.device("meta"):
             model = SSDResNet(m.num_classes, m.backbone, m.variant).eval()
         prepare_network(model, "meta", DTYPES[m.precision], m.channels_last)

@@ -10,7 +10,8 @@ Assumptions:
 - Default boxes: ``default_boxes(300)`` (no steps), the order of the model's outputs.
 - Training: the MLPerf SSD recipe (IoU matching 0.5, offsets 0.1 / 0.2, smooth-L1 +
   cross-entropy with 3:1 hard negatives), AdamW, linear warmup then cosine decay, bf16
-  autocast on the CPU. Progress (for the schedule) is the larger of steps done / ``--steps``
+  autocast where the CPU computes bf16 natively (backends/pytorch/precision.py; elsewhere
+  it is emulated and slower than fp32). Progress (for the schedule) is the larger of steps done / ``--steps``
   and training time / ``--minutes``, so a run always ends on a fully decayed rate.
 - Reproducible and resumable: the batch order and augmentation of step s depend only on
   (seed, s); ``--resume`` continues from ``<work-dir>/state.pt``, saved every ``--save-every`` steps.
@@ -36,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backends.pytorch.precision import native_bf16  # noqa: E402
 from backends.ssd.default_boxes import default_boxes  # noqa: E402
 from backends.ssd.model import SSDResNet  # noqa: E402
 from backends.ssd.normalize import normalize  # noqa: E402
@@ -144,6 +146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=100, help="steps between training-state saves")
     p.add_argument("--resume", action="store_true", help="continue from <work-dir>/state.pt")
+    p.add_argument("--image-size", type=int, default=300, help="side of the square training images, pixels")
+    p.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                   help="bf16 autocast (default: on where the CPU computes bf16 natively)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
     p.add_argument("--val-images", type=int, default=0, help="held-out synthetic images to evaluate on at the end")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -161,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     data_seed = TRAIN_SEED_OFFSET + args.seed
     if args.data is None:
         ensure_data(data_root, args.split, args.train_images, data_seed)
-    data = load_coco_set(data_root, args.split, limit=args.train_images, progress=args.progress)
+    if args.bf16 is None:
+        args.bf16 = native_bf16()[0]
+    data = load_coco_set(data_root, args.split, args.image_size, limit=args.train_images, progress=args.progress)
     data_desc = (f"synthetic shapes: {len(data)} images, split {args.split}, seed {data_seed}" if args.data is None
                  else f"{len(data)} images of {args.split} from {data_root}")
     steps = args.steps
@@ -195,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                      "elapsed_s": elapsed, "args": vars(args)}, state_path)
 
     from tqdm import tqdm
-    bar = tqdm(total=steps, initial=step, unit="step", disable=not args.progress, mininterval=5)
+    # Redirected output gets the lines below instead of a bar's carriage returns.
+    bar = tqdm(total=steps, initial=step, unit="step", disable=not args.progress or not sys.stderr.isatty(),
+               mininterval=5)
     ema, start = None, time.monotonic() - elapsed
     while progress_of(step, elapsed) < 1:
         lr = learning_rate(progress_of(step, elapsed), args.lr, args.warmup)

@@ -1,5 +1,9 @@
 """PyTorch backend: the two-scale SSD on a CPU or a CUDA GPU, in fp32, bf16 or fp16.
 
+Precision "auto" (the default) becomes fp16 on CUDA, bf16 on a CPU that computes it natively, fp32 on
+other CPUs (backends/pytorch/precision.py); the backend's ``cfg`` holds the precision in force and
+``precision_reason`` says why, for the log and the run's records.
+
 Assumptions: the QSL hands over resized uint8 images ``{S: [B, 3, S, S]}``
 (RGB) and the original sizes ``[B, 2]`` (height, width); normalization
 (/255, ImageNet mean and std) happens here, on the device, so only uint8
@@ -36,6 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import logging
 import warnings
 from typing import Any, Mapping
 
@@ -47,12 +53,15 @@ from backends.pytorch.cuda_graphs import GraphedForward
 from backends.pytorch.graph_memory import GraphMemory, PassMemory, estimate, model_passes
 from backends.pytorch.loading import DTYPES, Weights, build_model, read_weights, resolve_device
 from backends.pytorch.network import compile_refusal, configure_cuda_math, network_runner, prepare_network
+from backends.pytorch.precision import choose_precision, native_bf16
 from backends.pytorch.transfer import predict_on_stream, stage
 from backends.pytorch.warmup import CaptureMemory, warm_up
 from backends.ssd.model import SSDResNet
 from backends.ssd.normalize import scale_and_shift
 from backends.ssd.two_scale import TwoScaleDetector
 from ground.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CUDA_WORKERS_PER_GPU", "PyTorchBackend", "read_weights", "resolve_device"]
 
@@ -66,18 +75,21 @@ class PyTorchBackend:
     def __init__(self, model_cfg: ModelConfig, device: str = "auto", threads: int = 0,
                  trust_pickle: bool = False, weights: Weights | None = None) -> None:
         """``weights``: (state dict, info) from :func:`read_weights`, used instead of reading ``model_cfg.checkpoint``
-        (and released by ``load``)."""
-        self.cfg = model_cfg
+        (and released by ``load``). ``model_cfg.precision`` "auto" is resolved here, for the device
+        (``self.cfg.precision`` is the one in force)."""
         self.weights = weights
         self.sizes: tuple[int, ...] = model_cfg.sizes
         self.device = resolve_device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        choice = choose_precision(model_cfg.precision, self.device.type)
+        self.cfg = dataclasses.replace(model_cfg, precision=choice.precision)
+        self.precision_reason = choice.reason
         # "cuda"/"auto" without an index: one replica per visible GPU (see workers()).
         self._all_gpus = self.device.type == "cuda" and ":" not in device
         self.threads = threads
         self.trust_pickle = trust_pickle
-        self.dtype = DTYPES[model_cfg.precision]
+        self.dtype = DTYPES[self.cfg.precision]
         self.model: SSDResNet | None = None
         self.detector: TwoScaleDetector | None = None
         self.checkpoint_info: dict[str, Any] | None = None
@@ -99,9 +111,15 @@ class PyTorchBackend:
             raise ConfigError(refusal)
         if self.threads > 0 and not cuda:
             torch.set_num_threads(self.threads)
+        log.info("precision %s (%s)", cfg.precision, self.precision_reason)
         if cfg.precision == "fp16" and not cuda:
             warnings.warn("precision fp16 on the CPU is very slow and meant for tests; use bf16 or fp32 on a CPU",
                           RuntimeWarning, stacklevel=2)
+        if cfg.precision == "bf16" and not cuda:
+            native, why = native_bf16()
+            if not native:
+                warnings.warn(f"precision bf16 is emulated on this CPU ({why}): several times slower than fp32; "
+                              "use precision auto or fp32", RuntimeWarning, stacklevel=2)
         if cuda:
             configure_cuda_math()
         model, self.checkpoint_info = build_model(cfg, weights, self.trust_pickle)

@@ -1,6 +1,7 @@
 """The embedded default: the whole product on data and a model shipped with the project.
 
     python run.py demo [--output results/demo] [--data demo_data] [--num-images 200] [--config configs/demo.toml]
+                       [--precision auto|fp32|bf16|fp16]
 
 Phases: generate the held-out synthetic COCO-format set if missing (seed 0,
 the same images the demo detector was validated on, never trained on),
@@ -18,7 +19,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.settings.config import SCENARIOS, Config, load_config, model_keys_in_file
+from backends.model_config import PRECISIONS
+from harness.settings.config import SCENARIOS, Config, load_config, missing_config_checkpoint, model_keys_in_file
 from ground.errors import InputError
 from qsl.coco_layout import default_annotation_file
 
@@ -38,9 +40,16 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="demo_data", help="demo data folder, generated when missing (default demo_data)")
     p.add_argument("--num-images", type=int, default=200, help="held-out images to generate and evaluate")
     p.add_argument("--config", default=str(DEMO_CONFIG), help="model config (default configs/demo.toml)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="network precision (default: the config's, auto: bf16 on a CPU with native bf16, fp32 on "
+                        "other CPUs, fp16 on CUDA)")
     p.add_argument("--scenario", default="Offline", choices=SCENARIOS)
     p.add_argument("--user-conf", default=str(SHORT_CONF), help="LoadGen settings (default configs/short.conf)")
     return p
+
+
+class DemoConfigError(InputError, ValueError):
+    """The demo's config names a checkpoint that is not where the config says."""
 
 
 class DemoDataError(InputError, ValueError):
@@ -113,18 +122,33 @@ def write_pictures(result: "RunResult", annotation_file: Path, out_dir: Path) ->
 
 
 def demo_config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, {
+    """The demo's config: ``--config`` with the demo's data, output and run; DemoConfigError when its checkpoint is
+    missing."""
+    config = load_config(args.config, {
+        "model": {"precision": args.precision},
         "data": {"data_dir": args.data, "cache_dir": str(Path(args.data) / "ssd_cache")},
         "run": {"scenario": args.scenario, "mode": "accuracy", "output_dir": args.output,
                 "system_name": "demo", "user_conf": args.user_conf},
     })
+    ckpt = config.model.checkpoint
+    if ckpt and not Path(ckpt).is_file():
+        raise DemoConfigError(missing_config_checkpoint(ckpt, args.config))
+    return config
+
+
+def _precision_in_force(backend: object) -> str:
+    """"bf16 (auto: ...)": the precision the backend runs in and why (the config's when it has none)."""
+    while hasattr(backend, "inner"):
+        backend = backend.inner
+    why = getattr(backend, "precision_reason", None)
+    return f"{backend.cfg.precision} ({why})" if why else str(backend.cfg.precision)
 
 
 def main(argv: list[str]) -> int:
     args = demo_parser().parse_args(argv)
     t0 = time.monotonic()
-    ann = ensure_demo_data(Path(args.data), args.num_images)
     config = demo_config(args)
+    ann = ensure_demo_data(Path(args.data), args.num_images)
     from harness.run.preflight import check_inputs
     config = check_inputs(config, model_keys_in_file(args.config))
     from harness.report.markdown import write_report
@@ -133,10 +157,10 @@ def main(argv: list[str]) -> int:
     from harness.run.backend import build_backend
     from harness.run.benchmark import run_benchmark
     from harness.run.dataset import open_dataset
-    print(f"[demo] model {config.model.checkpoint} ({config.model.backbone}, {config.model.precision}), "
-          f"sizes {list(config.model.image_size)}; {args.scenario} accuracy + performance with {args.user_conf}",
-          flush=True)
     backend = build_backend(config)
+    print(f"[demo] model {config.model.checkpoint} ({config.model.backbone}), precision {_precision_in_force(backend)}"
+          f", sizes {list(config.model.image_size)}; {args.scenario} accuracy + performance with {args.user_conf}",
+          flush=True)
     dataset = open_dataset(config.data, backend.sizes)
     result = run_benchmark(config, backend, dataset, progress=True)
     perf = dataclasses.replace(config, run=dataclasses.replace(config.run, mode="performance"))

@@ -97,6 +97,7 @@ def describe_environment(backend: Any, use_pycocotools: bool = False) -> dict[st
         "device": devices[0] if len(devices) == 1 else devices,
         "accelerators": _accelerators(devices),
         "precision": getattr(cfg, "precision", None),
+        "precision_reason": getattr(core, "precision_reason", None),
         "cuda_graphs": bool(getattr(cfg, "cuda_graphs", False)) and on_cuda,
         "compile": bool(getattr(cfg, "compile", False)),
         "channels_last": getattr(cfg, "channels_last", None),
@@ -116,7 +117,8 @@ def environment_line(env: dict[str, Any]) -> str:
     parts = [f"{env.get('date', '?')}", f"device {device} ({on})", f"{env.get('threads')} threads",
              f"backend {backend}"]
     if env.get("precision"):
-        parts.append(f"precision {env['precision']}, cuda_graphs {'on' if env.get('cuda_graphs') else 'off'}, "
+        why = f" ({env['precision_reason']})" if env.get("precision_reason") else ""
+        parts.append(f"precision {env['precision']}{why}, cuda_graphs {'on' if env.get('cuda_graphs') else 'off'}, "
                      f"compile {'on' if env.get('compile') else 'off'}")
     parts += [f"python {env.get('python')}, torch {pk.get('torch')}, torchvision {pk.get('torchvision')}, "
               f"LoadGen {pk.get('mlcommons-loadgen')}", f"evaluator {env.get('evaluator')}"]

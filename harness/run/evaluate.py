@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from ground.progress import Progress
 from harness.accuracy.coco import AccuracyError
 from harness.accuracy.evaluate import AccuracyReport, evaluate_records
 from harness.run.dataset import Dataset, check_num_classes
@@ -37,20 +37,19 @@ def predict_all(backend: Any, qsl: Any, batch_size: int, progress: bool = True) 
     """Records for qsl indices 0..total_count-1: {qsl_idx: float32 [K, 7]} (see harness/sut/response.py)."""
     records: dict[int, np.ndarray] = {}
     total = int(qsl.total_count)
-    bar = tqdm(total=total, unit="img", disable=not progress, desc="evaluate")
-    for start in range(0, total, CHUNK):
-        chunk = list(range(start, min(start + CHUNK, total)))
-        qsl.load(chunk)
-        try:
-            for b in range(0, len(chunk), batch_size):
-                idx = chunk[b:b + batch_size]
-                dets = backend.predict(*qsl.get_batch(idx))
-                for i, d in zip(idx, dets):
-                    records[i] = to_record(d, i)
-                bar.update(len(idx))
-        finally:
-            qsl.unload(chunk)
-    bar.close()
+    with Progress("evaluate", total=total, unit="images", enabled=progress, logger=log) as bar:
+        for start in range(0, total, CHUNK):
+            chunk = list(range(start, min(start + CHUNK, total)))
+            qsl.load(chunk)
+            try:
+                for b in range(0, len(chunk), batch_size):
+                    idx = chunk[b:b + batch_size]
+                    dets = backend.predict(*qsl.get_batch(idx))
+                    for i, d in zip(idx, dets):
+                        records[i] = to_record(d, i)
+                    bar.update(len(idx))
+            finally:
+                qsl.unload(chunk)
     return records
 
 

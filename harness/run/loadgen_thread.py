@@ -131,15 +131,23 @@ def _show_progress(sut: BaseSUT, done: threading.Event, desc: str, total: int | 
     """
     t0 = time.monotonic()
     floor = None if total is not None else (lambda elapsed: planned_samples(settings, elapsed, 0)[1] or 0.0)
-    with Progress(desc, total=total, unit="samples", floor_s=floor, logger=log) as bar:
-        finished = False
+    bar = Progress(desc, total=total, unit="samples", floor_s=floor, logger=log)
+    finished = False
+    try:
         while not finished:
             finished = done.wait(0.5)
             c = sut.completer
-            completed = c.completed + len(c.failures)
+            answered = c.completed + len(c.failures)
             if total is None and not finished:
-                bar.set_total(planned_samples(settings, time.monotonic() - t0, completed)[0])
-            bar.set(completed)    # the last count too, once LoadGen has returned
+                bar.set_total(planned_samples(settings, time.monotonic() - t0, answered)[0])
+            bar.set(answered)
+    finally:   # the last line counts the samples computed, not those answered empty (after Ctrl-C, say)
+        c = sut.completer
+        if finished:
+            bar.set(c.completed)
+        empty = len(c.failures)
+        why = f" ({c.closed_reason[1]})" if c.closed_reason else ""
+        bar.close(done=finished, note=f"{empty} more answered empty{why}" if empty else "")
 
 
 def wait_after_interrupt(sut: BaseSUT, done: threading.Event, grace_s: float = INTERRUPT_GRACE_S,

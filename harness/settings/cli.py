@@ -27,6 +27,7 @@ from harness.settings.config import (
     SCENARIOS,
     Config,
     load_config,
+    missing_config_checkpoint,
     model_keys_in_file,
 )
 from harness.settings.model_checks import (
@@ -64,7 +65,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--large-mask", type=int, nargs="+", metavar="0/1", help="6 flags: feature maps used at S1")
     g.add_argument("--use-filter", action="store_true", default=None, help="S0 keeps large, S1 small boxes")
     g.add_argument("--use-fp16", action="store_true", help="same as --precision fp16")
-    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="network precision; auto (the default): fp16 on CUDA, bf16 on a CPU that computes it "
+                        "natively (AVX512-BF16, AMX), fp32 on other CPUs")
     g.add_argument("--backbone", choices=BACKBONES)
     g.add_argument("--variant", choices=VARIANTS)
     g.add_argument("--num-classes", type=int, help="classes including background (81 for COCO)")
@@ -289,10 +292,7 @@ def _missing_checkpoint(ckpt: str, args: argparse.Namespace) -> str:
     if args.model is not None:
         tried = "" if path.is_absolute() else f" (looked in the working directory {Path.cwd()})"
         return f"--model {ckpt}: {what}{tried}"
-    tried = [path] if path.is_absolute() else [Path.cwd() / path, Path(args.config).parent.resolve() / path]
-    return (f"{args.config}: [model] checkpoint = {ckpt!r}: {what}; tried {' and '.join(map(str, tried))} "
-            "(a relative path is looked up in the working directory, then beside the config file); "
-            "correct it in the config file or pass --model CKPT")
+    return missing_config_checkpoint(ckpt, args.config, what) + " or pass --model CKPT"
 
 
 def _check_paths(config: Config, args: argparse.Namespace) -> Config:

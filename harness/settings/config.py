@@ -37,6 +37,7 @@ from ground.errors import ConfigError
 from ground.files import write_text_atomic
 from ground.names import path_name_problem
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]   # the folder holding run.py, configs/ and models/
 SCENARIOS = ("SingleStream", "MultiStream", "Offline", "Server")
 MODES = ("accuracy", "performance", "submission", "find-peak")
 DEVICES = ("auto", "cpu", "cuda")
@@ -231,6 +232,29 @@ def model_keys_in_file(path: str | Path | None) -> dict[str, str]:
     return {k: f"{path} [model] {k} = {v!r}" for k, v in config_file_table(path, "model").items()}
 
 
+def checkpoint_places(checkpoint: str, config_file: str | Path) -> list[Path]:
+    """Where a config file's ``checkpoint`` is looked for, in order: a relative path in the working directory,
+    beside the config file, then in the project folder (the one holding run.py), so that a config copied
+    elsewhere still finds ``models/...``; an absolute path only where it says."""
+    ckpt = Path(checkpoint).expanduser()
+    if ckpt.is_absolute():
+        return [ckpt]
+    places: list[Path] = []
+    for place in (ckpt, Path(config_file).parent / ckpt, PROJECT_ROOT / ckpt):
+        if all(place.absolute() != p.absolute() for p in places):
+            places.append(place)
+    return places
+
+
+def missing_config_checkpoint(checkpoint: str, config_file: str | Path, what: str = "checkpoint file not found"
+                              ) -> str:
+    """The error for a config file's checkpoint that is in none of :func:`checkpoint_places`: every place tried."""
+    tried = ", ".join(str(p.absolute()) for p in checkpoint_places(checkpoint, config_file))
+    return (f"{config_file}: [model] checkpoint = {checkpoint!r}: {what}; tried {tried} (a relative path is looked "
+            "up in the working directory, beside the config file, then in the project folder); correct it in the "
+            "config file")
+
+
 def load_config(path: str | Path | None = None,
                 overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read ``path`` (TOML) if given, then apply ``overrides`` {section: {key: value}}.
@@ -268,12 +292,9 @@ def load_config(path: str | Path | None = None,
             raise ConfigError(f"{path} [model]: checkpoint must be a path in quotes, "
                               f"got {raw['model']['checkpoint']!r}")
         if raw["model"].get("checkpoint"):
-            ckpt = Path(raw["model"]["checkpoint"]).expanduser()
-            if not ckpt.is_absolute() and not ckpt.exists():
-                # Relative paths in a config file are relative to that file when that is where they exist.
-                beside = path.parent / ckpt
-                if beside.exists():
-                    raw["model"]["checkpoint"] = str(beside)
+            found = next((p for p in checkpoint_places(raw["model"]["checkpoint"], path) if p.exists()), None)
+            if found is not None:
+                raw["model"]["checkpoint"] = str(found)
     overridden = False
     for name, table in (overrides or {}).items():
         if name == "cwd":   # a saved config.json's record of where its run started: not a setting

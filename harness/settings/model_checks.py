@@ -25,7 +25,7 @@ from backends.ssd.geometry import GeometryError, check_steps, map_sizes
 from qsl.cache.reader import MAX_IMAGE_SIZE
 
 STEM_CHANNELS = 64          # the backbone's first convolution: 64 channels at half the input size
-_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "auto": 4}   # auto: fp32 on some CPUs
 
 
 def size_setting(model: ModelConfig, given: Mapping[str, str]) -> str:

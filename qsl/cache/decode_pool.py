@@ -40,6 +40,7 @@ Result = tuple[int, str | None]                # qsl_idx, reason it is bad (None
 _ARRAYS: dict[int, np.memmap] = {}
 _DECODER = "torchvision"
 _PR_SET_PDEATHSIG = 1
+REAP_WAIT_S = 10.0   # longest wait for the workers of a broken pool to be reaped
 
 
 class WorkerDied(PrepareError):
@@ -124,9 +125,15 @@ def run_tasks(tasks: Sequence[Task], array_paths: dict[int, Path], decoder: str,
             received += 1
             yield result
     except BrokenProcessPool:
+        # The pool's own thread ends the other workers and reaps them all. Reading exit codes while it does
+        # races it: a process it has just reaped reads as still running here (waitpid fails for the second
+        # caller), so the killed worker's signal went missing. Once that thread has ended, every code is final.
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
-        for p in processes:   # the pool's own thread may be reaping them too: wait until one of us has
-            p.join(2)
+        if manager is not None:
+            manager.join(REAP_WAIT_S)
+        for p in processes:
+            p.join(REAP_WAIT_S)
         codes = sorted({-p.exitcode for p in processes if p.exitcode is not None and p.exitcode < 0})
         codes = [c for c in codes if c != signal.SIGTERM] or codes   # the pool ends the others with SIGTERM
         how = f"killed by signal {', '.join(map(str, codes))}" if codes else "ended abruptly"
