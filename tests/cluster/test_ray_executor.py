@@ -227,10 +227,13 @@ def _accuracy_log(config: Config, tmp_path: Path, name: str) -> dict[int, str]:
 
 
 def test_accuracy_log_is_byte_for_byte_the_local_one(ray_cluster, synthetic_coco, fast_conf, tmp_path):
-    """The demo model and data, Offline accuracy: two Ray workers on two nodes against the local run."""
+    """The demo model and data, Offline accuracy: two Ray workers on two nodes against the local run.
+
+    One torch thread on both sides, as each Ray worker has: in fp32 (precision auto on a CPU without native
+    bf16) the CPU kernels' last bit depends on the thread count."""
     config = load_config(ROOT / "configs" / "demo.toml", {
         "data": {"data_dir": str(synthetic_coco)},
-        "run": {"user_conf": str(fast_conf), "mode": "accuracy", "device": "cpu", "batch_size": 3}})
+        "run": {"user_conf": str(fast_conf), "mode": "accuracy", "device": "cpu", "batch_size": 3, "threads": 1}})
     local = _accuracy_log(config, tmp_path, "local")
     remote = _accuracy_log(dataclasses.replace(config, run=dataclasses.replace(
         config.run, executor="ray", ray_address=ray_cluster.address, ray_workers=2)), tmp_path, "ray")
