@@ -27,14 +27,8 @@ import signal
 import sys
 from typing import Any, Callable
 
-from harness.settings.cli import (
-    UsageError,
-    add_common_args,
-    backend_options,
-    benchmark_parser,
-    config_from_args,
-    model_keys_given,
-)
+from harness.settings.cli import UsageError, backend_options, config_from_args, model_keys_given
+from harness.settings.flags import add_common_args, benchmark_parser
 from ground.errors import INTERRUPTS, ExitStatus, InputError, RunStopped
 
 NOTHING_TO_RUN = ("nothing to run: try `python run.py demo` (the shipped demo detector on generated data, nothing "

@@ -91,7 +91,8 @@ def test_compile_flag_compiles_and_keeps_detections(inputs, reference, compile_b
 
 
 def test_cli_flags_reach_the_model_config(synthetic_coco):
-    from harness.settings.cli import benchmark_parser, config_from_args
+    from harness.settings.cli import config_from_args
+    from harness.settings.flags import benchmark_parser
     base = ["--data", str(synthetic_coco)]
     cfg = config_from_args(benchmark_parser().parse_args(base)).model
     assert (cfg.compile, cfg.channels_last, cfg.cuda_graphs) == (False, True, True)
@@ -252,7 +253,8 @@ def test_cuda_has_workers_on_every_visible_gpu():
 
 
 def test_batch_invariant_and_trust_pickle_flags_reach_the_config(synthetic_coco):
-    from harness.settings.cli import benchmark_parser, config_from_args
+    from harness.settings.cli import config_from_args
+    from harness.settings.flags import benchmark_parser
     base = ["--data", str(synthetic_coco)]
     cfg = config_from_args(benchmark_parser().parse_args(base))
     assert (cfg.run.batch_invariant, cfg.model.trust_pickle) == ("auto", False)

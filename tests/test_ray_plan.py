@@ -5,7 +5,8 @@ import pytest
 
 from backends.ray.cluster import RayClusterError, check_reachable, check_versions
 from backends.ray.placement import Node, Slot, plan_workers
-from harness.settings.cli import benchmark_parser, config_from_args
+from harness.settings.cli import config_from_args
+from harness.settings.flags import benchmark_parser
 from ground.errors import ConfigError
 
 A = Node("a", "10.0.0.1", "gpu-a", cpus=8, gpus=2)

@@ -141,11 +141,8 @@ def test_help_lists_every_subcommand(capsys):
 
 def test_default_user_conf_is_the_repositorys_even_where_the_working_directory_has_one(tmp_path, monkeypatch,
                                                                                       synthetic_coco):
-    from harness.settings.cli import (
-        DEFAULT_USER_CONF,
-        benchmark_parser,
-        config_from_args,
-    )
+    from harness.settings.cli import config_from_args
+    from harness.settings.flags import DEFAULT_USER_CONF, benchmark_parser
     monkeypatch.chdir(tmp_path)
     (tmp_path / "user.conf").write_text("ssd-resnet34.*.performance_sample_count_override = 8\n")
     parse = lambda *extra: config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), *extra]))  # noqa: E731
@@ -163,7 +160,8 @@ def test_a_folder_given_to_config_is_not_called_missing(capsys, synthetic_coco, 
     (["--use-filter"], "--use-filter removes nothing"),
 ])
 def test_single_scale_warns_about_two_scale_flags_it_cannot_honour(synthetic_coco, caplog, extra, named):
-    from harness.settings.cli import benchmark_parser, config_from_args
+    from harness.settings.cli import config_from_args
+    from harness.settings.flags import benchmark_parser
     config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), "--image-size", "300", "300",
                                                     *extra]))
     assert named in caplog.text and "image size 300 300 is one pass" in caplog.text
@@ -174,7 +172,8 @@ def test_single_scale_warns_about_two_scale_flags_it_cannot_honour(synthetic_coc
 
 
 def test_single_scale_names_the_config_keys_it_cannot_honour(synthetic_coco, caplog, tmp_path):
-    from harness.settings.cli import benchmark_parser, config_from_args
+    from harness.settings.cli import config_from_args
+    from harness.settings.flags import benchmark_parser
     toml = tmp_path / "m.toml"
     toml.write_text("[model]\nimage_size = [300, 300]\nlarge_mask = [1, 1, 0, 0, 0, 0]\n")
     config_from_args(benchmark_parser().parse_args(["--data", str(synthetic_coco), "--config", str(toml)]))
