@@ -2,15 +2,12 @@
 
 Covered: samples that raise (counted, with indices, exit 1); a pipeline thread that dies (fast end with the
 cause; LoadGen ends cleanly, or the process leaves when LoadGen cannot be stopped); device out of memory
-(message naming the batch setting); the run folder removed or the disk full mid-run (clear error, earlier runs
-intact); a truncated QSL cache (found at load). Ctrl-C and SIGTERM: test_interrupts.py.
+(message naming the batch setting); a truncated QSL cache (found at load). The run folder removed or the disk
+full mid-run: test_output_folder.py. Ctrl-C and SIGTERM: test_interrupts.py.
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,8 +22,6 @@ from harness.report.summary import format_summary
 from harness.run.benchmark import run_benchmark
 from harness.run.dataset import Dataset
 from harness.settings.config import load_config
-from ground.errors import OutputError
-from ground.files import write_text_atomic
 from qsl.memory_qsl import MemoryQSL
 from tests.test_harness_scenarios import HINTS
 
@@ -151,68 +146,6 @@ def test_out_of_memory_names_the_batch_setting(tmp_path, fast_conf, monkeypatch)
     assert all("lower --server-max-batch (now 4)" in f.error for f in r.failures)
 
 
-class RemovesFolderDuringPerformanceRun(NullBackend):
-    def __init__(self, scenario_dir: Path, **kw):
-        super().__init__(**kw)
-        self.scenario_dir = scenario_dir
-
-    def predict(self, images, image_hw):
-        perf = self.scenario_dir / "performance"
-        if (self.scenario_dir / "accuracy" / "run_record.json").exists() and perf.exists():
-            shutil.rmtree(perf)
-        return super().predict(images, image_hw)
-
-
-def test_run_folder_removed_mid_run_is_a_clear_error(tmp_path, fast_conf, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    scen = tmp_path / "out/default/ssd-resnet34/Offline"
-    config = _config(tmp_path, fast_conf, mode="submission", rules="none")
-    with pytest.raises(OutputError, match=r"run folder .*performance/run_1 disappeared during the run") as e:
-        run_benchmark(config, RemovesFolderDuringPerformanceRun(scen, latency_ms=1.0), Dataset(MemoryQSL(20)))
-    assert [r.mode for r in e.value.result.runs] == ["accuracy"]
-    for name in ("mlperf_log_accuracy.json", "mlperf_log_summary.txt", "run_record.json"):
-        assert (scen / "accuracy" / name).stat().st_size > 0, name                  # earlier run intact
-
-
-def test_full_disk_for_loadgen_logs_is_a_clear_error(tmp_path, fast_conf, monkeypatch):
-    """LoadGen never reports failed writes: its logs pointing at /dev/full (ENOSPC on every write) is caught."""
-    from harness.run import loadgen_run
-    monkeypatch.chdir(tmp_path)
-    clear_run = loadgen_run.clear_run
-
-    def clear_then_fill_the_disk(folder, mode):      # after the rerun's clean-up: it removes earlier logs
-        removed = clear_run(folder, mode)
-        if mode == "performance":
-            for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
-                (folder / name).symlink_to("/dev/full")
-        return removed
-
-    monkeypatch.setattr(loadgen_run, "clear_run", clear_then_fill_the_disk)
-    with pytest.raises(OutputError, match=r"LoadGen could not write its logs in .*run_1 \(mlperf_log_summary.txt "
-                                          r"is missing or empty: \d+ MB free on that disk\)") as e:
-        run_benchmark(_config(tmp_path, fast_conf, mode="submission", rules="none"), NullBackend(latency_ms=1.0),
-                      Dataset(MemoryQSL(20)))
-    acc = e.value.result.runs[0].out_dir
-    assert (acc / "mlperf_log_summary.txt").stat().st_size > 0
-    from harness.results.run_status import run_state
-    perf = acc.parent / "performance" / "run_1"
-    assert run_state(perf).label == "INCOMPLETE" and "could not write its logs" in run_state(perf).reason
-
-
-def test_atomic_write_keeps_the_earlier_file_when_the_disk_is_full(tmp_path, monkeypatch):
-    target = tmp_path / "accuracy.txt"
-    target.write_text("mAP=20.000%\n")
-
-    def full(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OutputError, match=r"cannot write .*accuracy.txt \(No space left on device\): \d+ MB free"):
-        write_text_atomic(target, "mAP=21.000%\n")
-    monkeypatch.undo()
-    assert target.read_text() == "mAP=20.000%\n" and list(tmp_path.iterdir()) == [target]
-
-
 def test_truncated_cache_is_found_at_load(tmp_path, synthetic_coco, fast_conf, capsys):
     from qsl.cache.reader import CacheError, open_cache
     args = ["--mode", "accuracy", "--backend", "null", "--num-classes", "7", "--user-conf", str(fast_conf),
@@ -249,27 +182,6 @@ def test_guard_covers_every_worker_of_a_multi_worker_backend():
             w.predict(images, hw)
     assert guard.oom_batches == 2
     assert len(workers[1].predict({32: images[32][:1]}, hw[:1])) == 1
-
-
-def test_a_second_process_writing_the_same_scenario_folder_is_refused(tmp_path, fast_conf, monkeypatch):
-    """Another process holding the scenario folder (flock binds open files, so a lock taken here on a file of its
-    own stands in; exclusive_scenario itself is re-entrant within a process)."""
-    from ground.files import open_lock, take
-    from harness.results.layout import RUN_LOCK, scenario_dir
-    monkeypatch.chdir(tmp_path)
-    config = _config(tmp_path, fast_conf)
-    folder = scenario_dir(tmp_path / "out", "default", "Offline")
-    folder.mkdir(parents=True)
-    fd = open_lock(folder / RUN_LOCK)
-    try:
-        assert take(fd) is None
-        with pytest.raises(OutputError, match=rf"another run \(process {os.getpid()}\) is writing to .*Offline"):
-            run_benchmark(config, NullBackend(), Dataset(MemoryQSL(8)))
-        assert not (folder / "performance").exists()                 # refused before writing anything
-    finally:
-        os.close(fd)
-    assert run_benchmark(config, NullBackend(), Dataset(MemoryQSL(8))).exit_code == 0   # free again
-    assert (folder / RUN_LOCK).is_file()
 
 
 def test_fewer_images_than_the_performance_sample_count_is_said(tmp_path, fast_conf, monkeypatch, caplog):
