@@ -10,7 +10,7 @@ import pytest
 
 import ground.progress as progress
 import run
-from harness.run.loadgen_thread import planned_samples
+from harness.run.run_progress import planned_samples
 from harness.settings.config import RunConfig
 from harness.settings.loadgen import make_test_settings
 from ground.progress import Progress
@@ -120,7 +120,7 @@ def test_an_interrupted_runs_last_line_counts_the_samples_computed(caplog):
     import threading
     import types
 
-    from harness.run.loadgen_thread import _show_progress
+    from harness.run.run_progress import show_progress
     from harness.sut.completion import Completer, Sample
     caplog.set_level(logging.INFO, logger="harness")
     completer = Completer(complete_fn=lambda responses: None, response_fn=lambda *a: a)
@@ -130,7 +130,7 @@ def test_an_interrupted_runs_last_line_counts_the_samples_computed(caplog):
     completer.close("interrupted", "the run was interrupted (Ctrl-C)")
     done = threading.Event()
     done.set()
-    _show_progress(types.SimpleNamespace(completer=completer), done, "Offline accuracy", 200, None)
+    show_progress(types.SimpleNamespace(completer=completer), done, "Offline accuracy", 200, None)
     last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Offline accuracy: ")][-1]
     assert last.startswith("Offline accuracy: 8 samples in "), last
     assert last.endswith("; 192 more answered empty (the run was interrupted (Ctrl-C))"), last

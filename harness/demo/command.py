@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backends.model_config import PRECISIONS
-from harness.settings.config import SCENARIOS, Config, load_config, missing_config_checkpoint, model_keys_in_file
+from harness.settings.checkpoint_path import missing_config_checkpoint
+from harness.settings.config import SCENARIOS, Config, load_config, model_keys_in_file
 from ground.errors import InputError
 from qsl.coco_layout import default_annotation_file
 

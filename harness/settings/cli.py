@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from backends.simulated.profiles import DEFAULT_PROFILE, PROFILES, DeviceTiming
+from harness.settings.checkpoint_path import missing_config_checkpoint
 from harness.settings.config import (
     Config,
     load_config,
-    missing_config_checkpoint,
     model_keys_in_file,
 )
 from harness.settings.model_checks import (

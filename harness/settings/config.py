@@ -33,11 +33,11 @@ from backends.model_config import (
     check_choice,
 )
 from harness.settings.rules import RULES
+from harness.settings.checkpoint_path import checkpoint_places
 from ground.errors import ConfigError
 from ground.files import write_text_atomic
 from ground.names import path_name_problem
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]   # the folder holding run.py, configs/ and models/
 SCENARIOS = ("SingleStream", "MultiStream", "Offline", "Server")
 MODES = ("accuracy", "performance", "submission", "find-peak")
 DEVICES = ("auto", "cpu", "cuda")
@@ -230,29 +230,6 @@ def model_keys_in_file(path: str | Path | None) -> dict[str, str]:
     None (no file) gives {}; :func:`harness.settings.cli.model_keys_given` adds the flags on top.
     """
     return {k: f"{path} [model] {k} = {v!r}" for k, v in config_file_table(path, "model").items()}
-
-
-def checkpoint_places(checkpoint: str, config_file: str | Path) -> list[Path]:
-    """Where a config file's ``checkpoint`` is looked for, in order: a relative path in the working directory,
-    beside the config file, then in the project folder (the one holding run.py), so that a config copied
-    elsewhere still finds ``models/...``; an absolute path only where it says."""
-    ckpt = Path(checkpoint).expanduser()
-    if ckpt.is_absolute():
-        return [ckpt]
-    places: list[Path] = []
-    for place in (ckpt, Path(config_file).parent / ckpt, PROJECT_ROOT / ckpt):
-        if all(place.absolute() != p.absolute() for p in places):
-            places.append(place)
-    return places
-
-
-def missing_config_checkpoint(checkpoint: str, config_file: str | Path, what: str = "checkpoint file not found"
-                              ) -> str:
-    """The error for a config file's checkpoint that is in none of :func:`checkpoint_places`: every place tried."""
-    tried = ", ".join(str(p.absolute()) for p in checkpoint_places(checkpoint, config_file))
-    return (f"{config_file}: [model] checkpoint = {checkpoint!r}: {what}; tried {tried} (a relative path is looked "
-            "up in the working directory, beside the config file, then in the project folder); correct it in the "
-            "config file")
 
 
 def load_config(path: str | Path | None = None,
