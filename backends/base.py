@@ -91,6 +91,13 @@ def poisons_device(e: BaseException) -> bool:
     return any(sticky in message for sticky in STICKY_DEVICE_ERRORS)
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is the device running out of memory (``torch.cuda.OutOfMemoryError``, or any
+    RuntimeError saying "out of memory"): a batch too large, not a device lost."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
 def device_of(worker: object) -> str | None:
     """The device ``worker`` computes on, the unit that fails as a whole; None: the worker alone.
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from backends.base import is_out_of_memory
 from backends.pytorch.cuda_graphs import GraphedForward
 from backends.pytorch.graph_memory import (
     GIB,
@@ -44,9 +45,8 @@ log = logging.getLogger(__name__)
 
 def out_of_memory(e: BaseException | None) -> bool:
     """Whether ``e`` or an exception it was raised from or during is a device out-of-memory error."""
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     while e is not None:
-        if isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()):
+        if is_out_of_memory(e):
             return True
         e = e.__cause__ or e.__context__
     return False

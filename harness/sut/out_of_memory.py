@@ -1,23 +1,15 @@
 """Out-of-memory errors that say what to lower.
 
-Out of memory: ``torch.cuda.OutOfMemoryError`` (or any "out of memory"
-RuntimeError) from ``predict`` becomes :class:`DeviceMemoryError`, whose
-message names the batch size that failed and the setting that lowers it. The
+Out of memory (``backends.base.is_out_of_memory``) from ``predict`` becomes
+:class:`DeviceMemoryError`, whose message names the batch size that failed and the setting that lowers it. The
 pipeline then retries the batch one image at a time, so the run goes on;
 ``oom_batches`` counts the batches that failed this way for the run summary.
 """
 from __future__ import annotations
 
-import torch
-
 
 class DeviceMemoryError(RuntimeError):
     """The device ran out of memory on a batch; the message says which setting to lower."""
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    oom = getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 def batch_hint(scenario: str, batch_size: int, server_max_batch: int) -> str:

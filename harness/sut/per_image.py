@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 import torch
 
-from backends.base import slice_batch
-from harness.sut.out_of_memory import DeviceMemoryError, is_out_of_memory
+from backends.base import is_out_of_memory, slice_batch
+from harness.sut.out_of_memory import DeviceMemoryError
 
 
 class GuardedBackend:

@@ -32,10 +32,9 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
-from backends.base import DeviceLost, WorkerLost, poisons_device, slice_batch
+from backends.base import DeviceLost, WorkerLost, is_out_of_memory, poisons_device, slice_batch
 from harness.sut.batching import Batch
 from harness.sut.completion import Completer, Sample
-from harness.sut.out_of_memory import is_out_of_memory
 from harness.sut.workers import Routing, Worker
 
 log = logging.getLogger("harness")
