@@ -54,6 +54,28 @@ class WorkerLost(RuntimeError):
     """
 
 
+class Backend(Protocol):
+    name: str
+    sizes: tuple[int, ...]  # the input sizes it needs from the QSL, in pass order
+    # True for a backend that runs no detector (null, simulated): its results measure the harness,
+    # and nothing it leaves on disk may read as a model's result.
+    simulated: bool
+
+    def load(self) -> None:
+        """Build the model, load weights, move to the device. Raises with a clear message on bad input."""
+
+    def warmup(self) -> None:
+        """Run a few batches so the first timed query pays no one-off costs."""
+
+    def predict(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor) -> Detections:
+        """Detect objects in one batch.
+
+        Args:
+            images: {S: uint8 Tensor[B, 3, S, S]} for every S in ``sizes``.
+            image_hw: Tensor[B, 2], original (height, width) in pixels.
+        """
+
+
 class DeviceLost(WorkerLost):
     """The device itself can compute nothing more: every worker on it is lost at once.
 
