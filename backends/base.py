@@ -46,6 +46,17 @@ def slice_batch(images: Mapping[int, torch.Tensor], image_hw: torch.Tensor, star
     return part, image_hw[start:stop]
 
 
+def predict_one_by_one(backend: "Backend", images: Mapping[int, torch.Tensor], image_hw: torch.Tensor
+                       ) -> Detections:
+    """``backend.predict`` run on each image of the batch alone, in batch-of-one shapes every time, so an
+    image's result never depends on its batch (CPU kernels pick their blocking from the batch size).
+    Each slice keeps a staged batch's copy event (:func:`slice_batch`)."""
+    out: Detections = []
+    for i in range(int(image_hw.shape[0])):
+        out.extend(backend.predict(*slice_batch(images, image_hw, i, i + 1)))
+    return out
+
+
 class WorkerLost(RuntimeError):
     """This worker (its process, its host, or a call past its deadline) can compute nothing more.
 

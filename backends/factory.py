@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
-from backends.base import slice_batch
+from backends.base import predict_one_by_one
 from backends.model_config import ModelConfig
 from backends.simulated.profiles import SimSettings
 
@@ -55,10 +55,7 @@ class OneByOne:
 
     def predict(self, images: Mapping[int, torch.Tensor], image_hw: torch.Tensor) -> list[torch.Tensor]:
         """As ``inner.predict``: {S: uint8 Tensor[B, 3, S, S]}, Tensor[B, 2] -> B x fp32 Tensor[K, 6]."""
-        out: list[torch.Tensor] = []
-        for i in range(int(image_hw.shape[0])):
-            out.extend(self.inner.predict(*slice_batch(images, image_hw, i, i + 1)))
-        return out
+        return predict_one_by_one(self.inner, images, image_hw)
 
 
 def build_backend(spec: BackendSpec, device: str, threads: int = 0, weights: Any = None) -> tuple[Any, bool]:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from backends.base import is_out_of_memory, slice_batch
+from backends.base import is_out_of_memory, predict_one_by_one
 from harness.sut.out_of_memory import DeviceMemoryError
 
 
@@ -61,10 +61,7 @@ class GuardedBackend:
         try:
             if not self.per_image or batch == 1:
                 return self.inner.predict(images, image_hw)
-            out: list[torch.Tensor] = []
-            for i in range(batch):   # each slice keeps a staged batch's copy event (slice_batch)
-                out.extend(self.inner.predict(*slice_batch(images, image_hw, i, i + 1)))
-            return out
+            return predict_one_by_one(self.inner, images, image_hw)
         except Exception as e:
             if isinstance(e, DeviceMemoryError) or not is_out_of_memory(e):
                 raise
