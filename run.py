@@ -14,7 +14,7 @@ TEST05) for one scenario, and verifies the audits.
 The work lives in harness/ (``harness.run.benchmark.run_benchmark``,
 ``harness.run.evaluate.evaluate_direct``); this file only parses flags, turns bad
 input into one clear line with exit status 2, and prints the summary.
-Exit statuses (the table for every subcommand is in ground/errors.py and the README):
+Exit statuses (the table for every subcommand is in ground/errors.py and docs/run-status.md):
 0 done, 1 not a whole result (failed samples, no or an incomplete mAP, a LoadGen error, a failed
 audit, a run ended by a fault), 2 bad input (also ``package`` refusing a tree), 130 interrupted
 (SIGINT), 143 terminated (SIGTERM).

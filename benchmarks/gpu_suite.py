@@ -29,7 +29,7 @@ whole stays within ``--budget-s``; a failure or a hang loses only its step):
 
 Not run by default (``--steps``, with a larger ``--budget-s``): singlestream,
 precision (bench_precision on CUDA), 700_1400 (efficiency and server at
-700 + 1400). The model configs are exactly the README's: configs/ssd300_600.toml
+700 + 1400). The model configs are exactly docs/cuda.md's: configs/ssd300_600.toml
 and configs/ssd700_1400.toml, random weights (speed does not depend on them).
 
 The summary, benchmarks/results/gpu_suite.{json,md}, names the GPU, torch and

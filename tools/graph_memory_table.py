@@ -1,4 +1,4 @@
-"""The CUDA graph memory a worker needs, per config and batch: the README's table, printed as Markdown.
+"""The CUDA graph memory a worker needs, per config and batch: the table in docs/cuda.md, printed as Markdown.
 
 Estimates come from backends/pytorch/graph_memory.py (the network's allocations
 traced on the meta device, BatchNorm folded, fp16, channels_last); no GPU is
